@@ -1,0 +1,39 @@
+# Fresh machine: `make run` installs everything into .venv/ and trains on the built-in data;
+# `make test` runs the suite. Both reinstall only when pyproject.toml or constraints.txt changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install run test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(PY) -m flows.train $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(PY) -m ruff check flows tasks tests deployments benchmarks
+	$(PY) -m ruff format --check flows tasks tests deployments benchmarks
+
+format: install
+	$(PY) -m ruff format flows tasks tests deployments benchmarks
+	$(PY) -m ruff check --fix flows tasks tests deployments benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""The one typed configuration object shared by the CLI, the flow, deployments and tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+# Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
+FEATURE_CODE_VERSION = 1
+
+OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
+ImputeMethod = Literal["none", "median", "most_frequent"]
+RankMetric = Literal["pr_auc", "roc_auc", "f1", "mcc", "balanced_accuracy", "g_mean", "objective"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. CLI flags, YAML/JSON files and deployment parameters all
+    build this object; `feature_settings()` is the subset that changes the stored features."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- data --------------------------------------------------------------------------
+    data: str = Field("breast_cancer", description="CSV/CSV.GZ/parquet path or a built-in name")
+    sep: str | None = Field(None, description="CSV delimiter; detected when not given")
+    target: str | None = Field(None, description="target column (built-ins know theirs)")
+    positive: str | None = Field(
+        None, description="positive label, matched by its string form; default: minority class"
+    )
+    id: str | None = Field(None, description="id column: unique, kept out of the features")
+    drop: list[str] = Field(default_factory=list, description="columns to ignore")
+    categorical: list[str] = Field(default_factory=list, description="text/code columns to encode")
+    impute: ImputeMethod = "none"
+
+    # --- split -------------------------------------------------------------------------
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split_by: str | None = Field(None, description="'time:COL' trains on the past, tests on the future")
+    group: str | None = Field(None, description="no value of this column lands in two splits")
+
+    # --- outliers ----------------------------------------------------------------------
+    outlier: OutlierMethod = "zscore"
+    outlier_z: float = Field(3.0, gt=0)
+    outlier_iqr_k: float = Field(1.5, gt=0)
+
+    # --- gates (limits passed to the Great Expectations suites as parameters) -------------
+    min_class_count: int = Field(10, ge=1, description="raw gate: rows each class needs")
+    min_positives_per_split: int = Field(5, ge=1, description="split gate: positives per split")
+    split_ratio_tolerance: float = Field(
+        0.05, ge=0, description="split gate: |positive rate of a split - overall| allowed"
+    )
+    max_removed_share: float = Field(
+        0.2, ge=0, le=1, description="outlier gate: share of a class's training rows removable"
+    )
+    scale_tolerance: float = Field(1e-3, gt=0, description="feature gate: |mean|, |std-1| on train")
+
+    # --- training ----------------------------------------------------------------------
+    strategies: list[str] | None = Field(None, description="balancing strategies; default all")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    dropout: float = Field(0.2, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(40, ge=1)
+    patience: int = Field(6, ge=1)
+    ensemble_k: int = Field(5, ge=1)
+    objective: str = Field("f1", description="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P")
+    rank_by: RankMetric = "pr_auc"
+    max_parallel: int = Field(2, ge=1, description="strategy branches trained at once")
+    tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
+
+    # --- seeds and paths ----------------------------------------------------------------
+    seed: int = 42
+    output: str = "runs"
+    store: str | None = Field(None, description="feature store; default <output>/store")
+
+    @field_validator("drop", "categorical", "strategies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split_tuple(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(float(part) for part in value.split(","))
+            except ValueError as exc:
+                raise ValueError(f"--split expects three numbers like 0.6,0.2,0.2, got {value!r}") from exc
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(part <= 0 for part in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"split shares must be positive and sum to 1, got {value}")
+        return value
+
+    @field_validator("split_by")
+    @classmethod
+    def _split_by_form(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("time:") or not value[5:]):
+            raise ValueError(f"--split-by expects 'time:COLUMN', got {value!r}")
+        return value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_form(cls, value: str) -> str:
+        from tasks.thresholds import parse_objective  # local: avoid a cycle at import
+
+        parse_objective(value)
+        return value
+
+    @model_validator(mode="after")
+    def _exclusive_split_modes(self) -> TrainConfig:
+        if self.split_by and self.group:
+            raise ValueError("--split-by and --group cannot be combined")
+        return self
+
+    # --- derived values -------------------------------------------------------------------
+    @property
+    def time_column(self) -> str | None:
+        return self.split_by[5:] if self.split_by else None
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.store) if self.store else Path(self.output) / "store"
+
+    def feature_settings(self) -> dict[str, Any]:
+        """Exactly the settings that change the stored features (part of the fingerprint)."""
+        keys = (
+            "sep", "target", "positive", "id", "drop", "categorical", "impute", "split",
+            "split_by", "group", "outlier", "outlier_z", "outlier_iqr_k", "seed",
+        )  # fmt: skip
+        settings = self.model_dump(include=set(keys), mode="json")
+        settings["feature_code_version"] = FEATURE_CODE_VERSION
+        return settings
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of TrainConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
+    return loaded

@@ -1,0 +1,273 @@
+"""Stage 4: fit the preprocessing on training rows, transform the three splits, store them.
+
+Store layout: `<store>/<fingerprint>/{train,validation,test}.parquet`, `ids.parquet` (every row's
+id, split and validation half), `preprocessing.json` and `manifest.json`, written last. A feature
+set is built in a temporary directory and renamed into place, so a crash never leaves a
+directory with a manifest and missing or partial files; a set without a valid manifest (files
+present, hashes match) is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks import gates
+from tasks.config import FEATURE_CODE_VERSION, TrainConfig
+from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
+from tasks.io import make_temp_dir, remove_tree, sha256_file, write_json, write_parquet
+from tasks.outliers import OutlierResult
+from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+PREPROCESSING = "preprocessing.json"
+DATA_FILES = (*(f"{name}.parquet" for name in SPLITS), "ids.parquet", PREPROCESSING)
+
+
+class Preprocessing(BaseModel):
+    """Everything needed to turn raw rows into model inputs, fitted on training rows only."""
+
+    numeric: list[str]
+    categorical: list[str]
+    impute: str
+    impute_values: dict[str, Any]
+    clip_bounds: dict[str, tuple[float, float]]
+    means: dict[str, float]
+    scales: dict[str, float]
+    categories: dict[str, list[str]]  # code = position in the list; unseen -> -1
+    dropped_constant: list[str]
+    positive_label: str
+    negative_label: str
+    target: str
+    id: str | None
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return self.numeric + self.categorical
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Raw feature columns -> scaled float32 numerics and int32 category codes."""
+        out: dict[str, Any] = {}
+        for column in self.numeric:
+            values = frame[column].astype("float64")
+            if column in self.impute_values:
+                values = values.fillna(self.impute_values[column])
+            if column in self.clip_bounds:
+                low, high = self.clip_bounds[column]
+                values = values.clip(low, high)
+            out[column] = ((values - self.means[column]) / self.scales[column]).astype("float32")
+        for column in self.categorical:
+            values = frame[column].astype("string")
+            if column in self.impute_values:
+                values = values.fillna(self.impute_values[column])
+            lookup = {category: code for code, category in enumerate(self.categories[column])}
+            out[column] = values.map(lookup).fillna(-1).astype("int32")
+        return pd.DataFrame(out, index=frame.index)
+
+
+class FeatureSet(BaseModel):
+    """Where a validated feature set lives; what later stages receive."""
+
+    fingerprint: str
+    path: str
+    reused: bool
+    manifest: dict[str, Any]
+
+    def split_path(self, name: str) -> Path:
+        return Path(self.path) / f"{name}.parquet"
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.model_validate_json((Path(self.path) / PREPROCESSING).read_text())
+
+
+def fingerprint(config: TrainConfig, source_sha256: str) -> str:
+    payload = json.dumps({"source": source_sha256, "settings": config.feature_settings()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainConfig,
+                      outliers: OutlierResult) -> Preprocessing:  # fmt: skip
+    numeric, categorical = list(ingest.roles.numeric), list(ingest.roles.categorical)
+    impute_values: dict[str, Any] = {}
+    if config.impute != "none":
+        for column in numeric:  # every column: prediction-time rows may miss any of them
+            value = train[column].median() if config.impute == "median" else train[column].mode().iloc[0]
+            impute_values[column] = float(value)
+        for column in categorical:
+            impute_values[column] = str(train[column].astype("string").mode().iloc[0])
+    clip_bounds = outliers.bounds if outliers.method == "clip" else {}
+
+    prepared = train[numeric].astype("float64")
+    for column in numeric:
+        if column in impute_values:
+            prepared[column] = prepared[column].fillna(impute_values[column])
+        if column in clip_bounds:
+            prepared[column] = prepared[column].clip(*clip_bounds[column])
+    stds = prepared.std(ddof=0)
+    constant = [c for c in numeric if not stds[c] > 0]
+    if constant:
+        log.warning("dropping columns constant on the training rows: %s", ", ".join(constant))
+    kept = [c for c in numeric if c not in constant]
+    categories = {}
+    for column in categorical:
+        values = train[column].astype("string")
+        if column in impute_values:
+            values = values.fillna(impute_values[column])
+        categories[column] = sorted(values.dropna().unique().tolist())
+    return Preprocessing(
+        numeric=kept, categorical=categorical, impute=config.impute,
+        impute_values={k: v for k, v in impute_values.items() if k not in constant},
+        clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
+        means={c: float(prepared[c].mean()) for c in kept},
+        scales={c: float(stds[c]) for c in kept},
+        categories=categories, dropped_constant=constant,
+        positive_label=ingest.positive_label, negative_label=ingest.negative_label,
+        target=ingest.roles.target, id=ingest.roles.id,
+    )  # fmt: skip
+
+
+def _gate(frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainConfig) -> dict[str, Any]:
+    features = prep.feature_columns
+    train = frames["train"]
+    n = len(train)
+    sample_to_population = float(np.sqrt(n / (n - 1))) if n > 1 else 1.0
+    tol = config.scale_tolerance
+    nonfinite = sum(int((~np.isfinite(frame[prep.numeric].to_numpy(dtype="float64"))).sum()) for frame in frames.values())
+    facts = pd.DataFrame([{
+        "nonfinite_values": nonfinite,
+        "columns_match": int(all(list(f.columns) == list(train.columns) for f in frames.values())),
+        "feature_count": len(features),
+    }])  # fmt: skip
+    report = gates.validate(
+        "features", "features", {"data": train, "facts": facts},
+        {"feature_columns": features, "scaled_columns": prep.numeric, "code_columns": prep.categorical},
+        {"scale_tolerance": tol, "neg_scale_tolerance": -tol,
+         "min_train_std": 1 - tol, "max_train_std": sample_to_population + tol},
+    )  # fmt: skip
+    return report.as_dict()
+
+
+def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult,
+              prep: Preprocessing, frames: dict[str, pd.DataFrame], directory: Path, fp: str,
+              gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    files = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+             for name in DATA_FILES}  # fmt: skip
+    return {
+        "fingerprint": fp,
+        "created_at": datetime.now(UTC).isoformat(),
+        "feature_code_version": FEATURE_CODE_VERSION,
+        "source": ingest.source,
+        "source_sha256": ingest.source_sha256,
+        "settings": config.feature_settings(),
+        "target": ingest.roles.target,
+        "positive_label": ingest.positive_label,
+        "negative_label": ingest.negative_label,
+        "id_column": ingest.roles.id,
+        "columns": list(frames["train"].columns),
+        "dtypes": {c: str(t) for c, t in frames["train"].dtypes.items()},
+        "features": {"numeric": prep.numeric, "categorical": prep.categorical,
+                     "dropped_constant": prep.dropped_constant},
+        "splits": {
+            name: {"rows": len(frame), "positives": int(frame[TARGET_COLUMN].sum()),
+                   "negatives": int(len(frame) - frame[TARGET_COLUMN].sum())}
+            for name, frame in frames.items()
+        },
+        "validation_halves": split.halves,
+        "split_method": split.method,
+        "ingest": {"rows": ingest.n_rows, "class_counts": ingest.class_counts,
+                   "exact_duplicate_rows": ingest.exact_duplicate_rows,
+                   "conflicting_duplicate_rows": ingest.conflicting_duplicate_rows, "notes": ingest.notes},
+        "outliers": outliers.model_dump(exclude={"removed_path", "gate"}),
+        "gates": {"split": split.gate, "outliers": outliers.gate, "features": gate},
+        "files": files,
+        "versions": library_versions(),
+    }  # fmt: skip
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("pandas", "numpy", "pyarrow", "scikit-learn", "great-expectations", "prefect",
+                    "tensorflow-cpu", "keras", "imbalanced-learn"):  # fmt: skip
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
+    """Return the stored feature set if its manifest exists and every file's hash matches."""
+    directory = store / fp
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        for name, info in manifest["files"].items():
+            path = directory / name
+            if not path.is_file() or sha256_file(path) != info["sha256"]:
+                log.warning("feature set %s is invalid: %s is missing or changed; rebuilding", fp, name)
+                return None
+    except (json.JSONDecodeError, KeyError, OSError) as exc:
+        log.warning("feature set %s has an unreadable manifest (%s); rebuilding", fp, exc)
+        return None
+    return FeatureSet(fingerprint=fp, path=str(directory), reused=True, manifest=manifest)
+
+
+@task(name="features", cache_policy=NO_CACHE)
+def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
+                   outliers: OutlierResult) -> FeatureSet:  # fmt: skip
+    raw = pd.read_parquet(ingest.raw_path)
+    assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN])
+    removed = set(pd.read_parquet(outliers.removed_path)[ROW_COLUMN])
+    raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
+    raw = raw[~raw[ROW_COLUMN].isin(removed)]
+    parts = {name: raw[raw[SPLIT_COLUMN] == name] for name in SPLITS}
+
+    prep = fit_preprocessing(parts["train"], ingest, config, outliers)
+    frames = {}
+    for name, part in parts.items():
+        frame = prep.transform(part)
+        frame[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
+        frame[ID_COLUMN] = part[ID_COLUMN].to_numpy()
+        frames[name] = frame.reset_index(drop=True)
+    gate = _gate(frames, prep, config)
+
+    fp = fingerprint(config, ingest.source_sha256)
+    store = config.store_dir
+    staging = make_temp_dir(store, f".{fp}.tmp-")
+    try:
+        for name, frame in frames.items():
+            write_parquet(staging / f"{name}.parquet", frame)
+        ids = raw[[ID_COLUMN, SPLIT_COLUMN, HALF_COLUMN, TARGET_COLUMN]].rename(
+            columns={SPLIT_COLUMN: "split", HALF_COLUMN: "half", TARGET_COLUMN: "y"})
+        write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
+        (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
+        manifest = _manifest(config, ingest, split, outliers, prep, frames, staging, fp, gate)
+        write_json(staging / MANIFEST, manifest)  # last: its presence means the set is complete
+        target = store / fp
+        if target.exists():
+            existing = load_valid_feature_set(store, fp)
+            if existing is not None:  # a concurrent run finished the same set first
+                return existing.model_copy(update={"reused": False})
+            remove_tree(target)
+        os.rename(staging, target)
+    finally:
+        remove_tree(staging)
+    log.info("stored feature set %s (%s rows train)", fp, len(frames["train"]))
+    return FeatureSet(fingerprint=fp, path=str(target), reused=False, manifest=manifest)

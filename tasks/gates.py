@@ -1,0 +1,222 @@
+"""Great Expectations gates.
+
+Each suite is a JSON file in `expectations/`. A suite entry is a GX expectation whose `kwargs` may
+name run-specific columns as templates (`"{target}"`, or `"for_each": "numeric_features"` with
+`"{column}"`), and whose limits are GX suite parameters (`{"$PARAMETER": "min_class_count"}`)
+supplied from the run's config. Every entry carries its reason in `meta.reason`, and may carry
+`meta.describe`, a sentence used when it fails. A failed gate raises `GateFailed` listing each
+failed expectation with its observed value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.errors import GateFailed
+
+EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+_TEMPLATE = re.compile(r"^\{(\w+)\}$")
+_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GateReport:
+    """What a gate checked and how it went; kept for the run record and the report."""
+
+    stage: str
+    success: bool
+    checked: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "success": self.success,
+            "expectations": len(self.checked),
+            "failures": self.failures,
+            "checked": self.checked,
+        }
+
+
+@cache
+def _context():
+    """One ephemeral GX context per process, with its progress bars off."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = ctx.data_sources.add_pandas("frames")
+    asset = source.add_dataframe_asset("frame")
+    return ctx, asset.add_batch_definition_whole_dataframe("whole")
+
+
+def load_suite_file(name: str) -> dict[str, Any]:
+    path = EXPECTATIONS_DIR / f"{name}.json"
+    return json.loads(path.read_text())
+
+
+def _bind(value: Any, bindings: dict[str, Any]) -> Any:
+    if isinstance(value, str) and (match := _TEMPLATE.match(value)):
+        return bindings[match.group(1)]
+    if isinstance(value, list):
+        return [_bind(item, bindings) for item in value]
+    if isinstance(value, dict) and "$PARAMETER" not in value:
+        return {key: _bind(item, bindings) for key, item in value.items()}
+    return value
+
+
+def expand_suite(spec: dict[str, Any], bindings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Turn a suite template into concrete expectation configurations for this run.
+
+    `requires: [key, ...]` skips an entry when a binding is missing or false (e.g. no id column);
+    `for_each: key` repeats it for every column listed under that binding."""
+    concrete: list[dict[str, Any]] = []
+    for entry in spec["expectations"]:
+        entry.setdefault("table", "data")
+        if not all(bindings.get(key) for key in entry.get("requires", [])):
+            continue
+        columns = bindings.get(entry["for_each"], []) if "for_each" in entry else [None]
+        for column in columns:
+            local = {**bindings, "column": column}
+            concrete.append(
+                {
+                    "table": entry["table"],
+                    "type": entry["type"],
+                    "kwargs": _bind(entry["kwargs"], local),
+                    "meta": {**entry.get("meta", {}), "column": column},
+                }
+            )
+    return concrete
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _examples(values: list[Any], limit: int = 5) -> str:
+    shown = ", ".join(_fmt(v) for v in values[:limit])
+    return shown + (", ..." if len(values) > limit else "")
+
+
+def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], result: dict[str, Any],
+                     frame: pd.DataFrame) -> str:  # fmt: skip
+    """One readable sentence naming the column, the observed value and what was expected."""
+    column = kwargs.get("column")
+    observed = result.get("observed_value")
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if "describe" in meta:
+        text = meta["describe"].format(
+            observed=_fmt(observed) if observed is not None else "?",
+            min_value=_fmt(low), max_value=_fmt(high), column=column, **kwargs,
+        )  # fmt: skip
+    elif kind == "expect_column_to_exist":
+        text = f"column '{column}' not found; columns are: {', '.join(map(str, frame.columns))}"
+    elif kind == "expect_column_unique_value_count_to_be_between":
+        values = sorted(frame[column].dropna().unique().tolist(), key=str)
+        bounds = f"{low}" if low == high else f"between {low} and {high}"
+        text = f"column '{column}' has {observed} distinct values ({_examples(values, 10)}); expected {bounds}"
+    elif kind == "expect_column_values_to_not_be_null":
+        text = (
+            f"column '{column}' has {result.get('unexpected_count')} missing values "
+            f"(of {result.get('element_count')} rows)"
+        )
+    elif kind == "expect_column_values_to_be_in_type_list":
+        examples = result.get("partial_unexpected_list") or []
+        dtype = observed if observed is not None else frame[column].dtype
+        text = f"column '{column}' is not numeric (dtype {dtype}"
+        text += f", e.g. {_examples(examples, 3)})" if examples else ")"
+    elif kind == "expect_column_values_to_be_unique":
+        text = (
+            f"column '{column}' has {result.get('unexpected_count')} rows with repeated values "
+            f"(e.g. {_examples(result.get('partial_unexpected_list') or [])})"
+        )
+    elif "unexpected_count" in result:
+        text = (
+            f"column '{column}' has {result.get('unexpected_count')} unexpected values "
+            f"(e.g. {_examples(result.get('partial_unexpected_list') or [])}); expected {kind}"
+        )
+    else:
+        text = f"{kind} on '{column}': observed {_fmt(observed)}; expected between {_fmt(low)} and {_fmt(high)}"
+    if hint := meta.get("hint"):
+        text += f" ({hint})"
+    return text
+
+
+def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.DataFrame,
+             bindings: dict[str, Any], parameters: dict[str, Any] | None = None,
+             raise_on_failure: bool = True) -> GateReport:  # fmt: skip
+    """Validate the tables (a frame, or {"data": frame, "facts": one-row frame}) with the suite
+    file `suite_name`. Parameters the config does not supply take the suite file's defaults.
+    Raises GateFailed naming every failed expectation when the gate fails."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    if isinstance(tables, pd.DataFrame):
+        tables = {"data": tables}
+    spec = load_suite_file(suite_name)
+    params = {**spec.get("parameters", {}), **(parameters or {})}
+    concrete = expand_suite(spec, bindings)
+    report = GateReport(stage=stage, success=True)
+    for table_name, frame in tables.items():
+        configs = [
+            ExpectationConfiguration(type=c["type"], kwargs=c["kwargs"], meta=c["meta"])
+            for c in concrete if c["table"] == table_name
+        ]  # fmt: skip
+        if not configs:
+            continue
+        suite = ExpectationSuite(
+            name=f"{stage}-{suite_name}-{table_name}", expectations=[c.to_domain_obj() for c in configs]
+        )
+        with _LOCK:  # the GX context is not thread-safe; branches validate from several threads
+            _, batch_definition = _context()
+            batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+            outcome = batch.validate(suite, expectation_parameters=params, result_format="SUMMARY")
+        _collect(report, table_name, outcome, frame)
+    report.success = not report.failures
+    log.info("%s gate: %d expectations, %d failed", stage, len(report.checked), len(report.failures))
+    if report.failures and raise_on_failure:
+        raise GateFailed(stage, report.failures)
+    return report
+
+
+def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFrame) -> None:
+    missing_columns = {c for c in (r.expectation_config.kwargs.get("column") for r in outcome.results)
+                       if c is not None and c not in frame.columns}  # fmt: skip
+    for item in outcome.results:
+        config = item.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+        meta = dict(config.meta or {})
+        observed = item.result.get("observed_value")
+        report.checked.append(
+            {"table": table_name, "expectation": config.type, "kwargs": kwargs,
+             "reason": meta.get("reason"), "success": bool(item.success),
+             "observed": observed if isinstance(observed, (int, float, str, type(None))) else str(observed)}
+        )  # fmt: skip
+        if item.success:
+            continue
+        column = kwargs.get("column")
+        if column in missing_columns and config.type != "expect_column_to_exist":
+            continue  # the missing column is already reported once by its existence check
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            report.failures.append(
+                f"{config.type} on '{column}' could not be evaluated: "
+                f"{item.exception_info.get('exception_message')}"
+            )
+            continue
+        report.failures.append(describe_failure(config.type, kwargs, meta, item.result, frame))

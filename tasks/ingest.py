@@ -1,0 +1,166 @@
+"""Stage 1: load the data, resolve the target and feature columns, run the raw gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks import gates
+from tasks.config import TrainConfig
+from tasks.errors import DataInputError
+from tasks.io import load_source, write_parquet
+
+ROW_COLUMN = "__row"  # 0-based position in the source file
+TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other
+ID_COLUMN = "__id"  # the --id column's value, or the source row position
+NUMERIC_DTYPES = [
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+    "float16", "float32", "float64", "Float32", "Float64", "bool", "boolean",
+]  # fmt: skip
+
+
+class ColumnRoles(BaseModel):
+    target: str
+    id: str | None
+    numeric: list[str]
+    categorical: list[str]
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+class IngestResult(BaseModel):
+    raw_path: str
+    source: str
+    source_sha256: str
+    notes: list[str]
+    roles: ColumnRoles
+    positive_label: str
+    negative_label: str
+    n_rows: int
+    class_counts: dict[str, int]
+    exact_duplicate_rows: int
+    conflicting_duplicate_rows: int
+    gate: dict[str, Any]
+
+
+def resolve_roles(frame: pd.DataFrame, config: TrainConfig, default_target: str | None,
+                  default_id: str | None) -> tuple[ColumnRoles, list[str]]:  # fmt: skip
+    target = config.target or default_target
+    if target is None:
+        raise DataInputError("no target column given: set --target COLUMN")
+    id_column = config.id if config.id is not None else default_id
+    excluded = {target, id_column, config.group, config.time_column, *config.drop} - {None}
+    declared = [c for c in (id_column, config.group, config.time_column, *config.drop, *config.categorical) if c]
+    features = [c for c in frame.columns if c not in excluded]
+    categorical = [c for c in features if c in set(config.categorical)]
+    numeric = [c for c in features if c not in set(categorical)]
+    return ColumnRoles(target=target, id=id_column, numeric=numeric, categorical=categorical), declared
+
+
+def resolve_positive(target: pd.Series, positive: str | None) -> tuple[str, str, pd.Series]:
+    """Pick the positive label (matched by its string form; default: the minority class) and
+    return (positive, negative, 0/1 series)."""
+    as_text = target.astype(str)
+    counts = as_text.value_counts()
+    labels = sorted(counts.index.tolist())
+    if positive is not None:
+        if positive not in counts.index:
+            raise DataInputError(
+                f"positive label {positive!r} is not a value of the target; values are: {', '.join(labels)}"
+            )
+    else:
+        if counts.iloc[0] == counts.iloc[-1]:
+            raise DataInputError(
+                f"the classes are tied ({', '.join(f'{k}: {v}' for k, v in counts.items())}): "
+                "name the positive class with --positive"
+            )
+        positive = str(counts.idxmin())
+    negative = next(label for label in labels if label != positive)
+    return positive, negative, (as_text == positive).astype("int8")
+
+
+def duplicate_report(frame: pd.DataFrame, features: list[str], target: str) -> tuple[int, int]:
+    """Rows that repeat another row exactly (features and label), and rows whose features repeat
+    another row's but with a different label."""
+    if frame.empty or not features:
+        return 0, 0
+    keys = pd.util.hash_pandas_object(frame[features], index=False)
+    exact = int(pd.DataFrame({"k": keys, "y": frame[target].astype(str)}).duplicated().sum())
+    labels_per_key = frame[target].astype(str).groupby(keys.to_numpy()).nunique()
+    conflicting_keys = labels_per_key[labels_per_key > 1].index
+    conflicting = int(keys.isin(conflicting_keys).sum())
+    return exact, conflicting
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
+    """Load `config.data`, validate it with the raw gate and write a normalised parquet copy
+    (features, `__y`, `__id`, `__row`) into `work_dir`."""
+    loaded = load_source(config.data, config.sep)
+    frame = loaded.frame
+    builtin = loaded.builtin
+    roles, declared = resolve_roles(
+        frame, config, builtin.target if builtin else None, builtin.id if builtin else None
+    )
+    target_present = roles.target in frame.columns
+    n_classes = frame[roles.target].nunique() if target_present else 0
+    binary = target_present and n_classes == 2 and not frame[roles.target].isna().any()
+    facts = pd.DataFrame(
+        {"minority_count": [int(frame[roles.target].value_counts().min()) if binary else 0]}
+    )
+    bindings = {
+        "target": roles.target,
+        "target_present": target_present,
+        "binary_target": binary,
+        "declared_columns": declared,
+        "numeric_features": roles.numeric,
+        "numeric_dtypes": NUMERIC_DTYPES,
+        "complete_features": roles.features if config.impute == "none" else [],
+        "id": roles.id,
+    }
+    report = gates.validate(
+        "raw", "raw", {"data": frame, "facts": facts}, bindings,
+        {"min_class_count": config.min_class_count},
+    )  # fmt: skip
+
+    positive_default = config.positive if config.positive is not None else (builtin.positive if builtin else None)
+    positive, negative, y = resolve_positive(frame[roles.target], positive_default)
+    exact, conflicting = duplicate_report(frame, roles.features, roles.target)
+
+    normalised = frame[roles.features].copy()
+    for column in roles.categorical:
+        normalised[column] = frame[column].astype("string")
+    for column in roles.numeric:
+        normalised[column] = frame[column].astype("float64")
+    normalised[TARGET_COLUMN] = y.to_numpy()
+    normalised[ID_COLUMN] = frame[roles.id].to_numpy() if roles.id else np.arange(len(frame))
+    normalised[ROW_COLUMN] = np.arange(len(frame), dtype="int64")
+    for extra in (config.group, config.time_column):
+        if extra:
+            normalised[f"__{extra}"] = frame[extra].to_numpy()
+    raw_path = write_parquet(work_dir / "raw.parquet", normalised)
+
+    counts = {positive: int(y.sum()), negative: int(len(y) - y.sum())}
+    return IngestResult(
+        raw_path=str(raw_path),
+        source=loaded.source,
+        source_sha256=loaded.source_sha256,
+        notes=list(loaded.notes),
+        roles=roles,
+        positive_label=positive,
+        negative_label=negative,
+        n_rows=len(frame),
+        class_counts=counts,
+        exact_duplicate_rows=exact,
+        conflicting_duplicate_rows=conflicting,
+        gate=report.as_dict(),
+    )

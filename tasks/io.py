@@ -1,0 +1,186 @@
+"""Reading user data and writing files atomically (temp path, then rename)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.datasets import BUILTINS, BuiltinDataset
+from tasks.errors import DataInputError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    frame: pd.DataFrame
+    source: str
+    source_sha256: str
+    builtin: BuiltinDataset | None
+    notes: tuple[str, ...]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_frame(frame: pd.DataFrame) -> str:
+    """Content hash of a frame: column names, dtypes and row values, order-sensitive."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def detect_separator(path: Path) -> str:
+    """Guess the delimiter from the first lines (comma, semicolon, tab or pipe)."""
+    try:
+        with _open_text(path) as handle:
+            sample = handle.read(SNIFF_BYTES)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataInputError(f"could not read {path}: {exc}") from exc
+    if not sample.strip():
+        raise DataInputError(f"data file {path} is empty")
+    header = sample.splitlines()[0]
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        # One-column files or ragged samples: take the most frequent candidate in the header.
+        counts = {sep: header.count(sep) for sep in ",;\t|"}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else ","
+
+
+def _drop_trailing_empty_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A header ending in a delimiter (the Kaggle breast cancer file) yields an all-empty
+    'Unnamed: N' column. Drop only such columns; any other empty column is the gate's business."""
+    empty = [
+        c for c in frame.columns
+        if str(c).startswith("Unnamed: ") and frame[c].isna().all()
+    ]  # fmt: skip
+    return frame.drop(columns=empty), empty
+
+
+def read_csv(path: Path, sep: str | None) -> tuple[pd.DataFrame, list[str]]:
+    separator = sep or detect_separator(path)
+    try:
+        frame = pd.read_csv(path, sep=separator, compression="infer")
+    except pd.errors.EmptyDataError as exc:
+        raise DataInputError(f"data file {path} is empty") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise DataInputError(f"could not parse {path} as CSV (delimiter {separator!r}): {exc}") from exc
+    frame, dropped = _drop_trailing_empty_columns(frame)
+    notes = [f"delimiter {separator!r}"]
+    if dropped:
+        notes.append(f"dropped all-empty column(s) from a trailing delimiter: {', '.join(dropped)}")
+    return frame, notes
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataInputError(f"could not read parquet file {path}: {exc}") from exc
+
+
+def load_source(data: str, sep: str | None = None) -> LoadedData:
+    """Load a built-in dataset by name, or a CSV (optionally gzipped) or parquet file."""
+    if data in BUILTINS:
+        builtin = BUILTINS[data]
+        frame = builtin.load()
+        return LoadedData(frame, f"builtin:{data}", sha256_frame(frame), builtin, (builtin.description,))
+    path = Path(data).expanduser()
+    if not path.exists():
+        names = ", ".join(sorted(BUILTINS))
+        raise DataInputError(f"data file not found: {path} (built-in datasets: {names})")
+    if not path.is_file():
+        raise DataInputError(f"data path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise DataInputError(f"data file {path} is empty")
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        frame, notes = read_parquet(path), []
+    elif name.endswith(CSV_SUFFIXES) or "." not in name:
+        frame, notes = read_csv(path, sep)
+    else:
+        raise DataInputError(
+            f"unsupported data file type: {path.name} (expected .csv, .csv.gz or .parquet)"
+        )
+    if frame.columns.empty:
+        raise DataInputError(f"data file {path} has no columns")
+    return LoadedData(frame, str(path), sha256_file(path), None, tuple(notes))
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    return Path(path)
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)  # mkdtemp makes it private; stores are often shared
+    return path
+
+
+def replace_symlink(link: Path, target_name: str) -> None:
+    """Point `link` at `target_name` atomically (a new link renamed over the old one)."""
+    tmp = link.with_name(f".{link.name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.symlink(target_name, tmp)
+    os.replace(tmp, link)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,136 @@
+"""Stage 3: outlier handling, fitted on training rows only.
+
+- `zscore`: one joint pass; a training row is an outlier when any continuous column is more than
+  `outlier_z` training standard deviations from the training mean. Only majority-class rows are
+  dropped: rare-class extremes are the signal (fraud is extreme by nature).
+- `iqr`: the same with bounds Q1 - k*IQR, Q3 + k*IQR.
+- `clip`: winsorise every split to the training mean +- z*std bounds; nothing is dropped. The
+  bounds are part of the fitted preprocessing and apply at prediction time too.
+- `none`: nothing.
+Validation and test rows are never dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks import gates
+from tasks.config import TrainConfig
+from tasks.ingest import ROW_COLUMN, TARGET_COLUMN, IngestResult
+from tasks.io import write_parquet
+from tasks.split import SPLIT_COLUMN, SplitResult
+
+
+class OutlierResult(BaseModel):
+    method: str
+    columns: list[str]  # continuous columns the bounds apply to
+    bounds: dict[str, tuple[float, float]]  # column -> (low, high), from training rows
+    removed_path: str  # parquet: __row of every dropped training row
+    removed: dict[str, int]  # label -> training rows dropped
+    clipped_values: dict[str, int]  # label -> training values clipped (clip only)
+    seed_rule_removed: dict[str, Any]  # what the seed article's rule would have removed
+    gate: dict[str, Any]
+
+
+def continuous_columns(train: pd.DataFrame, numeric: list[str]) -> list[str]:
+    """Numeric columns with more than two distinct training values (0/1 flags are not 'outliers')."""
+    return [c for c in numeric if train[c].nunique(dropna=True) > 2]
+
+
+def fit_bounds(train: pd.DataFrame, columns: list[str], method: str, z: float, k: float) -> dict[str, tuple[float, float]]:
+    """Per-column (low, high) bounds from the training rows only."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for column in columns:
+        values = train[column].dropna()
+        if method == "iqr":
+            q1, q3 = values.quantile(0.25), values.quantile(0.75)
+            low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+        else:  # zscore and clip share the mean +- z*std bounds (population std, like scipy's zscore)
+            mean, std = values.mean(), values.std(ddof=0)
+            low, high = mean - z * std, mean + z * std
+        bounds[column] = (float(low), float(high))
+    return bounds
+
+
+def outside_bounds(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.Series:
+    """True for rows with any column outside its bounds (one joint pass)."""
+    mask = pd.Series(False, index=frame.index)
+    for column, (low, high) in bounds.items():
+        mask |= (frame[column] < low) | (frame[column] > high)
+    return mask
+
+
+def seed_article_rule(frame: pd.DataFrame, columns: list[str], labels: pd.Series, z: float = 3.0) -> dict[str, Any]:
+    """What the seed article's filter would remove: |z| < 3 kept column after column (z recomputed
+    on what is left), on every row of every class, before any split."""
+    kept = frame[columns]
+    for column in columns:
+        values = kept[column]
+        std = values.std(ddof=0)
+        if std == 0 or np.isnan(std):
+            continue
+        kept = kept[np.abs((values - values.mean()) / std) < z]
+    removed = labels.drop(index=kept.index)
+    totals = labels.value_counts()
+    return {
+        str(label): {"removed": int((removed == label).sum()), "of": int(totals[label]),
+                     "share": float((removed == label).sum() / totals[label])}
+        for label in totals.index
+    }  # fmt: skip
+
+
+@task(name="outliers", cache_policy=NO_CACHE)
+def handle_outliers(config: TrainConfig, ingest: IngestResult, split: SplitResult, work_dir: Path) -> OutlierResult:
+    raw = pd.read_parquet(ingest.raw_path)
+    assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN])
+    raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
+    train = raw[raw[SPLIT_COLUMN] == "train"]
+    labels = raw[TARGET_COLUMN].map({1: ingest.positive_label, 0: ingest.negative_label})
+
+    columns = continuous_columns(train, ingest.roles.numeric)
+    method = config.outlier
+    bounds = {} if method == "none" else fit_bounds(train, columns, method, config.outlier_z, config.outlier_iqr_k)
+
+    majority = 1 if train[TARGET_COLUMN].mean() > 0.5 else 0
+    removed_mask = pd.Series(False, index=raw.index)
+    clipped = {ingest.positive_label: 0, ingest.negative_label: 0}
+    if method in ("zscore", "iqr"):
+        is_train_majority = (raw[SPLIT_COLUMN] == "train") & (raw[TARGET_COLUMN] == majority)
+        removed_mask = is_train_majority & outside_bounds(raw, bounds)
+    elif method == "clip":
+        train_labels = labels[train.index]
+        for column, (low, high) in bounds.items():
+            hit = (train[column] < low) | (train[column] > high)
+            for label, count in train_labels[hit].value_counts().items():
+                clipped[label] += int(count)
+
+    train_labels = labels[raw[SPLIT_COLUMN] == "train"]
+    removed_labels = labels[removed_mask]
+    removed = {label: int((removed_labels == label).sum()) for label in (ingest.positive_label, ingest.negative_label)}
+    train_totals = {label: int((train_labels == label).sum()) for label in removed}
+    minority_label = ingest.negative_label if majority == 1 else ingest.positive_label
+
+    classes = ["positive", "negative"]
+    facts = pd.DataFrame([{
+        "removed_share_positive": removed[ingest.positive_label] / max(train_totals[ingest.positive_label], 1),
+        "removed_share_negative": removed[ingest.negative_label] / max(train_totals[ingest.negative_label], 1),
+        "rows_removed_outside_train": int((removed_mask & (raw[SPLIT_COLUMN] != "train")).sum()),
+        "minority_rows_removed": removed[minority_label],
+    }])  # fmt: skip
+    report = gates.validate(
+        "outliers", "outliers", {"facts": facts}, {"classes": classes},
+        {"max_removed_share": config.max_removed_share},
+    )  # fmt: skip
+    seed_rule = seed_article_rule(raw, columns or ingest.roles.numeric, labels, config.outlier_z)
+    removed_path = write_parquet(work_dir / "removed.parquet", raw.loc[removed_mask, [ROW_COLUMN]])
+    return OutlierResult(
+        method=method, columns=columns, bounds=bounds, removed_path=str(removed_path),
+        removed=removed, clipped_values=clipped, seed_rule_removed=seed_rule, gate=report.as_dict(),
+    )  # fmt: skip

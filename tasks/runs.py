@@ -1,0 +1,101 @@
+"""Run directories: everything a run writes lives in `<output>/<run-id>/`.
+
+A run writes into a hidden staging directory and is renamed into place when it succeeds; then
+`<output>/latest` moves to it atomically. A failed run leaves only `<output>/<run-id>/run.json`
+(status, failed stage, messages, effective config)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.config import TrainConfig
+from tasks.errors import GateFailed
+from tasks.io import remove_tree, replace_symlink, write_json
+
+
+def make_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    short = (flow_run_id or os.urandom(4).hex()).replace("-", "")[:8]
+    return f"{now:%Y%m%dT%H%M%SZ}-{short}"
+
+
+@dataclass
+class RunRecord:
+    config: TrainConfig
+    flow_run_id: str | None
+    run_id: str = ""
+    started_at: str = ""
+    stage: str = "start"
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    _t0: float = 0.0
+    _stage_t0: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.run_id = make_run_id(self.flow_run_id)
+        self.started_at = datetime.now(UTC).isoformat()
+        self._t0 = self._stage_t0 = time.perf_counter()
+        self.staging.mkdir(parents=True, exist_ok=False)
+        self.work_dir.mkdir()
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output / self.run_id
+
+    @property
+    def staging(self) -> Path:
+        return self.output / f".{self.run_id}.partial"
+
+    @property
+    def work_dir(self) -> Path:
+        """Intermediate files (raw copy, split assignment); removed when the run ends."""
+        return self.staging / "work"
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.stage != "start":
+            self.stages.append({"stage": self.stage, "seconds": round(now - self._stage_t0, 3)})
+        self.stage, self._stage_t0 = stage, now
+
+    def _record(self, status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "flow_run_id": self.flow_run_id,
+            "status": status,
+            "started_at": self.started_at,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "seconds": round(time.perf_counter() - self._t0, 3),
+            "stages": self.stages,
+            "config": self.config.model_dump(mode="json"),
+            **extra,
+        }
+
+    def succeed(self, **extra: Any) -> Path:
+        self.enter("done")
+        remove_tree(self.work_dir)
+        write_json(self.staging / "run.json", self._record("completed", **extra))
+        os.rename(self.staging, self.run_dir)
+        replace_symlink(self.output / "latest", self.run_id)
+        return self.run_dir
+
+    def fail(self, error: BaseException) -> Path:
+        failed_stage = self.stage
+        self.enter("failed")
+        remove_tree(self.staging)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        gate = error.stage if isinstance(error, GateFailed) else None
+        messages = [f"{gate} gate: {line}" for line in error.failures] if gate else [str(error)]
+        write_json(
+            self.run_dir / "run.json",
+            self._record("failed", failed_stage=failed_stage, failed_gate=gate,
+                         error_type=type(error).__name__, messages=messages),
+        )  # fmt: skip
+        return self.run_dir

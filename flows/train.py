@@ -12,15 +12,20 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
 
 from tasks.config import TrainConfig, load_config_file
-from tasks.errors import ImbalanceFlowError
+from tasks.errors import ImbalanceFlowError, StrategyError
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import ingest
+from tasks.io import write_json
+from tasks.model import configure_tensorflow
 from tasks.outliers import handle_outliers
 from tasks.runs import RunRecord
 from tasks.split import split
+from tasks.strategies import REFERENCE, resolve_strategies
+from tasks.train import BranchFailed, select, train_branch, write_leaderboard
 
 log = logging.getLogger("flows.train")
 
@@ -32,6 +37,35 @@ class TrainResult(BaseModel):
     run_dir: str
     feature_set: FeatureSet
     preprocessing_path: str
+    selected: str | None
+    metrics_path: str
+
+
+def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfig,
+                   out_dir: Path) -> list[dict[str, Any]]:  # fmt: skip
+    """Run one task per strategy, `config.max_parallel` at a time; a failed branch becomes a
+    `failed` record instead of failing the run."""
+    records = []
+    with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
+        futures = {
+            name: runner.submit(
+                train_branch.with_options(task_run_name=f"train-{name}"),
+                {"name": name, "feature_set": feature_set, "config": config, "out_dir": str(out_dir)},
+            )
+            for name in names
+        }
+        for name, future in futures.items():
+            future.wait()
+            if future.state.is_completed():
+                records.append(future.result())
+                continue
+            error = future.state.result(raise_on_failure=False)
+            if isinstance(error, BranchFailed):
+                records.append(error.record)
+            else:
+                records.append({"strategy": name, "status": "failed", "eligible": name != REFERENCE,
+                                "error": f"{type(error).__name__}: {error}"})  # fmt: skip
+    return records
 
 
 def _flow_run_name() -> str:
@@ -42,7 +76,10 @@ def _flow_run_name() -> str:
 
 @flow(name="imbalance-train", flow_run_name=_flow_run_name, log_prints=True)
 def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
-    """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate."""
+    """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
+    one training branch per strategy -> selection on the validation tuning half."""
+    strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
+    configure_tensorflow(config.tf_threads)  # before TensorFlow initialises: branches share 2 cores
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     log.info("run %s: data %s -> %s", run.run_id, config.data, run.run_dir)
     try:
@@ -59,7 +96,22 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
             feature_set = build_features(config, ingested, splits, outliers)
         else:
             log.info("reusing feature set %s", feature_set.fingerprint)
+        run.enter("train")
+        records = train_branches([*strategies, REFERENCE], feature_set, config, run.staging / "branches")
+        run.enter("select")
+        ranked, selected = select(records, config.rank_by)
+        if selected is None:
+            errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in records if r["status"] != "ok")
+            raise StrategyError(f"every strategy failed: {errors}")
+        write_json(run.staging / "metrics.json", {
+            "run_id": run.run_id, "flow_run_id": run.flow_run_id,
+            "config": config.model_dump(mode="json"), "data_fingerprint": feature_set.fingerprint,
+            "rank_by": config.rank_by, "selected": selected, "strategies": ranked,
+        })  # fmt: skip
+        write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
+        log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
         run_dir = run.succeed(
+            selected=selected,
             data_fingerprint=feature_set.fingerprint,
             feature_set=feature_set.path,
             feature_set_reused=feature_set.reused,
@@ -73,6 +125,8 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         run_dir=str(run_dir),
         feature_set=feature_set,
         preprocessing_path=str(Path(feature_set.path) / "preprocessing.json"),
+        selected=selected,
+        metrics_path=str(run_dir / "metrics.json"),
     )
 
 
@@ -146,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # an internal error: show the traceback, exit 1
         traceback.print_exc()
         return 1
-    print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir,
+    print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, "selected": result.selected,
                       "feature_set": result.feature_set.path}, indent=2))  # fmt: skip
     return 0
 

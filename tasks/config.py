@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     output: str = "runs"
     store: str | None = Field(None, description="feature store; default <output>/store")
 
-    @field_validator("drop", "categorical", "strategies", mode="before")
+    @field_validator("drop", "categorical", "strategies", "hidden", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -115,6 +115,13 @@ class TrainConfig(BaseModel):
 
         parse_objective(value)
         return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, value: list[str] | None) -> list[str] | None:
+        from tasks.strategies import resolve_strategies  # local: the registry imports config types
+
+        return None if value is None else resolve_strategies(value)
 
     @model_validator(mode="after")
     def _exclusive_split_modes(self) -> TrainConfig:

@@ -1,0 +1,115 @@
+"""Balancing strategies: one registry entry each. Adding a strategy is one entry plus its test.
+
+A strategy is data: how it resamples the training split (never validation or test), whether it
+weights classes, which loss it uses, how it draws batches and how many members it averages. The
+training code reads these fields; it has no per-strategy branches of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from tasks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tasks.config import TrainConfig
+
+REFERENCE = "reference"  # HistGradientBoosting on the same splits; ranked, never champion
+
+
+def _undersampler(seed: int, categorical: list[int]):
+    from imblearn.under_sampling import RandomUnderSampler
+
+    return RandomUnderSampler(random_state=seed)
+
+
+def _oversampler(seed: int, categorical: list[int]):
+    from imblearn.over_sampling import RandomOverSampler
+
+    return RandomOverSampler(random_state=seed)
+
+
+def _smote(seed: int, categorical: list[int]):
+    # SMOTENC resamples the stored integer codes: a synthetic row takes one real level per
+    # categorical (the most frequent among its neighbours), never an interpolated dummy.
+    from imblearn.over_sampling import SMOTE, SMOTENC
+
+    if categorical:
+        return SMOTENC(categorical_features=categorical, random_state=seed)
+    return SMOTE(random_state=seed)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    summary: str
+    sampler: Callable[[int, list[int]], object] | None = None  # (seed, categorical indices)
+    class_weighted: bool = False
+    loss: Literal["bce", "focal"] = "bce"
+    batches: Literal["shuffled", "balanced"] = "shuffled"
+    ensemble: bool = False  # average config.ensemble_k members, member i sampled with seed + i
+
+    def members(self, config: TrainConfig) -> int:
+        return config.ensemble_k if self.ensemble else 1
+
+    def class_weights(self, y: np.ndarray) -> dict[int, float] | None:
+        """Balanced weights n / (2 * n_class) (scikit-learn's compute_class_weight)."""
+        if not self.class_weighted:
+            return None
+        from sklearn.utils.class_weight import compute_class_weight
+
+        weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
+        return {0: float(weights[0]), 1: float(weights[1])}
+
+    def focal_alpha(self, y: np.ndarray) -> float:
+        """Weight of the positive class in the focal loss: the share of negatives in training
+        (Keras's default 0.25 would down-weight a rare positive class)."""
+        return float(1.0 - np.mean(y))
+
+    def effective_prior(self, y: np.ndarray) -> float:
+        """The positive share the loss actually sees (after resampling, weights, batching)."""
+        positive = float(np.mean(y))
+        if self.batches == "balanced":
+            return 0.5
+        weights = self.class_weights(y)
+        if weights is not None:
+            w1, w0 = positive * weights[1], (1 - positive) * weights[0]
+            return w1 / (w1 + w0)
+        if self.loss == "focal":
+            alpha = self.focal_alpha(y)
+            return positive * alpha / (positive * alpha + (1 - positive) * (1 - alpha))
+        return positive
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("baseline", "plain binary cross-entropy"),
+        Strategy("class_weight", "balanced class weights n/(2*n_class)", class_weighted=True),
+        Strategy("undersample", "random undersampling of the majority class", sampler=_undersampler),
+        Strategy("oversample", "random oversampling of the minority class", sampler=_oversampler),
+        Strategy("smote", "SMOTE (SMOTENC on categorical codes)", sampler=_smote),
+        Strategy("balanced_batches", "each batch drawn ~50/50 from the two classes", batches="balanced"),
+        Strategy("focal_loss", "focal loss, gamma 2, alpha = share of negatives", loss="focal"),
+        Strategy("ensemble", "average of k models, each on a different balanced undersample",
+                 sampler=_undersampler, ensemble=True),  # fmt: skip
+    )
+}
+
+
+def resolve_strategies(names: list[str] | None) -> list[str]:
+    """The strategies to run, in registry order; unknown names fail before any work."""
+    if names is None:
+        return list(STRATEGIES)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ConfigError(
+            f"unknown strateg{'y' if len(unknown) == 1 else 'ies'}: {', '.join(unknown)}; "
+            f"valid names are: {', '.join(STRATEGIES)}"
+        )
+    if not names:
+        raise ConfigError(f"--strategies is empty; valid names are: {', '.join(STRATEGIES)}")
+    return list(dict.fromkeys(names))

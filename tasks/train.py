@@ -1,0 +1,276 @@
+"""Stage 5: one training branch per strategy (plus the reference model), threshold tuning on the
+validation tuning half, test metrics for reporting, and selection on the tuning half."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import gates
+from tasks.config import TrainConfig
+from tasks.errors import StrategyError
+from tasks.evaluate import evaluate, prior_correct
+from tasks.features import FeatureSet
+from tasks.ingest import ID_COLUMN, TARGET_COLUMN
+from tasks.io import write_json, write_parquet
+from tasks.strategies import REFERENCE, STRATEGIES, Strategy
+from tasks.thresholds import parse_objective, tune_threshold
+
+log = logging.getLogger(__name__)
+PARTS = ("train", "stop", "tune", "test")
+METRIC_KEYS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy",
+               "g_mean", "brier", "log_loss", "confusion_matrix")  # fmt: skip
+
+
+@dataclass
+class Part:
+    numeric: np.ndarray
+    codes: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+
+
+@dataclass
+class Scores:
+    """What a fitted branch hands to the shared finishing step."""
+
+    probabilities: dict[str, np.ndarray]  # stop, tune, test
+    trained_prior: float
+    train_class_counts: dict[str, int]
+    info: dict[str, Any]
+
+
+class BranchFailed(Exception):
+    """Raised by a branch so Prefect marks it failed; carries the record for the report."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        super().__init__(f"strategy {record['strategy']} failed: {record['error']}")
+
+
+def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
+    """train, stop (early stopping), tune (thresholds, selection) and test arrays."""
+    manifest = feature_set.manifest
+    numeric, categorical = manifest["features"]["numeric"], manifest["features"]["categorical"]
+    halves = pd.read_parquet(Path(feature_set.path) / "ids.parquet", columns=[ID_COLUMN, "half"])
+    halves = halves[halves["half"] != ""].set_index(ID_COLUMN)["half"]
+
+    def part(frame: pd.DataFrame) -> Part:
+        return Part(
+            numeric=frame[numeric].to_numpy(dtype=np.float32),
+            codes=frame[categorical].to_numpy(dtype=np.int32) if categorical else np.zeros((len(frame), 0), np.int32),
+            y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
+            ids=frame[ID_COLUMN].to_numpy(),
+        )
+
+    validation = pd.read_parquet(feature_set.split_path("validation"))
+    half = validation[ID_COLUMN].map(halves)
+    return {
+        "train": part(pd.read_parquet(feature_set.split_path("train"))),
+        "stop": part(validation[half == "stop"]),
+        "tune": part(validation[half == "tune"]),
+        "test": part(pd.read_parquet(feature_set.split_path("test"))),
+    }
+
+
+def _counts(y: np.ndarray, labels: tuple[str, str]) -> dict[str, int]:
+    positive, negative = labels
+    return {positive: int(y.sum()), negative: int(len(y) - y.sum())}
+
+
+def resample(strategy: Strategy, part: Part, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply the strategy's sampler to training rows (numerics and integer codes together)."""
+    if strategy.sampler is None:
+        return part.numeric, part.codes, part.y
+    n_numeric = part.numeric.shape[1]
+    stacked = np.hstack([part.numeric.astype(np.float64), part.codes.astype(np.float64)])
+    categorical = list(range(n_numeric, stacked.shape[1]))
+    sampler = strategy.sampler(seed, categorical)
+    x_res, y_res = sampler.fit_resample(stacked, part.y)
+    codes = np.rint(x_res[:, n_numeric:]).astype(np.int32)
+    return x_res[:, :n_numeric].astype(np.float32), codes, np.asarray(y_res, dtype=np.int64)
+
+
+def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
+               cardinalities: list[int], labels: tuple[str, str], model_dir: Path) -> Scores:  # fmt: skip
+    from tasks.model import TrainSettings, fit_member, one_hot_inputs, predict, steps_per_epoch
+
+    train = parts["train"]
+    settings = TrainSettings(
+        hidden=tuple(config.hidden), dropout=config.dropout, learning_rate=config.learning_rate,
+        batch_size=config.batch_size, epochs=config.epochs, patience=config.patience,
+        steps_per_epoch=steps_per_epoch(len(train.y), config.batch_size),
+    )  # fmt: skip
+    inputs = {name: one_hot_inputs(p.numeric, p.codes, cardinalities) for name, p in parts.items() if name != "train"}
+    models, members = [], []
+    for member in range(strategy.members(config)):
+        numeric, codes, y = resample(strategy, train, config.seed + member)
+        x = one_hot_inputs(numeric, codes, cardinalities)
+        prior = strategy.effective_prior(y)
+        model, info = fit_member(
+            x, y, inputs["stop"], parts["stop"].y, settings,
+            seed=config.seed + member, output_bias=float(np.log(prior / (1 - prior))),
+            loss=strategy.loss, focal_alpha=strategy.focal_alpha(y),
+            class_weight=strategy.class_weights(y), balanced_batches=strategy.batches == "balanced",
+        )  # fmt: skip
+        model_dir.mkdir(parents=True, exist_ok=True)
+        model.save(model_dir / f"member_{member}.keras")
+        models.append(model)
+        members.append(info | {"train_class_counts": _counts(y, labels), "trained_prior": prior})
+    return Scores(
+        probabilities={name: predict(models, x) for name, x in inputs.items()},
+        trained_prior=members[0]["trained_prior"],
+        train_class_counts=members[0]["train_class_counts"],
+        info={
+            "epochs_run": int(sum(m["epochs_run"] for m in members)),
+            "best_epoch": int(round(np.mean([m["best_epoch"] for m in members]))),
+            "members": [{k: v for k, v in m.items() if k != "history"} for m in members],
+            "history": [m["history"] for m in members],
+            "steps_per_epoch": settings.steps_per_epoch,
+        },
+    )
+
+
+def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str, str]) -> Scores:
+    """scikit-learn HistGradientBoosting on the same rows, unbalanced; codes as categoricals."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    n_numeric = parts["train"].numeric.shape[1]
+
+    def matrix(p: Part) -> np.ndarray:
+        return np.hstack([p.numeric.astype(np.float64), p.codes.astype(np.float64)])
+
+    n_codes = parts["train"].codes.shape[1]
+    categorical = [n_numeric + j for j in range(n_codes)] or None
+    model = HistGradientBoostingClassifier(categorical_features=categorical, random_state=config.seed)
+    model.fit(matrix(parts["train"]), parts["train"].y)
+    train_y = parts["train"].y
+    return Scores(
+        probabilities={n: model.predict_proba(matrix(parts[n]))[:, 1] for n in ("stop", "tune", "test")},
+        trained_prior=float(train_y.mean()),
+        train_class_counts=_counts(train_y, labels),
+        info={"epochs_run": int(model.n_iter_), "best_epoch": int(model.n_iter_)},
+    )
+
+
+def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
+    frame = pd.DataFrame({"probability": np.concatenate([probabilities["tune"], probabilities["test"]])})
+    gates.validate(f"predictions[{name}]", "predictions", frame, {}, {})
+
+
+def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: TrainConfig,
+                  out_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """Gate the predictions, tune the threshold on the tuning half, evaluate on test."""
+    probabilities = scores.probabilities
+    _prediction_gate(name, probabilities)
+    objective = parse_objective(config.objective)
+    tune, test = parts["tune"], parts["test"]
+    threshold, objective_value = tune_threshold(tune.y, probabilities["tune"], objective)
+    true_prior = float(parts["train"].y.mean())
+    corrected = {k: prior_correct(p, scores.trained_prior, true_prior) for k, p in probabilities.items()}
+    validation = evaluate(tune.y, probabilities["tune"], threshold, corrected["tune"])
+    validation["objective"] = objective_value
+    at_threshold = evaluate(test.y, probabilities["test"], threshold, corrected["test"])
+    at_half = evaluate(test.y, probabilities["test"], 0.5, corrected["test"])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [
+        pd.DataFrame({"part": part, ID_COLUMN: parts[part].ids, "y": parts[part].y,
+                      "probability": probabilities[part], "probability_corrected": corrected[part]})
+        for part in ("stop", "tune", "test")
+    ]  # fmt: skip
+    write_parquet(out_dir / "predictions.parquet", pd.concat(rows, ignore_index=True))
+    if "history" in scores.info:
+        write_json(out_dir / "history.json", scores.info["history"])
+    return {
+        "threshold": threshold,
+        "threshold_objective": objective.label,
+        "objective_value": objective_value,
+        "epochs_run": scores.info["epochs_run"],
+        "best_epoch": scores.info["best_epoch"],
+        "train_class_counts": scores.train_class_counts,
+        "trained_prior": scores.trained_prior,
+        "true_prior": true_prior,
+        "prior_corrected": abs(scores.trained_prior - true_prior) > 1e-12,
+        **{k: at_threshold[k] for k in METRIC_KEYS},
+        "brier_corrected": at_threshold["brier_corrected"],
+        "log_loss_corrected": at_threshold["log_loss_corrected"],
+        "at_0_5": at_half,
+        "validation": validation,
+        **({"members": scores.info["members"], "steps_per_epoch": scores.info["steps_per_epoch"]}
+           if "members" in scores.info else {}),
+    }  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@task(name="train-branch", cache_policy=NO_CACHE)
+def train_branch(name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str) -> dict[str, Any]:
+    """Train and evaluate one strategy (or the reference). Raises BranchFailed with the record
+    when anything goes wrong, so the task shows as failed and the run goes on."""
+    record: dict[str, Any] = {"strategy": name, "status": "ok", "error": None, "started_at": _now(),
+                              "eligible": name != REFERENCE}  # fmt: skip
+    branch_dir = Path(out_dir) / name
+    try:
+        parts = load_parts(feature_set)
+        manifest = feature_set.manifest
+        labels = (manifest["positive_label"], manifest["negative_label"])
+        if name == REFERENCE:
+            scores = fit_reference(parts, config, labels)
+        else:
+            categories = feature_set.preprocessing().categories
+            cardinalities = [len(categories[c]) for c in manifest["features"]["categorical"]]
+            scores = fit_neural(STRATEGIES[name], parts, config, cardinalities, labels, branch_dir / "model")
+        record |= finish_branch(name, scores, parts, config, branch_dir)
+    except Exception as exc:
+        log.exception("strategy %s failed", name)
+        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "finished_at": _now()}
+        raise BranchFailed(record) from exc
+    record["finished_at"] = _now()
+    log.info("strategy %s: tuning-half %s %.4f, threshold %.4f", name, config.rank_by,
+             rank_value(record, config.rank_by), record["threshold"])  # fmt: skip
+    return record
+
+
+def rank_value(record: dict[str, Any], rank_by: str) -> float:
+    return float(record["validation"][rank_by])
+
+
+def select(records: list[dict[str, Any]], rank_by: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Rank ok branches by the tuning-half metric (never test); the best eligible one is selected.
+    Failed and skipped branches follow, unranked."""
+    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -rank_value(r, rank_by))
+    for position, record in enumerate(ok, start=1):
+        record["rank"] = position
+    selected = next((r["strategy"] for r in ok if r.get("eligible")), None)
+    rest = [r | {"rank": None} for r in records if r["status"] != "ok"]
+    return ok + rest, selected
+
+
+LEADERBOARD_COLUMNS = ("rank", "strategy", "status", "eligible", "threshold", "validation_rank_metric",
+                       "pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy",
+                       "g_mean", "brier", "log_loss", "brier_corrected", "log_loss_corrected",
+                       "f1_at_0_5", "recall_at_0_5", "precision_at_0_5", "epochs_run", "error")  # fmt: skip
+
+
+def write_leaderboard(path: Path, records: list[dict[str, Any]], rank_by: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LEADERBOARD_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            row = dict(r)
+            if r["status"] == "ok":
+                row["validation_rank_metric"] = rank_value(r, rank_by)
+                row |= {f"{k}_at_0_5": r["at_0_5"][k] for k in ("f1", "recall", "precision")}
+            writer.writerow(row)

@@ -9,7 +9,9 @@ class ImbalanceFlowError(Exception):
     stage: str = "input"
 
 
-class ConfigError(ImbalanceFlowError):
+class ConfigError(ImbalanceFlowError, ValueError):
+    """A setting is invalid. A ValueError too, so pydantic reports it as a validation error."""
+
     stage = "config"
 
 

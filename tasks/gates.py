@@ -25,6 +25,7 @@ from tasks.errors import GateFailed
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 _TEMPLATE = re.compile(r"^\{(\w+)\}$")
+_EMBEDDED = re.compile(r"\{(\w+)\}")
 _LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def load_suite_file(name: str) -> dict[str, Any]:
 
 def _bind(value: Any, bindings: dict[str, Any]) -> Any:
     if isinstance(value, str) and (match := _TEMPLATE.match(value)):
-        return bindings[match.group(1)]
+        return bindings[match.group(1)]  # a whole value: may bind a list, a number, ...
+    if isinstance(value, str) and "{" in value:
+        return _EMBEDDED.sub(lambda m: str(bindings[m.group(1)]), value)
     if isinstance(value, list):
         return [_bind(item, bindings) for item in value]
     if isinstance(value, dict) and "$PARAMETER" not in value:
@@ -119,9 +122,9 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
     observed = result.get("observed_value")
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if "describe" in meta:
-        text = meta["describe"].format(
-            observed=_fmt(observed) if observed is not None else "?",
-            min_value=_fmt(low), max_value=_fmt(high), column=column, **kwargs,
+        text = meta["describe"].format_map(
+            {**kwargs, "observed": _fmt(observed) if observed is not None else "?",
+             "min_value": _fmt(low), "max_value": _fmt(high), "column": meta.get("column") or column}
         )  # fmt: skip
     elif kind == "expect_column_to_exist":
         text = f"column '{column}' not found; columns are: {', '.join(map(str, frame.columns))}"
@@ -196,8 +199,11 @@ def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.D
 
 
 def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFrame) -> None:
-    missing_columns = {c for c in (r.expectation_config.kwargs.get("column") for r in outcome.results)
-                       if c is not None and c not in frame.columns}  # fmt: skip
+    # columns whose absence an existence check already reports: other checks on them are noise
+    reported_missing = {
+        r.expectation_config.kwargs.get("column") for r in outcome.results
+        if r.expectation_config.type == "expect_column_to_exist" and not r.success
+    }  # fmt: skip
     for item in outcome.results:
         config = item.expectation_config
         kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
@@ -211,8 +217,11 @@ def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFr
         if item.success:
             continue
         column = kwargs.get("column")
-        if column in missing_columns and config.type != "expect_column_to_exist":
+        if column in reported_missing and config.type != "expect_column_to_exist":
             continue  # the missing column is already reported once by its existence check
+        if column is not None and column not in frame.columns and config.type != "expect_column_to_exist":
+            report.failures.append(f"{config.type} could not be evaluated: column '{column}' is not in the {table_name} table")
+            continue
         if item.exception_info and item.exception_info.get("raised_exception"):
             report.failures.append(
                 f"{config.type} on '{column}' could not be evaluated: "

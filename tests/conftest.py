@@ -1,0 +1,119 @@
+"""Shared fixtures: one Prefect test harness per session, the in-repo synthetic data, and a
+factory for fast training configs (tiny MLP, few epochs) writing under tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+# Before Prefect or TensorFlow are imported anywhere.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tasks.config import TrainConfig  # noqa: E402
+
+DATA_DIR = Path(__file__).parent / "data"
+SYNTHETIC = DATA_DIR / "synthetic.csv"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+FAST = {
+    "hidden": [8],
+    "dropout": 0.1,
+    "epochs": 4,
+    "patience": 2,
+    "batch_size": 64,
+    "ensemble_k": 2,
+    "learning_rate": 0.01,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.model import configure_tensorflow
+
+    configure_tensorflow(1)  # before any test touches TensorFlow
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def synthetic_frame() -> pd.DataFrame:
+    return pd.read_csv(SYNTHETIC)
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """TrainConfig for the synthetic data with fast training; keyword arguments override."""
+
+    def factory(**overrides) -> TrainConfig:
+        settings = {
+            "data": str(SYNTHETIC),
+            "target": "churned",
+            "positive": "yes",
+            "id": "account_id",
+            "categorical": ["segment"],
+            "output": str(tmp_path / "runs"),
+            **FAST,
+        }
+        settings.update(overrides)
+        return TrainConfig(**settings)
+
+    return factory
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+    """Write a frame (or raw text) to a CSV under tmp_path and return its path."""
+
+    def factory(content, name: str = "data.csv") -> Path:
+        path = tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content)
+        else:
+            content.to_csv(path, index=False)
+        return path
+
+    return factory
+
+
+def needs_shared(relative: str) -> Path:
+    """Path into ../shared/data, skipping the test cleanly when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture
+def stages(tmp_path):
+    """Run the data stages' task functions directly (no flow), returning every result."""
+    from tasks.features import build_features
+    from tasks.ingest import ingest
+    from tasks.outliers import handle_outliers
+    from tasks.split import split
+
+    def run(config: TrainConfig, upto: str = "features") -> dict:
+        work = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}"
+        work.mkdir()
+        out = {"ingest": ingest.fn(config, work)}
+        if upto == "ingest":
+            return out
+        out["split"] = split.fn(config, out["ingest"], work)
+        if upto == "split":
+            return out
+        out["outliers"] = handle_outliers.fn(config, out["ingest"], out["split"], work)
+        if upto == "outliers":
+            return out
+        out["features"] = build_features.fn(config, out["ingest"], out["split"], out["outliers"])
+        return out
+
+    return run

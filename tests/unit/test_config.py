@@ -1,0 +1,78 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from flows.train import build_parser, config_from_args, main
+from tasks.config import TrainConfig
+from tasks.errors import ConfigError
+from tasks.strategies import STRATEGIES
+
+
+def test_cli_flags_build_the_config():
+    config = config_from_args(
+        ["--data", "x.csv", "--target", "Response", "--positive", "1", "--categorical",
+         "Gender,Vehicle_Age", "--split", "0.7,0.15,0.15", "--seed", "7", "--outlier", "iqr",
+         "--strategies", "baseline,smote", "--hidden", "16,8"]
+    )  # fmt: skip
+    assert config.categorical == ["Gender", "Vehicle_Age"]
+    assert config.split == (0.7, 0.15, 0.15)
+    assert config.seed == 7 and config.outlier == "iqr"
+    assert config.strategies == ["baseline", "smote"] and config.hidden == [16, 8]
+    assert config.store_dir.as_posix() == "runs/store"
+
+
+def test_config_file_is_loaded_and_flags_override_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: a.csv\ntarget: y\nseed: 3\nepochs: 9\n")
+    config = config_from_args(["--config", str(path), "--seed", "11"])
+    assert (config.data, config.target, config.seed, config.epochs) == ("a.csv", "y", 11, 9)
+    json_path = tmp_path / "run.json"
+    json_path.write_text(json.dumps({"data": "b.csv", "drop": ["x", "z"]}))
+    assert config_from_args(["--config", str(json_path)]).drop == ["x", "z"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": "0.5,0.2,0.2"}, "sum to 1"),
+        ({"split_by": "date"}, "time:COLUMN"),
+        ({"outlier": "mad"}, "zscore"),
+        ({"objective": "accuracy"}, "unknown objective"),
+        ({"split_by": "time:t", "group": "g"}, "cannot be combined"),
+        ({"strategies": "baseline,magic"}, "unknown strategy: magic; valid names are: baseline"),
+    ],
+    ids=["split-sum", "split-by-form", "outlier-method", "objective", "exclusive", "strategy"],
+)
+def test_bad_settings_are_rejected_with_the_reason(kwargs, message):
+    with pytest.raises((ValidationError, ConfigError), match=message):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_strategy_lists_every_valid_name():
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(strategies=["nope"])
+    for name in STRATEGIES:
+        assert name in str(info.value)
+
+
+def test_feature_settings_exclude_training_and_paths():
+    a = TrainConfig(epochs=5, output="x", strategies=["baseline"]).feature_settings()
+    b = TrainConfig(epochs=50, output="y").feature_settings()
+    assert a == b
+    assert TrainConfig(seed=1).feature_settings() != TrainConfig(seed=2).feature_settings()
+
+
+def test_help_shows_examples_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--categorical" in out and "exit codes" in out
+
+
+def test_cli_exits_2_on_bad_flags(capsys, tmp_path):
+    assert main(["--split", "0.9,0.9,0.9", "--output", str(tmp_path)]) == 2
+    assert "--split" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -50,22 +50,25 @@ def synthetic_frame() -> pd.DataFrame:
     return pd.read_csv(SYNTHETIC)
 
 
+def fast_config(output: Path, **overrides) -> TrainConfig:
+    """TrainConfig for the synthetic data with fast training; keyword arguments override."""
+    settings = {
+        "data": str(SYNTHETIC),
+        "target": "churned",
+        "positive": "yes",
+        "id": "account_id",
+        "categorical": ["segment"],
+        "output": str(output),
+        **FAST,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
 @pytest.fixture
 def make_config(tmp_path):
-    """TrainConfig for the synthetic data with fast training; keyword arguments override."""
-
     def factory(**overrides) -> TrainConfig:
-        settings = {
-            "data": str(SYNTHETIC),
-            "target": "churned",
-            "positive": "yes",
-            "id": "account_id",
-            "categorical": ["segment"],
-            "output": str(tmp_path / "runs"),
-            **FAST,
-        }
-        settings.update(overrides)
-        return TrainConfig(**settings)
+        return fast_config(tmp_path / "runs", **overrides)
 
     return factory
 

@@ -16,16 +16,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
 
 from tasks.config import TrainConfig, load_config_file
+from tasks.compare import compare_with_baseline, summarize_repeats
 from tasks.errors import ImbalanceFlowError, StrategyError
+from tasks.export import export_model, register
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import ingest
 from tasks.io import write_json
 from tasks.model import configure_tensorflow
 from tasks.outliers import handle_outliers
+from tasks.report import publish_artifacts, write_report
 from tasks.runs import RunRecord
 from tasks.split import split
 from tasks.strategies import REFERENCE, resolve_strategies
-from tasks.train import BranchFailed, select, train_branch, write_leaderboard
+from tasks.train import METRIC_KEYS, BranchFailed, select, train_branch, write_leaderboard
 
 log = logging.getLogger("flows.train")
 
@@ -39,32 +42,37 @@ class TrainResult(BaseModel):
     preprocessing_path: str
     selected: str | None
     metrics_path: str
+    model_dir: str
+    report_path: str
+    registry: dict[str, Any]
 
 
 def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfig,
                    out_dir: Path) -> list[dict[str, Any]]:  # fmt: skip
-    """Run one task per strategy, `config.max_parallel` at a time; a failed branch becomes a
-    `failed` record instead of failing the run."""
+    """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
+    becomes a `failed` record instead of failing the run. Repeat r uses seed + 1000*r."""
+    jobs = [(name, repeat) for repeat in range(config.repeats) for name in names]
     records = []
     with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
-        futures = {
-            name: runner.submit(
-                train_branch.with_options(task_run_name=f"train-{name}"),
-                {"name": name, "feature_set": feature_set, "config": config, "out_dir": str(out_dir)},
-            )
-            for name in names
-        }
-        for name, future in futures.items():
+        futures = []
+        for name, repeat in jobs:
+            label = name if repeat == 0 else f"{name}-r{repeat}"
+            branch_config = config if repeat == 0 else config.model_copy(update={"seed": config.seed + 1000 * repeat})
+            futures.append((name, repeat, runner.submit(
+                train_branch.with_options(task_run_name=f"train-{label}"),
+                {"name": name, "feature_set": feature_set, "config": branch_config,
+                 "out_dir": str(out_dir / ("" if repeat == 0 else f"repeat-{repeat}"))},
+            )))  # fmt: skip
+        for name, repeat, future in futures:
             future.wait()
             if future.state.is_completed():
-                records.append(future.result())
-                continue
-            error = future.state.result(raise_on_failure=False)
-            if isinstance(error, BranchFailed):
-                records.append(error.record)
+                record = future.result()
             else:
-                records.append({"strategy": name, "status": "failed", "eligible": name != REFERENCE,
-                                "error": f"{type(error).__name__}: {error}"})  # fmt: skip
+                error = future.state.result(raise_on_failure=False)
+                record = error.record if isinstance(error, BranchFailed) else {
+                    "strategy": name, "status": "failed", "eligible": name != REFERENCE,
+                    "error": f"{type(error).__name__}: {error}"}  # fmt: skip
+            records.append(record | {"repeat": repeat})
     return records
 
 
@@ -99,19 +107,32 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         run.enter("train")
         records = train_branches([*strategies, REFERENCE], feature_set, config, run.staging / "branches")
         run.enter("select")
-        ranked, selected = select(records, config.rank_by)
+        primary = [r for r in records if r["repeat"] == 0]
+        ranked, selected = select(primary, config.rank_by)
         if selected is None:
-            errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in records if r["status"] != "ok")
+            errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok")
             raise StrategyError(f"every strategy failed: {errors}")
-        write_json(run.staging / "metrics.json", {
+        repeats = summarize_repeats(records, METRIC_KEYS[:-1]) if config.repeats > 1 else None
+        metrics = {
             "run_id": run.run_id, "flow_run_id": run.flow_run_id,
             "config": config.model_dump(mode="json"), "data_fingerprint": feature_set.fingerprint,
-            "rank_by": config.rank_by, "selected": selected, "strategies": ranked,
-        })  # fmt: skip
+            "rank_by": config.rank_by, "selected": selected, "strategies": ranked, "repeats": repeats,
+        }  # fmt: skip
+        write_json(run.staging / "metrics.json", metrics)
         write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
         log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
+        run.enter("report")
+        branches = run.staging / "branches"
+        comparison, verdict, operating = compare_with_baseline(branches, ranked, selected, config)
+        chosen = next(r for r in ranked if r["strategy"] == selected)
+        export_model(chosen, feature_set, config, branches, run.staging / "model", run.run_id)
+        write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"})),
+                     metrics, feature_set.manifest, branches, comparison, verdict, operating, repeats)  # fmt: skip
+        log.info(verdict.replace("**", ""))
         run_dir = run.succeed(
             selected=selected,
+            verdict=verdict,
+            comparison=comparison,
             data_fingerprint=feature_set.fingerprint,
             feature_set=feature_set.path,
             feature_set_reused=feature_set.reused,
@@ -120,6 +141,10 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
     except BaseException as exc:
         run.fail(exc)
         raise
+    model_name = config.resolved_model_name(feature_set.manifest["target"])
+    registry = register(config.registry_dir, model_name, run.run_id, run_dir / "model", selected,
+                        {k: chosen[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")})  # fmt: skip
+    publish_artifacts(metrics, verdict, run_dir / "report.html", registry)
     return TrainResult(
         run_id=run.run_id,
         run_dir=str(run_dir),
@@ -127,6 +152,9 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         preprocessing_path=str(Path(feature_set.path) / "preprocessing.json"),
         selected=selected,
         metrics_path=str(run_dir / "metrics.json"),
+        model_dir=str(run_dir / "model"),
+        report_path=str(run_dir / "report.html"),
+        registry=registry,
     )
 
 
@@ -201,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, "selected": result.selected,
-                      "feature_set": result.feature_set.path}, indent=2))  # fmt: skip
+                      "report": result.report_path, "model": result.model_dir,
+                      "registry": result.registry, "feature_set": result.feature_set.path}, indent=2))  # fmt: skip
     return 0
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.errors import ConfigError
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
-FEATURE_CODE_VERSION = 1
+FEATURE_CODE_VERSION = 2
 
 OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
 ImputeMethod = Literal["none", "median", "most_frequent"]
@@ -71,6 +71,11 @@ class TrainConfig(BaseModel):
     rank_by: RankMetric = "pr_auc"
     max_parallel: int = Field(2, ge=1, description="strategy branches trained at once")
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
+
+    # --- reporting and export -------------------------------------------------------------
+    repeats: int = Field(1, ge=1, description="train every strategy with N seeds; report mean ± sd")
+    bootstrap: int = Field(1000, ge=100, description="paired-bootstrap resamples for the verdict")
+    model_name: str | None = Field(None, description="registry name; default <dataset>-<target>")
 
     # --- seeds and paths ----------------------------------------------------------------
     seed: int = 42
@@ -137,6 +142,16 @@ class TrainConfig(BaseModel):
     @property
     def store_dir(self) -> Path:
         return Path(self.store) if self.store else Path(self.output) / "store"
+
+    @property
+    def registry_dir(self) -> Path:
+        return Path(self.output) / "registry"
+
+    def resolved_model_name(self, target: str) -> str:
+        if self.model_name:
+            return self.model_name
+        dataset = Path(self.data).name.split(".")[0]
+        return f"{dataset}-{target}"
 
     def feature_settings(self) -> dict[str, Any]:
         """Exactly the settings that change the stored features (part of the fingerprint)."""

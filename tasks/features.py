@@ -139,6 +139,23 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
     )  # fmt: skip
 
 
+def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
+    """Raw-unit statistics of the training rows per feature (schema and drift reference)."""
+    stats: dict[str, Any] = {}
+    for column in prep.numeric:
+        values = train[column].astype("float64")
+        quantiles = values.quantile([i / 10 for i in range(11)]).tolist()
+        stats[column] = {"kind": "numeric", "dtype": str(train[column].dtype), "mean": float(values.mean()),
+                         "std": float(values.std(ddof=0)), "deciles": [float(q) for q in quantiles],
+                         "missing_share": float(values.isna().mean())}  # fmt: skip
+    for column in prep.categorical:
+        shares = train[column].astype("string").value_counts(normalize=True, dropna=False)
+        stats[column] = {"kind": "categorical", "dtype": "string",
+                         "frequencies": {str(k): float(v) for k, v in shares.items()},
+                         "missing_share": float(train[column].isna().mean())}  # fmt: skip
+    return stats
+
+
 def _gate(frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainConfig) -> dict[str, Any]:
     features = prep.feature_columns
     train = frames["train"]
@@ -161,8 +178,8 @@ def _gate(frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainCon
 
 
 def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult,
-              prep: Preprocessing, frames: dict[str, pd.DataFrame], directory: Path, fp: str,
-              gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+              prep: Preprocessing, frames: dict[str, pd.DataFrame], train_raw: pd.DataFrame,
+              directory: Path, fp: str, gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     files = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
              for name in DATA_FILES}  # fmt: skip
     return {
@@ -185,6 +202,7 @@ def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, out
                    "negatives": int(len(frame) - frame[TARGET_COLUMN].sum())}
             for name, frame in frames.items()
         },
+        "feature_stats": feature_statistics(train_raw, prep),
         "validation_halves": split.halves,
         "split_method": split.method,
         "ingest": {"rows": ingest.n_rows, "class_counts": ingest.class_counts,
@@ -258,7 +276,7 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
             columns={SPLIT_COLUMN: "split", HALF_COLUMN: "half", TARGET_COLUMN: "y"})
         write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
-        manifest = _manifest(config, ingest, split, outliers, prep, frames, staging, fp, gate)
+        manifest = _manifest(config, ingest, split, outliers, prep, frames, parts["train"], staging, fp, gate)
         write_json(staging / MANIFEST, manifest)  # last: its presence means the set is complete
         target = store / fp
         if target.exists():

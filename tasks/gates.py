@@ -93,6 +93,9 @@ def expand_suite(spec: dict[str, Any], bindings: dict[str, Any]) -> list[dict[st
         columns = bindings.get(entry["for_each"], []) if "for_each" in entry else [None]
         for column in columns:
             local = {**bindings, "column": column}
+            for key, value in bindings.items():  # per-column bindings: {"<name>_by_column": {col: v}}
+                if key.endswith("_by_column") and column in value:
+                    local[key.removesuffix("_by_column") + "_of_column"] = value[column]
             concrete.append(
                 {
                     "table": entry["table"],
@@ -147,6 +150,12 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
             f"column '{column}' has {result.get('unexpected_count')} rows with repeated values "
             f"(e.g. {_examples(result.get('partial_unexpected_list') or [])})"
         )
+    elif kind == "expect_column_values_to_be_in_set":
+        values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
+        text = (f"column '{column}' has {result.get('unexpected_count')} rows with values outside the "
+                f"expected set: {_examples(values, 10)}")  # fmt: skip
+        if "describe" in meta:
+            text = meta["describe"].format(column=column) + f": {_examples(values, 10)} ({result.get('unexpected_count')} rows)"
     elif "unexpected_count" in result:
         text = (
             f"column '{column}' has {result.get('unexpected_count')} unexpected values "

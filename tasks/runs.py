@@ -78,6 +78,10 @@ class RunRecord:
             **extra,
         }
 
+    def snapshot(self, **extra: Any) -> dict[str, Any]:
+        """The run record so far (for the report, written before the run completes)."""
+        return self._record("running", **extra)
+
     def succeed(self, **extra: Any) -> Path:
         self.enter("done")
         remove_tree(self.work_dir)

@@ -1,0 +1,141 @@
+"""Evidence for the verdict: paired bootstrap of metric differences on test rows, operating points
+of the selected model, and mean ± sd over repeated seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sklearn.metrics import average_precision_score
+
+from tasks.config import TrainConfig
+from tasks.ingest import ID_COLUMN
+from tasks.thresholds import Objective, parse_objective
+
+
+def objective_on_rows(y: np.ndarray, predicted: np.ndarray, objective: Objective) -> np.ndarray:
+    """The threshold objective for each bootstrap row set. y, predicted: (B, n) 0/1 arrays."""
+    tp = (y * predicted).sum(axis=1)
+    fp = ((1 - y) * predicted).sum(axis=1)
+    fn = (y * (1 - predicted)).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if objective.kind in ("f1", "fbeta"):
+            b2 = objective.beta**2
+            denom = (1 + b2) * tp + b2 * fn + fp
+            return np.where(denom > 0, (1 + b2) * tp / denom, 0.0)
+        if objective.kind == "cost":
+            return -(objective.cost_fp * fp + objective.cost_fn * fn) / y.shape[1]
+        return np.where(tp + fn > 0, tp / (tp + fn), 0.0)  # recall
+
+
+def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
+                     threshold_b: float, objective: Objective, n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """95% intervals of (a - b) on the same resampled test rows, for the threshold objective at
+    each model's own tuned threshold and for PR-AUC."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    index = rng.integers(0, n, size=(n_boot, n))
+    yb = y[index]
+    pred_a = (scores_a >= threshold_a).astype(np.int64)[index]
+    pred_b = (scores_b >= threshold_b).astype(np.int64)[index]
+    objective_diff = objective_on_rows(yb, pred_a, objective) - objective_on_rows(yb, pred_b, objective)
+    pr_diff = []
+    for row, ys in zip(index, yb, strict=True):
+        if 0 < ys.sum() < n:
+            pr_diff.append(average_precision_score(ys, scores_a[row]) - average_precision_score(ys, scores_b[row]))
+    full_a = objective_on_rows(y[None, :], (scores_a >= threshold_a)[None, :].astype(np.int64), objective)[0]
+    full_b = objective_on_rows(y[None, :], (scores_b >= threshold_b)[None, :].astype(np.int64), objective)[0]
+
+    def interval(values) -> dict[str, float]:
+        low, high = np.percentile(values, [2.5, 97.5])
+        return {"low": float(low), "high": float(high)}
+
+    return {
+        "objective": objective.label,
+        "objective_difference": float(full_a - full_b),
+        "objective_interval": interval(objective_diff),
+        "pr_auc_difference": float(average_precision_score(y, scores_a) - average_precision_score(y, scores_b)),
+        "pr_auc_interval": interval(pr_diff),
+        "n_boot": n_boot,
+        "n_rows": int(n),
+    }
+
+
+def verdict_text(selected: str, comparison: dict[str, Any] | None, rank_by: str) -> str:
+    if comparison is None:
+        return (f"Selected **{selected}** (best {rank_by} on the validation tuning half). "
+                "No baseline branch ran, so there is no margin to report.")  # fmt: skip
+    if selected == "baseline":
+        return (f"Selected **baseline** (best {rank_by} on the validation tuning half): no balancing "
+                "strategy beat plain training with a tuned threshold on this data.")  # fmt: skip
+    diff, ci = comparison["objective_difference"], comparison["objective_interval"]
+    text = (
+        f"Selected **{selected}** (best {rank_by} on the validation tuning half). On the test rows, "
+        f"with each model at its own tuned threshold, its {comparison['objective']} is {diff:+.4f} versus "
+        f"baseline (95% paired-bootstrap interval {ci['low']:+.4f} to {ci['high']:+.4f}; PR-AUC "
+        f"{comparison['pr_auc_difference']:+.4f}, interval {comparison['pr_auc_interval']['low']:+.4f} to "
+        f"{comparison['pr_auc_interval']['high']:+.4f})."
+    )
+    if ci["low"] <= 0 <= ci["high"]:
+        text += (f" The interval includes zero: {selected} and baseline are **not distinguishable** on "
+                 "this data; baseline with a tuned threshold is the simpler choice.")  # fmt: skip
+    else:
+        better = "better" if ci["low"] > 0 else "worse"
+        text += f" The interval excludes zero: {selected} is reliably {better} than baseline here."
+    return text
+
+
+def operating_points(y: np.ndarray, scores: np.ndarray, thresholds: list[float]) -> list[dict[str, float]]:
+    """Precision, recall and alerts per 1,000 rows at each threshold (positive iff p >= t)."""
+    rows = []
+    for t in thresholds:
+        predicted = scores >= t
+        tp = int((predicted & (y == 1)).sum())
+        alerts = int(predicted.sum())
+        rows.append({
+            "threshold": float(t),
+            "precision": tp / alerts if alerts else float("nan"),
+            "recall": tp / int(y.sum()) if y.sum() else float("nan"),
+            "alerts_per_1000": 1000 * alerts / len(y),
+        })  # fmt: skip
+    return rows
+
+
+def summarize_repeats(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Mean ± sd of test metrics per strategy over the repeated seeds (ok repeats only)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["strategy"] for r in records):
+        ok = [r for r in records if r["strategy"] == name and r["status"] == "ok"]
+        entry: dict[str, Any] = {"repeats_ok": len(ok), "repeats": sum(r["strategy"] == name for r in records)}
+        for key in keys:
+            values = np.array([r[key] for r in ok], dtype=float)
+            entry[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0} if len(values) else None
+        summary[name] = entry
+    return summary
+
+
+@task(name="compare", cache_policy=NO_CACHE)
+def compare_with_baseline(branches_dir: Path, ranked: list[dict[str, Any]], selected: str,
+                          config: TrainConfig) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:  # fmt: skip
+    """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
+    operating points."""
+    by_name = {r["strategy"]: r for r in ranked}
+    chosen = pd.read_parquet(branches_dir / selected / "predictions.parquet").query("part == 'test'")
+    y, scores = chosen.y.to_numpy(), chosen.probability.to_numpy()
+    comparison = None
+    baseline = by_name.get("baseline")
+    if baseline and baseline["status"] == "ok" and selected != "baseline":
+        other = pd.read_parquet(branches_dir / "baseline" / "predictions.parquet").query("part == 'test'")
+        if not np.array_equal(other[ID_COLUMN].to_numpy(), chosen[ID_COLUMN].to_numpy()):
+            raise RuntimeError("baseline and selected predictions are not on the same test rows")
+        comparison = paired_bootstrap(
+            y, scores, other.probability.to_numpy(), by_name[selected]["threshold"], baseline["threshold"],
+            parse_objective(config.objective), config.bootstrap, config.seed,
+        )  # fmt: skip
+    tuned = by_name[selected]["threshold"]
+    grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})
+    return comparison, verdict_text(selected, comparison, config.rank_by), operating_points(y, scores, grid)

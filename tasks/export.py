@@ -1,0 +1,181 @@
+"""The exported model (`<run>/model/`), its model card, and the model registry."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import TrainConfig
+from tasks.features import PREPROCESSING, FeatureSet
+from tasks.io import write_json
+
+MODEL_FILE = "model.json"
+CARD_FILE = "MODEL_CARD.md"
+
+
+@task(name="export-model", cache_policy=NO_CACHE)
+def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: TrainConfig,
+                 branches_dir: Path, model_dir: Path, run_id: str) -> Path:  # fmt: skip
+    """Copy the selected branch's Keras members and write everything needed to score new rows."""
+    manifest = feature_set.manifest
+    model_dir.mkdir(parents=True, exist_ok=True)
+    members = sorted((branches_dir / selected["strategy"] / "model").glob("member_*.keras"))
+    for member in members:
+        shutil.copy2(member, model_dir / member.name)
+    shutil.copy2(Path(feature_set.path) / PREPROCESSING, model_dir / PREPROCESSING)
+    metadata = {
+        "model_name": config.resolved_model_name(manifest["target"]),
+        "run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "strategy": selected["strategy"],
+        "members": [m.name for m in members],
+        "threshold": selected["threshold"],
+        "threshold_objective": selected["threshold_objective"],
+        "rule": "positive iff probability >= threshold",
+        "positive_label": manifest["positive_label"],
+        "negative_label": manifest["negative_label"],
+        "target": manifest["target"],
+        "id_column": manifest["id_column"],
+        "probability_is_prior_corrected": False,
+        "prior": {"trained": selected["trained_prior"], "true": selected["true_prior"],
+                  "corrected_column": selected["prior_corrected"]},  # fmt: skip
+        "metrics": {"test": {k: selected[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc",
+                                                      "balanced_accuracy", "g_mean", "brier", "log_loss",
+                                                      "brier_corrected", "log_loss_corrected", "confusion_matrix")},
+                    "test_at_0_5": selected["at_0_5"], "validation_tuning_half": selected["validation"]},  # fmt: skip
+        "data_fingerprint": feature_set.fingerprint,
+        "feature_set": feature_set.path,
+        "config": config.model_dump(mode="json"),
+        "schema": {"numeric": manifest["features"]["numeric"], "categorical": manifest["features"]["categorical"],
+                   "dropped_constant": manifest["features"]["dropped_constant"],
+                   "feature_stats": manifest["feature_stats"]},  # fmt: skip
+        "training": {"splits": manifest["splits"], "validation_halves": manifest["validation_halves"],
+                     "source": manifest["source"], "source_sha256": manifest["source_sha256"],
+                     "outliers": {k: manifest["outliers"][k] for k in ("method", "removed", "clipped_values")},
+                     "ids_file": str(Path(feature_set.path) / "ids.parquet")},  # fmt: skip
+        "versions": manifest["versions"],
+    }
+    write_json(model_dir / MODEL_FILE, metadata)
+    (model_dir.parent / CARD_FILE).write_text(model_card(metadata, manifest))
+    return model_dir
+
+
+def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
+    test, tune = meta["metrics"]["test"], meta["metrics"]["validation_tuning_half"]
+    splits = manifest["splits"]
+    cm = test["confusion_matrix"]
+    removed = meta["training"]["outliers"]["removed"]
+    small = [n for n, s in {**splits, **meta["training"]["validation_halves"]}.items() if s["positives"] < 30]
+    lines = [
+        f"# Model card: {meta['model_name']}",
+        "",
+        f"Run `{meta['run_id']}`, strategy **{meta['strategy']}**, created {meta['created_at']}.",
+        "",
+        "## Intended use",
+        f"Binary scoring of `{meta['target']}`: the positive class is `{meta['positive_label']}`. Rows with "
+        f"`probability >= {meta['threshold']:.6g}` are flagged positive. Score rows that look like the "
+        "training data (same columns, types and categories); `python -m flows.predict` enforces that.",
+        "",
+        "## Data",
+        f"- Source: `{manifest['source']}` (sha256 `{manifest['source_sha256'][:16]}…`), fingerprint "
+        f"`{meta['data_fingerprint']}`.",
+        *(f"- {name}: {s['rows']} rows, {s['positives']} positive ({s['positives'] / max(s['rows'], 1):.1%})"
+          for name, s in splits.items()),  # fmt: skip
+        f"- Outlier handling `{meta['training']['outliers']['method']}` removed training rows per class: {removed}.",
+        f"- Features: {len(meta['schema']['numeric'])} numeric, {len(meta['schema']['categorical'])} categorical.",
+        "",
+        "## Metrics",
+        "| metric | test (tuned threshold) | test (0.5) | validation tuning half |",
+        "|---|---|---|---|",
+        *(f"| {k} | {test[k]:.4f} | {meta['metrics']['test_at_0_5'][k]:.4f} | {tune[k]:.4f} |"
+          for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy")),  # fmt: skip
+        "",
+        f"Test confusion matrix at the tuned threshold: TN {cm['tn']}, FP {cm['fp']}, FN {cm['fn']}, TP {cm['tp']}.",
+        "The threshold and the strategy were chosen on the validation tuning half; test rows were used only "
+        "for these figures.",
+        "",
+        "## Threshold and calibration",
+        f"- Threshold {meta['threshold']:.6g}, tuned for `{meta['threshold_objective']}` on the validation tuning half.",
+        f"- `probability` is the model's raw score. The strategy trained under a positive prior of "
+        f"{meta['prior']['trained']:.3f} against a true prior of {meta['prior']['true']:.3f}"
+        + ("; `probability_corrected` shifts it back to the true prior "
+           f"(test Brier {test['brier']:.4f} raw vs {test['brier_corrected']:.4f} corrected)."
+           if meta["prior"]["corrected_column"] else "; no correction is needed."),  # fmt: skip
+        "",
+        "## Known limits",
+        f"- Class balance: {manifest['ingest']['class_counts']}.",
+        *([f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; metrics are noisy."] if small else []),
+        "- Trained on one data snapshot; check drift before trusting scores on new data.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path.lock`, so concurrent runs update the registry in turn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_registry(registry_dir: Path, name: str) -> dict[str, Any] | None:
+    path = registry_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register(registry_dir: Path, name: str, run_id: str, model_dir: Path, strategy: str,
+             metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Record this run's model. The first model of a name becomes champion; later ones are
+    recorded as candidates."""
+    path = registry_dir / f"{name}.json"
+    entry = {"run_id": run_id, "model_dir": str(model_dir.resolve()), "strategy": strategy,
+             "metrics": metrics, "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    with locked(path):
+        registry = read_registry(registry_dir, name) or {"name": name, "champion": None, "candidates": [], "history": []}
+        if registry["champion"] is None:
+            registry["champion"] = entry
+            registry["history"].append({**entry, "event": "promoted", "reason": "first model of this name"})
+            decision = "promoted"
+        else:
+            registry["candidates"].append(entry)
+            registry["history"].append({**entry, "event": "candidate", "reason": "champion kept"})
+            decision = "candidate"
+        write_json(path, registry)
+    return {"decision": decision, "registry": str(path)}
+
+
+def resolve_model(model: str, registry_dir: Path) -> Path:
+    """A model directory, or a registry name resolved to its champion's directory."""
+    path = Path(model)
+    if (path / MODEL_FILE).is_file():
+        return path
+    if (path / "model" / MODEL_FILE).is_file():  # a run directory
+        return path / "model"
+    registry = read_registry(registry_dir, model)
+    if registry and registry.get("champion"):
+        return Path(registry["champion"]["model_dir"])
+    from tasks.errors import DataInputError
+
+    known = sorted(p.stem for p in registry_dir.glob("*.json")) if registry_dir.is_dir() else []
+    raise DataInputError(
+        f"no model at {model!r}: not a model directory and not a registered name "
+        f"(registered in {registry_dir}: {', '.join(known) or 'none'})"
+    )

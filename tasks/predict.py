@@ -1,0 +1,84 @@
+"""Scoring new rows with an exported model: schema gate, the stored preprocessing, the members."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import gates
+from tasks.evaluate import prior_correct
+from tasks.export import MODEL_FILE
+from tasks.features import PREPROCESSING, Preprocessing
+from tasks.ingest import NUMERIC_DTYPES
+from tasks.io import load_source, write_parquet
+
+
+class LoadedModel:
+    def __init__(self, model_dir: Path):
+        self.dir = model_dir
+        self.meta: dict[str, Any] = json.loads((model_dir / MODEL_FILE).read_text())
+        self.prep = Preprocessing.model_validate_json((model_dir / PREPROCESSING).read_text())
+        self._members: list[Any] | None = None
+
+    @property
+    def members(self) -> list[Any]:
+        if self._members is None:
+            import keras
+
+            self._members = [keras.models.load_model(self.dir / name, compile=False) for name in self.meta["members"]]
+        return self._members
+
+
+def input_gate(frame: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
+    numeric = [c for c in prep.numeric if c in frame.columns]
+    categorical = [c for c in prep.categorical if c in frame.columns]
+    bindings = {
+        "required_columns": prep.feature_columns,
+        "numeric_features": numeric,
+        "numeric_dtypes": NUMERIC_DTYPES,
+        "categorical_features": categorical,
+        # missing values are allowed where imputation was fitted
+        "categories_by_column": {c: [*prep.categories[c], *([None] if c in prep.impute_values else [])]
+                                 for c in categorical},  # fmt: skip
+        "complete_features": [c for c in prep.feature_columns if c in frame.columns and c not in prep.impute_values],
+    }
+    normalised = frame.copy()
+    for column in categorical:  # categories are matched by their string form, as in training
+        normalised[column] = frame[column].astype("string").astype(object).where(frame[column].notna(), None)
+    return gates.validate("predict input", "predict_input", normalised, bindings).as_dict()
+
+
+def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
+    from tasks.model import one_hot_inputs, predict
+
+    prep = model.prep
+    features = prep.transform(frame)
+    codes = features[prep.categorical].to_numpy(np.int32) if prep.categorical else np.zeros((len(frame), 0), np.int32)
+    x = one_hot_inputs(features[prep.numeric].to_numpy(np.float32), codes, [len(prep.categories[c]) for c in prep.categorical])
+    probability = predict(model.members, x)
+    is_positive = probability >= model.meta["threshold"]
+    out = pd.DataFrame(index=frame.index)
+    if prep.id and prep.id in frame.columns:
+        out[prep.id] = frame[prep.id].to_numpy()
+    out["probability"] = probability
+    if model.meta["prior"]["corrected_column"]:
+        out["probability_corrected"] = prior_correct(probability, model.meta["prior"]["trained"], model.meta["prior"]["true"])
+    out["label"] = np.where(is_positive, model.meta["positive_label"], model.meta["negative_label"])
+    out["is_positive"] = is_positive
+    return out.reset_index(drop=True)
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None) -> dict[str, Any]:
+    model = LoadedModel(model_dir)
+    frame = load_source(data, sep).frame
+    gate = input_gate(frame, model.prep)
+    scored = score(model, frame)
+    write_parquet(out, scored)
+    return {"rows": len(scored), "positives": int(scored["is_positive"].sum()), "out": str(out), "gate": gate["success"]}

@@ -1,0 +1,276 @@
+"""The comparison report: one self-contained HTML file (images embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.thresholds import confusion_at_each_threshold
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.85rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th{background:#f2f2f2}td.l,th.l{text-align:left}
+tr.selected{background:#e8f4e8}tr.failed{background:#fbeaea}
+.verdict{background:#f6f8fb;border-left:4px solid #3b6ea5;padding:.75rem 1rem;font-size:1.05rem}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
+code,pre{background:#f6f6f6;padding:.1rem .3rem}
+"""
+
+
+def _figure_to_img(fig, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], table_id: str = "", row_class=None) -> str:
+    head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns))
+    body = []
+    for row in rows:
+        cls = row_class(row) if row_class else ""
+        cells = []
+        for i, c in enumerate(columns):
+            value = row.get(c, "")
+            if isinstance(value, float):
+                value = "" if np.isnan(value) else f"{value:.4f}"
+            cells.append(f'<td class="{"l" if i == 0 or isinstance(value, str) else ""}">{html.escape(str(value))}</td>')
+        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
+           histories: dict[str, list[dict[str, list[float]]]]) -> dict[str, str]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    ok = [r for r in records if r["status"] == "ok"]
+    colors = {r["strategy"]: plt.cm.tab10(i % 10) for i, r in enumerate(ok)}
+    plots: dict[str, str] = {}
+
+    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(12, 5))
+    for r in ok:
+        test = predictions[r["strategy"]].query("part == 'test'")
+        precision, recall, _ = precision_recall_curve(test.y, test.probability)
+        ax_pr.plot(recall, precision, color=colors[r["strategy"]], label=f"{r['strategy']} (AP {r['pr_auc']:.3f})")
+        ax_pr.scatter([r["recall"]], [r["precision"]], color=colors[r["strategy"]], edgecolor="k", zorder=3)
+        fpr, tpr, _ = roc_curve(test.y, test.probability)
+        ax_roc.plot(fpr, tpr, color=colors[r["strategy"]], label=f"{r['strategy']} ({r['roc_auc']:.3f})")
+    ax_pr.set(title="Precision-recall on test (dots: tuned thresholds)", xlabel="recall", ylabel="precision")
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=1)
+    ax_roc.set(title="ROC on test", xlabel="false positive rate", ylabel="true positive rate")
+    ax_pr.legend(fontsize=7)
+    ax_roc.legend(fontsize=7)
+    plots["pr_roc"] = _figure_to_img(fig, "precision-recall and ROC curves")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, column, title in ((axes[0], "probability", "raw"), (axes[1], "probability_corrected", "prior-corrected")):
+        for r in ok:
+            test = predictions[r["strategy"]].query("part == 'test'")
+            frac, mean = calibration_curve(test.y, test[column].clip(0, 1), n_bins=8, strategy="quantile")
+            ax.plot(mean, frac, marker="o", ms=3, color=colors[r["strategy"]], label=r["strategy"])
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set(title=f"Reliability on test ({title})", xlabel="mean predicted probability", ylabel="observed positive share")
+    axes[0].legend(fontsize=7)
+    plots["reliability"] = _figure_to_img(fig, "reliability curves")
+
+    cols = 4
+    rows_n = int(np.ceil(len(ok) / cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3 * cols, 2.8 * rows_n), squeeze=False)
+    for ax, r in zip(axes.ravel(), ok, strict=False):
+        cm = r["confusion_matrix"]
+        grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+        ax.imshow(grid, cmap="Blues")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11)
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred −", "pred +"], yticklabels=["true −", "true +"])
+        ax.set_title(f"{r['strategy']} @ {r['threshold']:.3f}", fontsize=9)
+    for ax in axes.ravel()[len(ok):]:
+        ax.axis("off")
+    plots["confusion"] = _figure_to_img(fig, "confusion matrices at the tuned thresholds")
+
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    for r in ok:
+        tune = predictions[r["strategy"]].query("part == 'tune'")
+        t, tp, fp, fn, _ = confusion_at_each_threshold(tune.y.to_numpy(), tune.probability.to_numpy())
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0)
+        ax.plot(t, f1, color=colors[r["strategy"]], label=r["strategy"])
+        ax.axvline(r["threshold"], color=colors[r["strategy"]], ls=":", lw=1)
+    ax.set(title="F1 vs threshold on the validation tuning half (dotted: tuned thresholds)", xlabel="threshold", ylabel="F1")
+    ax.legend(fontsize=7, ncol=3)
+    plots["threshold"] = _figure_to_img(fig, "metric versus threshold")
+
+    if histories:
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for name, members in histories.items():
+            color = colors.get(name, "grey")
+            for i, history in enumerate(members):
+                ax_loss.plot(history.get("loss", []), color=color, alpha=1 if i == 0 else 0.4, label=name if i == 0 else None)
+                ax_val.plot(history.get("val_pr_auc", []), color=color, alpha=1 if i == 0 else 0.4, label=name if i == 0 else None)
+        ax_loss.set(title="Training loss per epoch", xlabel="epoch", ylabel="loss")
+        ax_val.set(title="Stop-half PR-AUC per epoch (early stopping)", xlabel="epoch", ylabel="PR-AUC")
+        ax_val.legend(fontsize=7)
+        plots["training"] = _figure_to_img(fig, "training curves")
+
+    fig, ax = plt.subplots(figsize=(12, 4))
+    names = [r["strategy"] for r in ok]
+    counts = [list(r["train_class_counts"].values()) for r in ok]
+    labels = list(ok[0]["train_class_counts"].keys()) if ok else ["positive", "negative"]
+    x = np.arange(len(names))
+    for j, label in enumerate(labels):
+        ax.bar(x + (j - 0.5) * 0.4, [c[j] for c in counts], width=0.4, label=f"class {label}")
+    ax.set(xticks=x, title="Training rows per class after each strategy", ylabel="rows")
+    ax.set_xticklabels(names, rotation=20, fontsize=8)
+    ax.legend()
+    plots["class_counts"] = _figure_to_img(fig, "class counts per strategy")
+    return plots
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any],
+                 branches_dir: Path, comparison: dict[str, Any] | None, verdict: str,
+                 operating: list[dict[str, float]], repeats: dict[str, Any] | None) -> Path:  # fmt: skip
+    records = metrics["strategies"]
+    predictions = {r["strategy"]: pd.read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
+                   for r in records if r["status"] == "ok"}  # fmt: skip
+    histories = {}
+    for r in records:
+        history_file = branches_dir / r["strategy"] / "history.json"
+        if r["status"] == "ok" and history_file.is_file():
+            histories[r["strategy"]] = json.loads(history_file.read_text())
+    plots = _plots(records, predictions, histories)
+    selected = metrics["selected"]
+
+    leaderboard = []
+    for r in records:
+        row = {"strategy": r["strategy"], "rank": r.get("rank") or "", "status": r["status"],
+               "eligible": "yes" if r.get("eligible") else "no (reference)" if r["strategy"] == "reference" else "no"}  # fmt: skip
+        if r["status"] == "ok":
+            row |= {f"tune {metrics['rank_by']}": r["validation"][metrics["rank_by"]], "threshold": r["threshold"],
+                    **{k: r[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "g_mean", "brier_corrected")},
+                    "f1 @0.5": r["at_0_5"]["f1"], "recall @0.5": r["at_0_5"]["recall"]}  # fmt: skip
+        else:
+            row["error"] = r.get("error") or ""
+        leaderboard.append(row)
+    board_columns = ["strategy", "rank", "status", "eligible", f"tune {metrics['rank_by']}", "threshold", "pr_auc",
+                     "roc_auc", "f1", "precision", "recall", "mcc", "g_mean", "brier_corrected", "f1 @0.5",
+                     "recall @0.5", "error"]  # fmt: skip
+
+    def row_class(row):
+        return "selected" if row["strategy"] == selected else "failed" if row["status"] != "ok" else ""
+
+    gates = [{"gate": g["stage"], "result": "passed" if g["success"] else "failed", "expectations": g["expectations"],
+              "checked": "; ".join(sorted({c["expectation"].replace("expect_", "") for c in g["checked"]}))}
+             for g in [run["ingest"]["gate"], *manifest["gates"].values()]]  # fmt: skip
+    outliers = manifest["outliers"]
+    outlier_rows = [{"class": label, "training rows removed": outliers["removed"].get(label, 0),
+                     "values clipped": outliers["clipped_values"].get(label, 0),
+                     "seed article's rule would remove": f"{seed['removed']} of {seed['of']} ({seed['share']:.0%})"}
+                    for label, seed in outliers["seed_rule_removed"].items()]  # fmt: skip
+    split_rows = [{"split": name, "rows": s["rows"], "positives": s["positives"],
+                   "positive share": s["positives"] / max(s["rows"], 1)} for name, s in manifest["splits"].items()]  # fmt: skip
+    split_rows += [{"split": f"validation/{name}", "rows": s["rows"], "positives": s["positives"],
+                    "positive share": s["positives"] / max(s["rows"], 1)} for name, s in manifest["validation_halves"].items()]  # fmt: skip
+    repeat_html = ""
+    if repeats:
+        repeat_rows = [{"strategy": name, "repeats ok": f"{e['repeats_ok']}/{e['repeats']}",
+                        **{k: (f"{e[k]['mean']:.4f} ± {e[k]['sd']:.4f}" if e.get(k) else "") for k in ("pr_auc", "f1", "recall", "precision")}}
+                       for name, e in repeats.items()]  # fmt: skip
+        repeat_html = "<h2>Repeated seeds (test, mean ± sd)</h2>" + _table(
+            repeat_rows, ["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"], "repeats")
+    comparison_html = ""
+    if comparison:
+        comparison_html = _table([{"difference (selected − baseline)": comparison["objective"],
+                                   "point": comparison["objective_difference"],
+                                   "95% low": comparison["objective_interval"]["low"],
+                                   "95% high": comparison["objective_interval"]["high"]},
+                                  {"difference (selected − baseline)": "pr_auc", "point": comparison["pr_auc_difference"],
+                                   "95% low": comparison["pr_auc_interval"]["low"],
+                                   "95% high": comparison["pr_auc_interval"]["high"]}],
+                                 ["difference (selected − baseline)", "point", "95% low", "95% high"], "comparison")  # fmt: skip
+    durations = [{"step": s["stage"], "seconds": s["seconds"]} for s in run["stages"]]
+    versions = [{"package": k, "version": v} for k, v in manifest["versions"].items()]
+    config_json = html.escape(json.dumps(metrics["config"], indent=2))
+
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(metrics['run_id'])}</title>
+<style>{CSS}</style></head><body>
+<h1>Imbalanced training run {html.escape(metrics['run_id'])}</h1>
+<p class="verdict" id="verdict">{_md_bold(html.escape(verdict))}</p>
+<h2>Leaderboard</h2>
+<p>Ranked by {html.escape(metrics['rank_by'])} on the validation tuning half (selection never looks at test).
+Test metrics at each strategy's tuned threshold and at 0.5.</p>
+{_table(leaderboard, board_columns, "leaderboard", row_class)}
+{comparison_html}
+<h2>Operating points of {html.escape(selected)} (test rows)</h2>
+{_table(operating, ["threshold", "precision", "recall", "alerts_per_1000"], "operating-points")}
+{repeat_html}
+<h2>Curves</h2>{plots['pr_roc']}{plots['reliability']}
+<h2>Confusion matrices at the tuned thresholds (test)</h2>{plots['confusion']}
+<h2>Threshold tuning</h2>{plots['threshold']}
+{('<h2>Training</h2>' + plots['training']) if 'training' in plots else ''}
+<h2>Class counts per strategy</h2>{plots['class_counts']}
+<h2>Data</h2>
+<p>Source <code>{html.escape(manifest['source'])}</code>, sha256 <code>{manifest['source_sha256'][:16]}…</code>,
+fingerprint <code>{html.escape(metrics['data_fingerprint'])}</code>; {manifest['ingest']['rows']} rows,
+classes {html.escape(str(manifest['ingest']['class_counts']))}, positive class <code>{html.escape(manifest['positive_label'])}</code>.
+Exact duplicate rows: {manifest['ingest']['exact_duplicate_rows']}; rows with conflicting labels: {manifest['ingest']['conflicting_duplicate_rows']}.
+Split: {html.escape(manifest['split_method'])}.</p>
+{_table(split_rows, ["split", "rows", "positives", "positive share"], "splits")}
+<h3>Outlier handling ({html.escape(outliers['method'])}, training rows only)</h3>
+{_table(outlier_rows, ["class", "training rows removed", "values clipped", "seed article's rule would remove"], "outliers")}
+<h3>Gates</h3>{_table(gates, ["gate", "result", "expectations", "checked"], "gates")}
+<h2>Run</h2>{_table(durations, ["step", "seconds"], "durations")}
+<h3>Effective configuration</h3><pre>{config_json}</pre>
+<h3>Library versions</h3>{_table(versions, ["package", "version"], "versions")}
+</body></html>"""
+    path.write_text(body)
+    return path
+
+
+def _md_bold(text: str) -> str:
+    parts = text.split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any]) -> None:
+    """Leaderboard table, verdict markdown and a link to the HTML report on the flow run."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    rows = []
+    for r in metrics["strategies"]:
+        row = {"rank": r.get("rank"), "strategy": r["strategy"], "status": r["status"], "error": r.get("error") or ""}
+        if r["status"] == "ok":
+            row |= {f"tune_{metrics['rank_by']}": round(r["validation"][metrics["rank_by"]], 4),
+                    "threshold": round(r["threshold"], 4),
+                    **{k: round(r[k], 4) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")}}  # fmt: skip
+        rows.append(row)
+    create_table_artifact(key="leaderboard", table=rows, description=f"Strategies of run {metrics['run_id']}")
+    create_markdown_artifact(
+        key="verdict",
+        markdown=f"# Run {metrics['run_id']}\n\n{verdict}\n\nRegistry: {registry['decision']} "
+        f"(`{registry['registry']}`)\n\nReport: `{report_path}`\n",
+        description="Which strategy and threshold to ship",
+    )
+    create_link_artifact(key="report", link=report_path.resolve().as_uri(), link_text="HTML report",
+                         description=f"Comparison report of run {metrics['run_id']}")  # fmt: skip

@@ -18,7 +18,9 @@ from tasks.predict import predict_file
 
 
 @flow(name="imbalance-predict", log_prints=True)
-def predict_flow(model: str, data: str, out: str, output: str = "runs", sep: str | None = None) -> dict[str, Any]:
+def predict_flow(
+    model: str, data: str, out: str, output: str = "runs", sep: str | None = None
+) -> dict[str, Any]:
     """Score `data` with a model directory or the champion of a registered name; write parquet
     with `probability`, `label`, `is_positive` (and the id column when present)."""
     model_dir = resolve_model(model, Path(output) / "registry")
@@ -34,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         "exit codes: 0 success, 2 bad input (missing columns, wrong types, unseen categories), 1 internal error",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="model directory, run directory, or registered model name")
+    parser.add_argument(
+        "--model", required=True, help="model directory, run directory, or registered model name"
+    )
     parser.add_argument("--data", required=True, help="CSV/CSV.GZ/parquet file to score")
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         result = predict_flow(args.model, args.data, args.out, args.output, args.sep)
     except ImbalanceFlowError as exc:

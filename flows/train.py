@@ -15,8 +15,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import TrainConfig, load_config_file
 from tasks.compare import compare_with_baseline, summarize_repeats
+from tasks.config import TrainConfig, load_config_file
 from tasks.errors import ImbalanceFlowError, StrategyError
 from tasks.export import export_model, register
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
@@ -57,7 +57,11 @@ def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfi
         futures = []
         for name, repeat in jobs:
             label = name if repeat == 0 else f"{name}-r{repeat}"
-            branch_config = config if repeat == 0 else config.model_copy(update={"seed": config.seed + 1000 * repeat})
+            branch_config = (
+                config
+                if repeat == 0
+                else config.model_copy(update={"seed": config.seed + 1000 * repeat})
+            )
             futures.append((name, repeat, runner.submit(
                 train_branch.with_options(task_run_name=f"train-{label}"),
                 {"name": name, "feature_set": feature_set, "config": branch_config,
@@ -82,8 +86,11 @@ def _flow_run_name() -> str:
     return f"train-{Path(str(data)).name.split('.')[0]}-{flow_run.scheduled_start_time:%Y-%m-%d}"
 
 
+DEFAULT_CONFIG = TrainConfig()  # the built-in dataset with every default; never mutated
+
+
 @flow(name="imbalance-train", flow_run_name=_flow_run_name, log_prints=True)
-def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
+def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
@@ -94,7 +101,9 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         run.enter("ingest")
         ingested = ingest(config, run.work_dir)
         run.enter("feature-store")
-        feature_set = load_valid_feature_set(config.store_dir, fingerprint(config, ingested.source_sha256))
+        feature_set = load_valid_feature_set(
+            config.store_dir, fingerprint(config, ingested.source_sha256)
+        )
         if feature_set is None:
             run.enter("split")
             splits = split(config, ingested, run.work_dir)
@@ -105,12 +114,16 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         else:
             log.info("reusing feature set %s", feature_set.fingerprint)
         run.enter("train")
-        records = train_branches([*strategies, REFERENCE], feature_set, config, run.staging / "branches")
+        records = train_branches(
+            [*strategies, REFERENCE], feature_set, config, run.staging / "branches"
+        )
         run.enter("select")
         primary = [r for r in records if r["repeat"] == 0]
         ranked, selected = select(primary, config.rank_by)
         if selected is None:
-            errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok")
+            errors = "; ".join(
+                f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok"
+            )
             raise StrategyError(f"every strategy failed: {errors}")
         repeats = summarize_repeats(records, METRIC_KEYS[:-1]) if config.repeats > 1 else None
         metrics = {
@@ -120,7 +133,9 @@ def train_flow(config: TrainConfig = TrainConfig()) -> TrainResult:
         }  # fmt: skip
         write_json(run.staging / "metrics.json", metrics)
         write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
-        log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
+        log.info(
+            "selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by
+        )
         run.enter("report")
         branches = run.staging / "branches"
         comparison, verdict, operating = compare_with_baseline(branches, ranked, selected, config)
@@ -211,7 +226,9 @@ def _print_validation_error(exc: ValidationError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(argv)
     except ValidationError as exc:

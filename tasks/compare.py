@@ -42,13 +42,22 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
     yb = y[index]
     pred_a = (scores_a >= threshold_a).astype(np.int64)[index]
     pred_b = (scores_b >= threshold_b).astype(np.int64)[index]
-    objective_diff = objective_on_rows(yb, pred_a, objective) - objective_on_rows(yb, pred_b, objective)
+    objective_diff = objective_on_rows(yb, pred_a, objective) - objective_on_rows(
+        yb, pred_b, objective
+    )
     pr_diff = []
     for row, ys in zip(index, yb, strict=True):
         if 0 < ys.sum() < n:
-            pr_diff.append(average_precision_score(ys, scores_a[row]) - average_precision_score(ys, scores_b[row]))
-    full_a = objective_on_rows(y[None, :], (scores_a >= threshold_a)[None, :].astype(np.int64), objective)[0]
-    full_b = objective_on_rows(y[None, :], (scores_b >= threshold_b)[None, :].astype(np.int64), objective)[0]
+            pr_diff.append(
+                average_precision_score(ys, scores_a[row])
+                - average_precision_score(ys, scores_b[row])
+            )
+    full_a = objective_on_rows(
+        y[None, :], (scores_a >= threshold_a)[None, :].astype(np.int64), objective
+    )[0]
+    full_b = objective_on_rows(
+        y[None, :], (scores_b >= threshold_b)[None, :].astype(np.int64), objective
+    )[0]
 
     def interval(values) -> dict[str, float]:
         low, high = np.percentile(values, [2.5, 97.5])
@@ -58,7 +67,9 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
         "objective": objective.label,
         "objective_difference": float(full_a - full_b),
         "objective_interval": interval(objective_diff),
-        "pr_auc_difference": float(average_precision_score(y, scores_a) - average_precision_score(y, scores_b)),
+        "pr_auc_difference": float(
+            average_precision_score(y, scores_a) - average_precision_score(y, scores_b)
+        ),
         "pr_auc_interval": interval(pr_diff),
         "n_boot": n_boot,
         "n_rows": int(n),
@@ -89,7 +100,9 @@ def verdict_text(selected: str, comparison: dict[str, Any] | None, rank_by: str)
     return text
 
 
-def operating_points(y: np.ndarray, scores: np.ndarray, thresholds: list[float]) -> list[dict[str, float]]:
+def operating_points(
+    y: np.ndarray, scores: np.ndarray, thresholds: list[float]
+) -> list[dict[str, float]]:
     """Precision, recall and alerts per 1,000 rows at each threshold (positive iff p >= t)."""
     rows = []
     for t in thresholds:
@@ -105,15 +118,27 @@ def operating_points(y: np.ndarray, scores: np.ndarray, thresholds: list[float])
     return rows
 
 
-def summarize_repeats(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def summarize_repeats(
+    records: list[dict[str, Any]], keys: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     """Mean ± sd of test metrics per strategy over the repeated seeds (ok repeats only)."""
     summary: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["strategy"] for r in records):
         ok = [r for r in records if r["strategy"] == name and r["status"] == "ok"]
-        entry: dict[str, Any] = {"repeats_ok": len(ok), "repeats": sum(r["strategy"] == name for r in records)}
+        entry: dict[str, Any] = {
+            "repeats_ok": len(ok),
+            "repeats": sum(r["strategy"] == name for r in records),
+        }
         for key in keys:
             values = np.array([r[key] for r in ok], dtype=float)
-            entry[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0} if len(values) else None
+            entry[key] = (
+                {
+                    "mean": float(values.mean()),
+                    "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                }
+                if len(values)
+                else None
+            )
         summary[name] = entry
     return summary
 
@@ -124,12 +149,16 @@ def compare_with_baseline(branches_dir: Path, ranked: list[dict[str, Any]], sele
     """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
     operating points."""
     by_name = {r["strategy"]: r for r in ranked}
-    chosen = pd.read_parquet(branches_dir / selected / "predictions.parquet").query("part == 'test'")
+    chosen = pd.read_parquet(branches_dir / selected / "predictions.parquet").query(
+        "part == 'test'"
+    )
     y, scores = chosen.y.to_numpy(), chosen.probability.to_numpy()
     comparison = None
     baseline = by_name.get("baseline")
     if baseline and baseline["status"] == "ok" and selected != "baseline":
-        other = pd.read_parquet(branches_dir / "baseline" / "predictions.parquet").query("part == 'test'")
+        other = pd.read_parquet(branches_dir / "baseline" / "predictions.parquet").query(
+            "part == 'test'"
+        )
         if not np.array_equal(other[ID_COLUMN].to_numpy(), chosen[ID_COLUMN].to_numpy()):
             raise RuntimeError("baseline and selected predictions are not on the same test rows")
         comparison = paired_bootstrap(
@@ -138,4 +167,8 @@ def compare_with_baseline(branches_dir: Path, ranked: list[dict[str, Any]], sele
         )  # fmt: skip
     tuned = by_name[selected]["threshold"]
     grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})
-    return comparison, verdict_text(selected, comparison, config.rank_by), operating_points(y, scores, grid)
+    return (
+        comparison,
+        verdict_text(selected, comparison, config.rank_by),
+        operating_points(y, scores, grid),
+    )

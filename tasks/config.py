@@ -39,7 +39,9 @@ class TrainConfig(BaseModel):
 
     # --- split -------------------------------------------------------------------------
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    split_by: str | None = Field(None, description="'time:COL' trains on the past, tests on the future")
+    split_by: str | None = Field(
+        None, description="'time:COL' trains on the past, tests on the future"
+    )
     group: str | None = Field(None, description="no value of this column lands in two splits")
 
     # --- outliers ----------------------------------------------------------------------
@@ -96,7 +98,9 @@ class TrainConfig(BaseModel):
             try:
                 return tuple(float(part) for part in value.split(","))
             except ValueError as exc:
-                raise ValueError(f"--split expects three numbers like 0.6,0.2,0.2, got {value!r}") from exc
+                raise ValueError(
+                    f"--split expects three numbers like 0.6,0.2,0.2, got {value!r}"
+                ) from exc
         return value
 
     @field_validator("split")
@@ -173,9 +177,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}"
+        )
     return loaded

@@ -24,10 +24,10 @@ class BuiltinDataset:
 
 def _kaggle_name(sklearn_name: str) -> str:
     """'mean concave points' -> 'concave points_mean', 'radius error' -> 'radius_se'."""
-    for prefix, suffix in (("mean ", "_mean"), ("worst ", "_worst")):
-        if sklearn_name.startswith(prefix):
-            stem = sklearn_name[len(prefix) :]
-            break
+    if sklearn_name.startswith("mean "):
+        stem, suffix = sklearn_name.removeprefix("mean "), "_mean"
+    elif sklearn_name.startswith("worst "):
+        stem, suffix = sklearn_name.removeprefix("worst "), "_worst"
     else:
         stem, suffix = sklearn_name.removesuffix(" error"), "_se"
     if stem != "concave points":  # the Kaggle file keeps this one space

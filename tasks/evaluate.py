@@ -53,7 +53,9 @@ def score_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, p_corrected: np.ndarray) -> dict[str, Any]:
+def evaluate(
+    y: np.ndarray, p: np.ndarray, threshold: float, p_corrected: np.ndarray
+) -> dict[str, Any]:
     """All reported metrics: ranking and calibration of the raw scores, counts at `threshold`,
     and Brier/log loss of the prior-corrected probabilities."""
     result = score_metrics(y, p) | threshold_metrics(y, p, threshold)

@@ -46,22 +46,52 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
         "target": manifest["target"],
         "id_column": manifest["id_column"],
         "probability_is_prior_corrected": False,
-        "prior": {"trained": selected["trained_prior"], "true": selected["true_prior"],
-                  "corrected_column": selected["prior_corrected"]},  # fmt: skip
-        "metrics": {"test": {k: selected[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc",
-                                                      "balanced_accuracy", "g_mean", "brier", "log_loss",
-                                                      "brier_corrected", "log_loss_corrected", "confusion_matrix")},
-                    "test_at_0_5": selected["at_0_5"], "validation_tuning_half": selected["validation"]},  # fmt: skip
+        "prior": {
+            "trained": selected["trained_prior"],
+            "true": selected["true_prior"],
+            "corrected_column": selected["prior_corrected"],
+        },  # fmt: skip
+        "metrics": {
+            "test": {
+                k: selected[k]
+                for k in (
+                    "pr_auc",
+                    "roc_auc",
+                    "f1",
+                    "precision",
+                    "recall",
+                    "mcc",
+                    "balanced_accuracy",
+                    "g_mean",
+                    "brier",
+                    "log_loss",
+                    "brier_corrected",
+                    "log_loss_corrected",
+                    "confusion_matrix",
+                )
+            },
+            "test_at_0_5": selected["at_0_5"],
+            "validation_tuning_half": selected["validation"],
+        },  # fmt: skip
         "data_fingerprint": feature_set.fingerprint,
         "feature_set": feature_set.path,
         "config": config.model_dump(mode="json"),
-        "schema": {"numeric": manifest["features"]["numeric"], "categorical": manifest["features"]["categorical"],
-                   "dropped_constant": manifest["features"]["dropped_constant"],
-                   "feature_stats": manifest["feature_stats"]},  # fmt: skip
-        "training": {"splits": manifest["splits"], "validation_halves": manifest["validation_halves"],
-                     "source": manifest["source"], "source_sha256": manifest["source_sha256"],
-                     "outliers": {k: manifest["outliers"][k] for k in ("method", "removed", "clipped_values")},
-                     "ids_file": str(Path(feature_set.path) / "ids.parquet")},  # fmt: skip
+        "schema": {
+            "numeric": manifest["features"]["numeric"],
+            "categorical": manifest["features"]["categorical"],
+            "dropped_constant": manifest["features"]["dropped_constant"],
+            "feature_stats": manifest["feature_stats"],
+        },  # fmt: skip
+        "training": {
+            "splits": manifest["splits"],
+            "validation_halves": manifest["validation_halves"],
+            "source": manifest["source"],
+            "source_sha256": manifest["source_sha256"],
+            "outliers": {
+                k: manifest["outliers"][k] for k in ("method", "removed", "clipped_values")
+            },
+            "ids_file": str(Path(feature_set.path) / "ids.parquet"),
+        },  # fmt: skip
         "versions": manifest["versions"],
     }
     write_json(model_dir / MODEL_FILE, metadata)
@@ -74,7 +104,11 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
     splits = manifest["splits"]
     cm = test["confusion_matrix"]
     removed = meta["training"]["outliers"]["removed"]
-    small = [n for n, s in {**splits, **meta["training"]["validation_halves"]}.items() if s["positives"] < 30]
+    small = [
+        n
+        for n, s in {**splits, **meta["training"]["validation_halves"]}.items()
+        if s["positives"] < 30
+    ]
     lines = [
         f"# Model card: {meta['model_name']}",
         "",
@@ -88,16 +122,20 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
         "## Data",
         f"- Source: `{manifest['source']}` (sha256 `{manifest['source_sha256'][:16]}…`), fingerprint "
         f"`{meta['data_fingerprint']}`.",
-        *(f"- {name}: {s['rows']} rows, {s['positives']} positive ({s['positives'] / max(s['rows'], 1):.1%})"
-          for name, s in splits.items()),  # fmt: skip
+        *(
+            f"- {name}: {s['rows']} rows, {s['positives']} positive ({s['positives'] / max(s['rows'], 1):.1%})"
+            for name, s in splits.items()
+        ),  # fmt: skip
         f"- Outlier handling `{meta['training']['outliers']['method']}` removed training rows per class: {removed}.",
         f"- Features: {len(meta['schema']['numeric'])} numeric, {len(meta['schema']['categorical'])} categorical.",
         "",
         "## Metrics",
         "| metric | test (tuned threshold) | test (0.5) | validation tuning half |",
         "|---|---|---|---|",
-        *(f"| {k} | {test[k]:.4f} | {meta['metrics']['test_at_0_5'][k]:.4f} | {tune[k]:.4f} |"
-          for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy")),  # fmt: skip
+        *(
+            f"| {k} | {test[k]:.4f} | {meta['metrics']['test_at_0_5'][k]:.4f} | {tune[k]:.4f} |"
+            for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy")
+        ),  # fmt: skip
         "",
         f"Test confusion matrix at the tuned threshold: TN {cm['tn']}, FP {cm['fp']}, FN {cm['fn']}, TP {cm['tp']}.",
         "The threshold and the strategy were chosen on the validation tuning half; test rows were used only "
@@ -107,13 +145,22 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"- Threshold {meta['threshold']:.6g}, tuned for `{meta['threshold_objective']}` on the validation tuning half.",
         f"- `probability` is the model's raw score. The strategy trained under a positive prior of "
         f"{meta['prior']['trained']:.3f} against a true prior of {meta['prior']['true']:.3f}"
-        + ("; `probability_corrected` shifts it back to the true prior "
-           f"(test Brier {test['brier']:.4f} raw vs {test['brier_corrected']:.4f} corrected)."
-           if meta["prior"]["corrected_column"] else "; no correction is needed."),  # fmt: skip
+        + (
+            "; `probability_corrected` shifts it back to the true prior "
+            f"(test Brier {test['brier']:.4f} raw vs {test['brier_corrected']:.4f} corrected)."
+            if meta["prior"]["corrected_column"]
+            else "; no correction is needed."
+        ),  # fmt: skip
         "",
         "## Known limits",
         f"- Class balance: {manifest['ingest']['class_counts']}.",
-        *([f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; metrics are noisy."] if small else []),
+        *(
+            [
+                f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; metrics are noisy."
+            ]
+            if small
+            else []
+        ),
         "- Trained on one data snapshot; check drift before trusting scores on new data.",
         "",
     ]
@@ -149,10 +196,17 @@ def register(registry_dir: Path, name: str, run_id: str, model_dir: Path, strate
     entry = {"run_id": run_id, "model_dir": str(model_dir.resolve()), "strategy": strategy,
              "metrics": metrics, "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
     with locked(path):
-        registry = read_registry(registry_dir, name) or {"name": name, "champion": None, "candidates": [], "history": []}
+        registry = read_registry(registry_dir, name) or {
+            "name": name,
+            "champion": None,
+            "candidates": [],
+            "history": [],
+        }
         if registry["champion"] is None:
             registry["champion"] = entry
-            registry["history"].append({**entry, "event": "promoted", "reason": "first model of this name"})
+            registry["history"].append(
+                {**entry, "event": "promoted", "reason": "first model of this name"}
+            )
             decision = "promoted"
         else:
             registry["candidates"].append(entry)

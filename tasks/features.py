@@ -94,7 +94,9 @@ class FeatureSet(BaseModel):
 
 
 def fingerprint(config: TrainConfig, source_sha256: str) -> str:
-    payload = json.dumps({"source": source_sha256, "settings": config.feature_settings()}, sort_keys=True)
+    payload = json.dumps(
+        {"source": source_sha256, "settings": config.feature_settings()}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -104,7 +106,11 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
     impute_values: dict[str, Any] = {}
     if config.impute != "none":
         for column in numeric:  # every column: prediction-time rows may miss any of them
-            value = train[column].median() if config.impute == "median" else train[column].mode().iloc[0]
+            value = (
+                train[column].median()
+                if config.impute == "median"
+                else train[column].mode().iloc[0]
+            )
             impute_values[column] = float(value)
         for column in categorical:
             impute_values[column] = str(train[column].astype("string").mode().iloc[0])
@@ -156,13 +162,18 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
     return stats
 
 
-def _gate(frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainConfig) -> dict[str, Any]:
+def _gate(
+    frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainConfig
+) -> dict[str, Any]:
     features = prep.feature_columns
     train = frames["train"]
     n = len(train)
     sample_to_population = float(np.sqrt(n / (n - 1))) if n > 1 else 1.0
     tol = config.scale_tolerance
-    nonfinite = sum(int((~np.isfinite(frame[prep.numeric].to_numpy(dtype="float64"))).sum()) for frame in frames.values())
+    nonfinite = sum(
+        int((~np.isfinite(frame[prep.numeric].to_numpy(dtype="float64"))).sum())
+        for frame in frames.values()
+    )
     facts = pd.DataFrame([{
         "nonfinite_values": nonfinite,
         "columns_match": int(all(list(f.columns) == list(train.columns) for f in frames.values())),
@@ -239,7 +250,9 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
         for name, info in manifest["files"].items():
             path = directory / name
             if not path.is_file() or sha256_file(path) != info["sha256"]:
-                log.warning("feature set %s is invalid: %s is missing or changed; rebuilding", fp, name)
+                log.warning(
+                    "feature set %s is invalid: %s is missing or changed; rebuilding", fp, name
+                )
                 return None
     except (json.JSONDecodeError, KeyError, OSError) as exc:
         log.warning("feature set %s has an unreadable manifest (%s); rebuilding", fp, exc)
@@ -251,7 +264,9 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
 def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
                    outliers: OutlierResult) -> FeatureSet:  # fmt: skip
     raw = pd.read_parquet(ingest.raw_path)
-    assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN])
+    assignment = pd.read_parquet(
+        split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN]
+    )
     removed = set(pd.read_parquet(outliers.removed_path)[ROW_COLUMN])
     raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
     raw = raw[~raw[ROW_COLUMN].isin(removed)]
@@ -273,10 +288,13 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         for name, frame in frames.items():
             write_parquet(staging / f"{name}.parquet", frame)
         ids = raw[[ID_COLUMN, SPLIT_COLUMN, HALF_COLUMN, TARGET_COLUMN]].rename(
-            columns={SPLIT_COLUMN: "split", HALF_COLUMN: "half", TARGET_COLUMN: "y"})
+            columns={SPLIT_COLUMN: "split", HALF_COLUMN: "half", TARGET_COLUMN: "y"}
+        )
         write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
-        manifest = _manifest(config, ingest, split, outliers, prep, frames, parts["train"], staging, fp, gate)
+        manifest = _manifest(
+            config, ingest, split, outliers, prep, frames, parts["train"], staging, fp, gate
+        )
         write_json(staging / MANIFEST, manifest)  # last: its presence means the set is complete
         target = store / fp
         if target.exists():

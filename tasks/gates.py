@@ -93,7 +93,10 @@ def expand_suite(spec: dict[str, Any], bindings: dict[str, Any]) -> list[dict[st
         columns = bindings.get(entry["for_each"], []) if "for_each" in entry else [None]
         for column in columns:
             local = {**bindings, "column": column}
-            for key, value in bindings.items():  # per-column bindings: {"<name>_by_column": {col: v}}
+            for (
+                key,
+                value,
+            ) in bindings.items():  # per-column bindings: {"<name>_by_column": {col: v}}
                 if key.endswith("_by_column") and column in value:
                     local[key.removesuffix("_by_column") + "_of_column"] = value[column]
             concrete.append(
@@ -129,6 +132,9 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
             {**kwargs, "observed": _fmt(observed) if observed is not None else "?",
              "min_value": _fmt(low), "max_value": _fmt(high), "column": meta.get("column") or column}
         )  # fmt: skip
+        if result.get("unexpected_count"):
+            values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
+            text += f": {_examples(values, 10)} ({result['unexpected_count']} rows)"
     elif kind == "expect_column_to_exist":
         text = f"column '{column}' not found; columns are: {', '.join(map(str, frame.columns))}"
     elif kind == "expect_column_unique_value_count_to_be_between":
@@ -154,8 +160,6 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
         values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
         text = (f"column '{column}' has {result.get('unexpected_count')} rows with values outside the "
                 f"expected set: {_examples(values, 10)}")  # fmt: skip
-        if "describe" in meta:
-            text = meta["describe"].format(column=column) + f": {_examples(values, 10)} ({result.get('unexpected_count')} rows)"
     elif "unexpected_count" in result:
         text = (
             f"column '{column}' has {result.get('unexpected_count')} unexpected values "
@@ -193,7 +197,8 @@ def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.D
         if not configs:
             continue
         suite = ExpectationSuite(
-            name=f"{stage}-{suite_name}-{table_name}", expectations=[c.to_domain_obj() for c in configs]
+            name=f"{stage}-{suite_name}-{table_name}",
+            expectations=[c.to_domain_obj() for c in configs],
         )
         with _LOCK:  # the GX context is not thread-safe; branches validate from several threads
             _, batch_definition = _context()
@@ -201,7 +206,9 @@ def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.D
             outcome = batch.validate(suite, expectation_parameters=params, result_format="SUMMARY")
         _collect(report, table_name, outcome, frame)
     report.success = not report.failures
-    log.info("%s gate: %d expectations, %d failed", stage, len(report.checked), len(report.failures))
+    log.info(
+        "%s gate: %d expectations, %d failed", stage, len(report.checked), len(report.failures)
+    )
     if report.failures and raise_on_failure:
         raise GateFailed(stage, report.failures)
     return report
@@ -228,8 +235,14 @@ def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFr
         column = kwargs.get("column")
         if column in reported_missing and config.type != "expect_column_to_exist":
             continue  # the missing column is already reported once by its existence check
-        if column is not None and column not in frame.columns and config.type != "expect_column_to_exist":
-            report.failures.append(f"{config.type} could not be evaluated: column '{column}' is not in the {table_name} table")
+        if (
+            column is not None
+            and column not in frame.columns
+            and config.type != "expect_column_to_exist"
+        ):
+            report.failures.append(
+                f"{config.type} could not be evaluated: column '{column}' is not in the {table_name} table"
+            )
             continue
         if item.exception_info and item.exception_info.get("raised_exception"):
             report.failures.append(

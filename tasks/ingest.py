@@ -59,11 +59,17 @@ def resolve_roles(frame: pd.DataFrame, config: TrainConfig, default_target: str 
         raise DataInputError("no target column given: set --target COLUMN")
     id_column = config.id if config.id is not None else default_id
     excluded = {target, id_column, config.group, config.time_column, *config.drop} - {None}
-    declared = [c for c in (id_column, config.group, config.time_column, *config.drop, *config.categorical) if c]
+    declared = [
+        c
+        for c in (id_column, config.group, config.time_column, *config.drop, *config.categorical)
+        if c
+    ]
     features = [c for c in frame.columns if c not in excluded]
     categorical = [c for c in features if c in set(config.categorical)]
     numeric = [c for c in features if c not in set(categorical)]
-    return ColumnRoles(target=target, id=id_column, numeric=numeric, categorical=categorical), declared
+    return ColumnRoles(
+        target=target, id=id_column, numeric=numeric, categorical=categorical
+    ), declared
 
 
 def resolve_positive(target: pd.Series, positive: str | None) -> tuple[str, str, pd.Series]:
@@ -132,7 +138,9 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
         {"min_class_count": config.min_class_count},
     )  # fmt: skip
 
-    positive_default = config.positive if config.positive is not None else (builtin.positive if builtin else None)
+    positive_default = (
+        config.positive if config.positive is not None else (builtin.positive if builtin else None)
+    )
     positive, negative, y = resolve_positive(frame[roles.target], positive_default)
     exact, conflicting = duplicate_report(frame, roles.features, roles.target)
 

@@ -96,7 +96,9 @@ def read_csv(path: Path, sep: str | None) -> tuple[pd.DataFrame, list[str]]:
     except pd.errors.EmptyDataError as exc:
         raise DataInputError(f"data file {path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise DataInputError(f"could not parse {path} as CSV (delimiter {separator!r}): {exc}") from exc
+        raise DataInputError(
+            f"could not parse {path} as CSV (delimiter {separator!r}): {exc}"
+        ) from exc
     frame, dropped = _drop_trailing_empty_columns(frame)
     notes = [f"delimiter {separator!r}"]
     if dropped:
@@ -116,7 +118,9 @@ def load_source(data: str, sep: str | None = None) -> LoadedData:
     if data in BUILTINS:
         builtin = BUILTINS[data]
         frame = builtin.load()
-        return LoadedData(frame, f"builtin:{data}", sha256_frame(frame), builtin, (builtin.description,))
+        return LoadedData(
+            frame, f"builtin:{data}", sha256_frame(frame), builtin, (builtin.description,)
+        )
     path = Path(data).expanduser()
     if not path.exists():
         names = ", ".join(sorted(BUILTINS))

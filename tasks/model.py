@@ -23,8 +23,12 @@ def configure_tensorflow(threads: int) -> None:
     """Give TensorFlow `threads` intra- and inter-op threads; a no-op once it has started."""
     global _CONFIGURED
     if _CONFIGURED is not None:
-        if _CONFIGURED != threads:
-            log.warning("TensorFlow already uses %d threads; %d applies to a new process", _CONFIGURED, threads)
+        if threads != _CONFIGURED:
+            log.warning(
+                "TensorFlow already uses %d threads; %d applies to a new process",
+                _CONFIGURED,
+                threads,
+            )
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -71,7 +75,9 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
             bias_initializer="zeros",
         )(x)  # fmt: skip
         if settings.dropout > 0:
-            x = keras.layers.Dropout(settings.dropout, seed=seed + 10 * i + 1, name=f"dropout_{i}")(x)
+            x = keras.layers.Dropout(settings.dropout, seed=seed + 10 * i + 1, name=f"dropout_{i}")(
+                x
+            )
     outputs = keras.layers.Dense(
         1, activation="sigmoid", name="probability",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997),
@@ -107,7 +113,9 @@ def fit_member(x: np.ndarray, y: np.ndarray, x_stop: np.ndarray, y_stop: np.ndar
 
     model = build_mlp(x.shape[1], settings, seed, output_bias)
     if loss == "focal":
-        loss_fn = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=focal_alpha, gamma=2.0)
+        loss_fn = keras.losses.BinaryFocalCrossentropy(
+            apply_class_balancing=True, alpha=focal_alpha, gamma=2.0
+        )
     else:
         loss_fn = keras.losses.BinaryCrossentropy()
     model.compile(
@@ -132,12 +140,18 @@ def fit_member(x: np.ndarray, y: np.ndarray, x_stop: np.ndarray, y_stop: np.ndar
     curve = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     val_pr = curve.get("val_pr_auc", [])
     best_epoch = int(np.argmax(val_pr)) + 1 if val_pr else len(curve.get("loss", []))
-    return model, {"epochs_run": len(curve.get("loss", [])), "best_epoch": best_epoch, "history": curve}
+    return model, {
+        "epochs_run": len(curve.get("loss", [])),
+        "best_epoch": best_epoch,
+        "history": curve,
+    }
 
 
 def predict(models: list[Any], x: np.ndarray) -> np.ndarray:
     """Average of the members' probabilities."""
-    return np.mean([m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models], axis=0).astype(np.float64)
+    return np.mean(
+        [m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models], axis=0
+    ).astype(np.float64)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

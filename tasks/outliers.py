@@ -44,7 +44,9 @@ def continuous_columns(train: pd.DataFrame, numeric: list[str]) -> list[str]:
     return [c for c in numeric if train[c].nunique(dropna=True) > 2]
 
 
-def fit_bounds(train: pd.DataFrame, columns: list[str], method: str, z: float, k: float) -> dict[str, tuple[float, float]]:
+def fit_bounds(
+    train: pd.DataFrame, columns: list[str], method: str, z: float, k: float
+) -> dict[str, tuple[float, float]]:
     """Per-column (low, high) bounds from the training rows only."""
     bounds: dict[str, tuple[float, float]] = {}
     for column in columns:
@@ -67,7 +69,9 @@ def outside_bounds(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) 
     return mask
 
 
-def seed_article_rule(frame: pd.DataFrame, columns: list[str], labels: pd.Series, z: float = 3.0) -> dict[str, Any]:
+def seed_article_rule(
+    frame: pd.DataFrame, columns: list[str], labels: pd.Series, z: float = 3.0
+) -> dict[str, Any]:
     """What the seed article's filter would remove: |z| < 3 kept column after column (z recomputed
     on what is left), on every row of every class, before any split."""
     kept = frame[columns]
@@ -87,7 +91,9 @@ def seed_article_rule(frame: pd.DataFrame, columns: list[str], labels: pd.Series
 
 
 @task(name="outliers", cache_policy=NO_CACHE)
-def handle_outliers(config: TrainConfig, ingest: IngestResult, split: SplitResult, work_dir: Path) -> OutlierResult:
+def handle_outliers(
+    config: TrainConfig, ingest: IngestResult, split: SplitResult, work_dir: Path
+) -> OutlierResult:
     raw = pd.read_parquet(ingest.raw_path)
     assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN])
     raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
@@ -96,7 +102,11 @@ def handle_outliers(config: TrainConfig, ingest: IngestResult, split: SplitResul
 
     columns = continuous_columns(train, ingest.roles.numeric)
     method = config.outlier
-    bounds = {} if method == "none" else fit_bounds(train, columns, method, config.outlier_z, config.outlier_iqr_k)
+    bounds = (
+        {}
+        if method == "none"
+        else fit_bounds(train, columns, method, config.outlier_z, config.outlier_iqr_k)
+    )
 
     majority = 1 if train[TARGET_COLUMN].mean() > 0.5 else 0
     removed_mask = pd.Series(False, index=raw.index)
@@ -113,7 +123,10 @@ def handle_outliers(config: TrainConfig, ingest: IngestResult, split: SplitResul
 
     train_labels = labels[raw[SPLIT_COLUMN] == "train"]
     removed_labels = labels[removed_mask]
-    removed = {label: int((removed_labels == label).sum()) for label in (ingest.positive_label, ingest.negative_label)}
+    removed = {
+        label: int((removed_labels == label).sum())
+        for label in (ingest.positive_label, ingest.negative_label)
+    }
     train_totals = {label: int((train_labels == label).sum()) for label in removed}
     minority_label = ingest.negative_label if majority == 1 else ingest.positive_label
 

@@ -31,7 +31,10 @@ class LoadedModel:
         if self._members is None:
             import keras
 
-            self._members = [keras.models.load_model(self.dir / name, compile=False) for name in self.meta["members"]]
+            self._members = [
+                keras.models.load_model(self.dir / name, compile=False)
+                for name in self.meta["members"]
+            ]
         return self._members
 
 
@@ -44,13 +47,19 @@ def input_gate(frame: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
         "numeric_dtypes": NUMERIC_DTYPES,
         "categorical_features": categorical,
         # missing values are allowed where imputation was fitted
-        "categories_by_column": {c: [*prep.categories[c], *([None] if c in prep.impute_values else [])]
-                                 for c in categorical},  # fmt: skip
-        "complete_features": [c for c in prep.feature_columns if c in frame.columns and c not in prep.impute_values],
+        "categories_by_column": {
+            c: [*prep.categories[c], *([None] if c in prep.impute_values else [])]
+            for c in categorical
+        },  # fmt: skip
+        "complete_features": [
+            c for c in prep.feature_columns if c in frame.columns and c not in prep.impute_values
+        ],
     }
     normalised = frame.copy()
     for column in categorical:  # categories are matched by their string form, as in training
-        normalised[column] = frame[column].astype("string").astype(object).where(frame[column].notna(), None)
+        normalised[column] = (
+            frame[column].astype("string").astype(object).where(frame[column].notna(), None)
+        )
     return gates.validate("predict input", "predict_input", normalised, bindings).as_dict()
 
 
@@ -59,8 +68,16 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
 
     prep = model.prep
     features = prep.transform(frame)
-    codes = features[prep.categorical].to_numpy(np.int32) if prep.categorical else np.zeros((len(frame), 0), np.int32)
-    x = one_hot_inputs(features[prep.numeric].to_numpy(np.float32), codes, [len(prep.categories[c]) for c in prep.categorical])
+    codes = (
+        features[prep.categorical].to_numpy(np.int32)
+        if prep.categorical
+        else np.zeros((len(frame), 0), np.int32)
+    )
+    x = one_hot_inputs(
+        features[prep.numeric].to_numpy(np.float32),
+        codes,
+        [len(prep.categories[c]) for c in prep.categorical],
+    )
     probability = predict(model.members, x)
     is_positive = probability >= model.meta["threshold"]
     out = pd.DataFrame(index=frame.index)
@@ -68,7 +85,9 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
         out[prep.id] = frame[prep.id].to_numpy()
     out["probability"] = probability
     if model.meta["prior"]["corrected_column"]:
-        out["probability_corrected"] = prior_correct(probability, model.meta["prior"]["trained"], model.meta["prior"]["true"])
+        out["probability_corrected"] = prior_correct(
+            probability, model.meta["prior"]["trained"], model.meta["prior"]["true"]
+        )
     out["label"] = np.where(is_positive, model.meta["positive_label"], model.meta["negative_label"])
     out["is_positive"] = is_positive
     return out.reset_index(drop=True)
@@ -81,4 +100,9 @@ def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None) 
     gate = input_gate(frame, model.prep)
     scored = score(model, frame)
     write_parquet(out, scored)
-    return {"rows": len(scored), "positives": int(scored["is_positive"].sum()), "out": str(out), "gate": gate["success"]}
+    return {
+        "rows": len(scored),
+        "positives": int(scored["is_positive"].sum()),
+        "out": str(out),
+        "gate": gate["success"],
+    }

@@ -39,8 +39,12 @@ def _figure_to_img(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], table_id: str = "", row_class=None) -> str:
-    head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns))
+def _table(
+    rows: list[dict[str, Any]], columns: list[str], table_id: str = "", row_class=None
+) -> str:
+    head = "".join(
+        f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns)
+    )
     body = []
     for row in rows:
         cls = row_class(row) if row_class else ""
@@ -49,7 +53,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str], table_id: str = "", r
             value = row.get(c, "")
             if isinstance(value, float):
                 value = "" if np.isnan(value) else f"{value:.4f}"
-            cells.append(f'<td class="{"l" if i == 0 or isinstance(value, str) else ""}">{html.escape(str(value))}</td>')
+            cells.append(
+                f'<td class="{"l" if i == 0 or isinstance(value, str) else ""}">{html.escape(str(value))}</td>'
+            )
         body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -72,11 +78,24 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     for r in ok:
         test = predictions[r["strategy"]].query("part == 'test'")
         precision, recall, _ = precision_recall_curve(test.y, test.probability)
-        ax_pr.plot(recall, precision, color=colors[r["strategy"]], label=f"{r['strategy']} (AP {r['pr_auc']:.3f})")
-        ax_pr.scatter([r["recall"]], [r["precision"]], color=colors[r["strategy"]], edgecolor="k", zorder=3)
+        ax_pr.plot(
+            recall,
+            precision,
+            color=colors[r["strategy"]],
+            label=f"{r['strategy']} (AP {r['pr_auc']:.3f})",
+        )
+        ax_pr.scatter(
+            [r["recall"]], [r["precision"]], color=colors[r["strategy"]], edgecolor="k", zorder=3
+        )
         fpr, tpr, _ = roc_curve(test.y, test.probability)
-        ax_roc.plot(fpr, tpr, color=colors[r["strategy"]], label=f"{r['strategy']} ({r['roc_auc']:.3f})")
-    ax_pr.set(title="Precision-recall on test (dots: tuned thresholds)", xlabel="recall", ylabel="precision")
+        ax_roc.plot(
+            fpr, tpr, color=colors[r["strategy"]], label=f"{r['strategy']} ({r['roc_auc']:.3f})"
+        )
+    ax_pr.set(
+        title="Precision-recall on test (dots: tuned thresholds)",
+        xlabel="recall",
+        ylabel="precision",
+    )
     ax_roc.plot([0, 1], [0, 1], "k:", lw=1)
     ax_roc.set(title="ROC on test", xlabel="false positive rate", ylabel="true positive rate")
     ax_pr.legend(fontsize=7)
@@ -84,13 +103,22 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     plots["pr_roc"] = _figure_to_img(fig, "precision-recall and ROC curves")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for ax, column, title in ((axes[0], "probability", "raw"), (axes[1], "probability_corrected", "prior-corrected")):
+    for ax, column, title in (
+        (axes[0], "probability", "raw"),
+        (axes[1], "probability_corrected", "prior-corrected"),
+    ):
         for r in ok:
             test = predictions[r["strategy"]].query("part == 'test'")
-            frac, mean = calibration_curve(test.y, test[column].clip(0, 1), n_bins=8, strategy="quantile")
+            frac, mean = calibration_curve(
+                test.y, test[column].clip(0, 1), n_bins=8, strategy="quantile"
+            )
             ax.plot(mean, frac, marker="o", ms=3, color=colors[r["strategy"]], label=r["strategy"])
         ax.plot([0, 1], [0, 1], "k:", lw=1)
-        ax.set(title=f"Reliability on test ({title})", xlabel="mean predicted probability", ylabel="observed positive share")
+        ax.set(
+            title=f"Reliability on test ({title})",
+            xlabel="mean predicted probability",
+            ylabel="observed positive share",
+        )
     axes[0].legend(fontsize=7)
     plots["reliability"] = _figure_to_img(fig, "reliability curves")
 
@@ -103,20 +131,31 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
         ax.imshow(grid, cmap="Blues")
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=11)
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred −", "pred +"], yticklabels=["true −", "true +"])
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=["pred −", "pred +"],
+            yticklabels=["true −", "true +"],
+        )
         ax.set_title(f"{r['strategy']} @ {r['threshold']:.3f}", fontsize=9)
-    for ax in axes.ravel()[len(ok):]:
+    for ax in axes.ravel()[len(ok) :]:
         ax.axis("off")
     plots["confusion"] = _figure_to_img(fig, "confusion matrices at the tuned thresholds")
 
     fig, ax = plt.subplots(figsize=(12, 4.5))
     for r in ok:
         tune = predictions[r["strategy"]].query("part == 'tune'")
-        t, tp, fp, fn, _ = confusion_at_each_threshold(tune.y.to_numpy(), tune.probability.to_numpy())
+        t, tp, fp, fn, _ = confusion_at_each_threshold(
+            tune.y.to_numpy(), tune.probability.to_numpy()
+        )
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0)
         ax.plot(t, f1, color=colors[r["strategy"]], label=r["strategy"])
         ax.axvline(r["threshold"], color=colors[r["strategy"]], ls=":", lw=1)
-    ax.set(title="F1 vs threshold on the validation tuning half (dotted: tuned thresholds)", xlabel="threshold", ylabel="F1")
+    ax.set(
+        title="F1 vs threshold on the validation tuning half (dotted: tuned thresholds)",
+        xlabel="threshold",
+        ylabel="F1",
+    )
     ax.legend(fontsize=7, ncol=3)
     plots["threshold"] = _figure_to_img(fig, "metric versus threshold")
 
@@ -125,10 +164,22 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
         for name, members in histories.items():
             color = colors.get(name, "grey")
             for i, history in enumerate(members):
-                ax_loss.plot(history.get("loss", []), color=color, alpha=1 if i == 0 else 0.4, label=name if i == 0 else None)
-                ax_val.plot(history.get("val_pr_auc", []), color=color, alpha=1 if i == 0 else 0.4, label=name if i == 0 else None)
+                ax_loss.plot(
+                    history.get("loss", []),
+                    color=color,
+                    alpha=1 if i == 0 else 0.4,
+                    label=name if i == 0 else None,
+                )
+                ax_val.plot(
+                    history.get("val_pr_auc", []),
+                    color=color,
+                    alpha=1 if i == 0 else 0.4,
+                    label=name if i == 0 else None,
+                )
         ax_loss.set(title="Training loss per epoch", xlabel="epoch", ylabel="loss")
-        ax_val.set(title="Stop-half PR-AUC per epoch (early stopping)", xlabel="epoch", ylabel="PR-AUC")
+        ax_val.set(
+            title="Stop-half PR-AUC per epoch (early stopping)", xlabel="epoch", ylabel="PR-AUC"
+        )
         ax_val.legend(fontsize=7)
         plots["training"] = _figure_to_img(fig, "training curves")
 
@@ -177,7 +228,9 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
                      "recall @0.5", "error"]  # fmt: skip
 
     def row_class(row):
-        return "selected" if row["strategy"] == selected else "failed" if row["status"] != "ok" else ""
+        return (
+            "selected" if row["strategy"] == selected else "failed" if row["status"] != "ok" else ""
+        )
 
     gates = [{"gate": g["stage"], "result": "passed" if g["success"] else "failed", "expectations": g["expectations"],
               "checked": "; ".join(sorted({c["expectation"].replace("expect_", "") for c in g["checked"]}))}
@@ -197,7 +250,10 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
                         **{k: (f"{e[k]['mean']:.4f} ± {e[k]['sd']:.4f}" if e.get(k) else "") for k in ("pr_auc", "f1", "recall", "precision")}}
                        for name, e in repeats.items()]  # fmt: skip
         repeat_html = "<h2>Repeated seeds (test, mean ± sd)</h2>" + _table(
-            repeat_rows, ["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"], "repeats")
+            repeat_rows,
+            ["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"],
+            "repeats",
+        )
     comparison_html = ""
     if comparison:
         comparison_html = _table([{"difference (selected − baseline)": comparison["objective"],
@@ -212,31 +268,31 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
     versions = [{"package": k, "version": v} for k, v in manifest["versions"].items()]
     config_json = html.escape(json.dumps(metrics["config"], indent=2))
 
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(metrics['run_id'])}</title>
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(metrics["run_id"])}</title>
 <style>{CSS}</style></head><body>
-<h1>Imbalanced training run {html.escape(metrics['run_id'])}</h1>
+<h1>Imbalanced training run {html.escape(metrics["run_id"])}</h1>
 <p class="verdict" id="verdict">{_md_bold(html.escape(verdict))}</p>
 <h2>Leaderboard</h2>
-<p>Ranked by {html.escape(metrics['rank_by'])} on the validation tuning half (selection never looks at test).
+<p>Ranked by {html.escape(metrics["rank_by"])} on the validation tuning half (selection never looks at test).
 Test metrics at each strategy's tuned threshold and at 0.5.</p>
 {_table(leaderboard, board_columns, "leaderboard", row_class)}
 {comparison_html}
 <h2>Operating points of {html.escape(selected)} (test rows)</h2>
 {_table(operating, ["threshold", "precision", "recall", "alerts_per_1000"], "operating-points")}
 {repeat_html}
-<h2>Curves</h2>{plots['pr_roc']}{plots['reliability']}
-<h2>Confusion matrices at the tuned thresholds (test)</h2>{plots['confusion']}
-<h2>Threshold tuning</h2>{plots['threshold']}
-{('<h2>Training</h2>' + plots['training']) if 'training' in plots else ''}
-<h2>Class counts per strategy</h2>{plots['class_counts']}
+<h2>Curves</h2>{plots["pr_roc"]}{plots["reliability"]}
+<h2>Confusion matrices at the tuned thresholds (test)</h2>{plots["confusion"]}
+<h2>Threshold tuning</h2>{plots["threshold"]}
+{("<h2>Training</h2>" + plots["training"]) if "training" in plots else ""}
+<h2>Class counts per strategy</h2>{plots["class_counts"]}
 <h2>Data</h2>
-<p>Source <code>{html.escape(manifest['source'])}</code>, sha256 <code>{manifest['source_sha256'][:16]}…</code>,
-fingerprint <code>{html.escape(metrics['data_fingerprint'])}</code>; {manifest['ingest']['rows']} rows,
-classes {html.escape(str(manifest['ingest']['class_counts']))}, positive class <code>{html.escape(manifest['positive_label'])}</code>.
-Exact duplicate rows: {manifest['ingest']['exact_duplicate_rows']}; rows with conflicting labels: {manifest['ingest']['conflicting_duplicate_rows']}.
-Split: {html.escape(manifest['split_method'])}.</p>
+<p>Source <code>{html.escape(manifest["source"])}</code>, sha256 <code>{manifest["source_sha256"][:16]}…</code>,
+fingerprint <code>{html.escape(metrics["data_fingerprint"])}</code>; {manifest["ingest"]["rows"]} rows,
+classes {html.escape(str(manifest["ingest"]["class_counts"]))}, positive class <code>{html.escape(manifest["positive_label"])}</code>.
+Exact duplicate rows: {manifest["ingest"]["exact_duplicate_rows"]}; rows with conflicting labels: {manifest["ingest"]["conflicting_duplicate_rows"]}.
+Split: {html.escape(manifest["split_method"])}.</p>
 {_table(split_rows, ["split", "rows", "positives", "positive share"], "splits")}
-<h3>Outlier handling ({html.escape(outliers['method'])}, training rows only)</h3>
+<h3>Outlier handling ({html.escape(outliers["method"])}, training rows only)</h3>
 {_table(outlier_rows, ["class", "training rows removed", "values clipped", "seed article's rule would remove"], "outliers")}
 <h3>Gates</h3>{_table(gates, ["gate", "result", "expectations", "checked"], "gates")}
 <h2>Run</h2>{_table(durations, ["step", "seconds"], "durations")}
@@ -253,19 +309,32 @@ def _md_bold(text: str) -> str:
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any]) -> None:
+def publish_artifacts(
+    metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any]
+) -> None:
     """Leaderboard table, verdict markdown and a link to the HTML report on the flow run."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import (
+        create_link_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
 
     rows = []
     for r in metrics["strategies"]:
-        row = {"rank": r.get("rank"), "strategy": r["strategy"], "status": r["status"], "error": r.get("error") or ""}
+        row = {
+            "rank": r.get("rank"),
+            "strategy": r["strategy"],
+            "status": r["status"],
+            "error": r.get("error") or "",
+        }
         if r["status"] == "ok":
             row |= {f"tune_{metrics['rank_by']}": round(r["validation"][metrics["rank_by"]], 4),
                     "threshold": round(r["threshold"], 4),
                     **{k: round(r[k], 4) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")}}  # fmt: skip
         rows.append(row)
-    create_table_artifact(key="leaderboard", table=rows, description=f"Strategies of run {metrics['run_id']}")
+    create_table_artifact(
+        key="leaderboard", table=rows, description=f"Strategies of run {metrics['run_id']}"
+    )
     create_markdown_artifact(
         key="verdict",
         markdown=f"# Run {metrics['run_id']}\n\n{verdict}\n\nRegistry: {registry['decision']} "

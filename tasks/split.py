@@ -56,7 +56,11 @@ def _stratified_group_split(keys: np.ndarray, y: np.ndarray, shares: tuple[float
         fraction = share / remaining_share
         try:
             taken, rest, _, rest_y = train_test_split(
-                remaining_ids, remaining_y, train_size=fraction, stratify=remaining_y, random_state=seed
+                remaining_ids,
+                remaining_y,
+                train_size=fraction,
+                stratify=remaining_y,
+                random_state=seed,
             )
         except ValueError as exc:
             counts = np.bincount(group_y.astype(int), minlength=2)
@@ -106,7 +110,9 @@ def assign_splits(frame: pd.DataFrame, features: list[str], config: TrainConfig)
     )
 
 
-def split_facts(assignment: pd.DataFrame, config: TrainConfig, group_values: pd.Series | None) -> pd.DataFrame:
+def split_facts(
+    assignment: pd.DataFrame, config: TrainConfig, group_values: pd.Series | None
+) -> pd.DataFrame:
     """One row of cross-split facts for the split gate."""
     y = assignment[TARGET_COLUMN]
     overall = y.mean()
@@ -117,10 +123,18 @@ def split_facts(assignment: pd.DataFrame, config: TrainConfig, group_values: pd.
         facts[f"{name}_positive_rate_gap"] = abs(rate - overall)
         facts[f"{name}_share_gap"] = abs(len(part) / len(assignment) - share)
         facts[f"{name}_positives"] = int(part[TARGET_COLUMN].sum())
-    facts["rows_in_two_splits"] = int((assignment.groupby(ID_COLUMN)[SPLIT_COLUMN].nunique() > 1).sum())
-    facts["duplicate_groups_in_two_splits"] = int((assignment.groupby("__key")[SPLIT_COLUMN].nunique() > 1).sum())
+    facts["rows_in_two_splits"] = int(
+        (assignment.groupby(ID_COLUMN)[SPLIT_COLUMN].nunique() > 1).sum()
+    )
+    facts["duplicate_groups_in_two_splits"] = int(
+        (assignment.groupby("__key")[SPLIT_COLUMN].nunique() > 1).sum()
+    )
     if group_values is not None:
-        by_group = pd.Series(assignment[SPLIT_COLUMN].to_numpy()).groupby(group_values.to_numpy()).nunique()
+        by_group = (
+            pd.Series(assignment[SPLIT_COLUMN].to_numpy())
+            .groupby(group_values.to_numpy())
+            .nunique()
+        )
         facts["groups_in_two_splits"] = int((by_group > 1).sum())
     return pd.DataFrame([facts])
 
@@ -148,7 +162,14 @@ def split(config: TrainConfig, ingest: IngestResult, work_dir: Path) -> SplitRes
         for name in ("stop", "tune")
     }  # fmt: skip
     path = write_parquet(work_dir / "split.parquet", assignment.drop(columns="__key"))
-    method = f"time:{config.time_column}" if config.time_column else (
-        f"stratified by group {config.group}" if config.group else "stratified, duplicates kept together")
+    method = (
+        f"time:{config.time_column}"
+        if config.time_column
+        else (
+            f"stratified by group {config.group}"
+            if config.group
+            else "stratified, duplicates kept together"
+        )
+    )
     return SplitResult(assignment_path=str(path), counts=counts, halves=halves, method=method,
                        gate=report.as_dict())  # fmt: skip

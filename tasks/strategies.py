@@ -89,13 +89,21 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy("baseline", "plain binary cross-entropy"),
         Strategy("class_weight", "balanced class weights n/(2*n_class)", class_weighted=True),
-        Strategy("undersample", "random undersampling of the majority class", sampler=_undersampler),
+        Strategy(
+            "undersample", "random undersampling of the majority class", sampler=_undersampler
+        ),
         Strategy("oversample", "random oversampling of the minority class", sampler=_oversampler),
         Strategy("smote", "SMOTE (SMOTENC on categorical codes)", sampler=_smote),
-        Strategy("balanced_batches", "each batch drawn ~50/50 from the two classes", batches="balanced"),
+        Strategy(
+            "balanced_batches", "each batch drawn ~50/50 from the two classes", batches="balanced"
+        ),
         Strategy("focal_loss", "focal loss, gamma 2, alpha = share of negatives", loss="focal"),
-        Strategy("ensemble", "average of k models, each on a different balanced undersample",
-                 sampler=_undersampler, ensemble=True),  # fmt: skip
+        Strategy(
+            "ensemble",
+            "average of k models, each on a different balanced undersample",
+            sampler=_undersampler,
+            ensemble=True,
+        ),  # fmt: skip
     )
 }
 

@@ -17,7 +17,6 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import gates
 from tasks.config import TrainConfig
-from tasks.errors import StrategyError
 from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
@@ -67,7 +66,9 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     def part(frame: pd.DataFrame) -> Part:
         return Part(
             numeric=frame[numeric].to_numpy(dtype=np.float32),
-            codes=frame[categorical].to_numpy(dtype=np.int32) if categorical else np.zeros((len(frame), 0), np.int32),
+            codes=frame[categorical].to_numpy(dtype=np.int32)
+            if categorical
+            else np.zeros((len(frame), 0), np.int32),
             y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
             ids=frame[ID_COLUMN].to_numpy(),
         )
@@ -87,7 +88,9 @@ def _counts(y: np.ndarray, labels: tuple[str, str]) -> dict[str, int]:
     return {positive: int(y.sum()), negative: int(len(y) - y.sum())}
 
 
-def resample(strategy: Strategy, part: Part, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resample(
+    strategy: Strategy, part: Part, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply the strategy's sampler to training rows (numerics and integer codes together)."""
     if strategy.sampler is None:
         return part.numeric, part.codes, part.y
@@ -110,7 +113,11 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
         batch_size=config.batch_size, epochs=config.epochs, patience=config.patience,
         steps_per_epoch=steps_per_epoch(len(train.y), config.batch_size),
     )  # fmt: skip
-    inputs = {name: one_hot_inputs(p.numeric, p.codes, cardinalities) for name, p in parts.items() if name != "train"}
+    inputs = {
+        name: one_hot_inputs(p.numeric, p.codes, cardinalities)
+        for name, p in parts.items()
+        if name != "train"
+    }
     models, members = [], []
     for member in range(strategy.members(config)):
         numeric, codes, y = resample(strategy, train, config.seed + member)
@@ -151,11 +158,15 @@ def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str
 
     n_codes = parts["train"].codes.shape[1]
     categorical = [n_numeric + j for j in range(n_codes)] or None
-    model = HistGradientBoostingClassifier(categorical_features=categorical, random_state=config.seed)
+    model = HistGradientBoostingClassifier(
+        categorical_features=categorical, random_state=config.seed
+    )
     model.fit(matrix(parts["train"]), parts["train"].y)
     train_y = parts["train"].y
     return Scores(
-        probabilities={n: model.predict_proba(matrix(parts[n]))[:, 1] for n in ("stop", "tune", "test")},
+        probabilities={
+            n: model.predict_proba(matrix(parts[n]))[:, 1] for n in ("stop", "tune", "test")
+        },
         trained_prior=float(train_y.mean()),
         train_class_counts=_counts(train_y, labels),
         info={"epochs_run": int(model.n_iter_), "best_epoch": int(model.n_iter_)},
@@ -163,7 +174,9 @@ def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str
 
 
 def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
-    frame = pd.DataFrame({"probability": np.concatenate([probabilities["tune"], probabilities["test"]])})
+    frame = pd.DataFrame(
+        {"probability": np.concatenate([probabilities["tune"], probabilities["test"]])}
+    )
     gates.validate(f"predictions[{name}]", "predictions", frame, {}, {})
 
 
@@ -176,7 +189,9 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
     tune, test = parts["tune"], parts["test"]
     threshold, objective_value = tune_threshold(tune.y, probabilities["tune"], objective)
     true_prior = float(parts["train"].y.mean())
-    corrected = {k: prior_correct(p, scores.trained_prior, true_prior) for k, p in probabilities.items()}
+    corrected = {
+        k: prior_correct(p, scores.trained_prior, true_prior) for k, p in probabilities.items()
+    }
     validation = evaluate(tune.y, probabilities["tune"], threshold, corrected["tune"])
     validation["objective"] = objective_value
     at_threshold = evaluate(test.y, probabilities["test"], threshold, corrected["test"])
@@ -216,7 +231,9 @@ def _now() -> str:
 
 
 @task(name="train-branch", cache_policy=NO_CACHE)
-def train_branch(name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str) -> dict[str, Any]:
+def train_branch(
+    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str
+) -> dict[str, Any]:
     """Train and evaluate one strategy (or the reference). Raises BranchFailed with the record
     when anything goes wrong, so the task shows as failed and the run goes on."""
     record: dict[str, Any] = {"strategy": name, "status": "ok", "error": None, "started_at": _now(),
@@ -231,11 +248,17 @@ def train_branch(name: str, feature_set: FeatureSet, config: TrainConfig, out_di
         else:
             categories = feature_set.preprocessing().categories
             cardinalities = [len(categories[c]) for c in manifest["features"]["categorical"]]
-            scores = fit_neural(STRATEGIES[name], parts, config, cardinalities, labels, branch_dir / "model")
+            scores = fit_neural(
+                STRATEGIES[name], parts, config, cardinalities, labels, branch_dir / "model"
+            )
         record |= finish_branch(name, scores, parts, config, branch_dir)
     except Exception as exc:
         log.exception("strategy %s failed", name)
-        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "finished_at": _now()}
+        record |= {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "finished_at": _now(),
+        }
         raise BranchFailed(record) from exc
     record["finished_at"] = _now()
     log.info("strategy %s: tuning-half %s %.4f, threshold %.4f", name, config.rank_by,

@@ -120,3 +120,16 @@ def stages(tmp_path):
         return out
 
     return run
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+    """One real training run with every strategy on the synthetic data, shared by flow tests."""
+    import json
+
+    from flows.train import train_flow
+
+    config = fast_config(tmp_path_factory.mktemp("full") / "runs")
+    result = train_flow(config)
+    metrics = json.loads(Path(result.metrics_path).read_text())
+    return config, result, metrics

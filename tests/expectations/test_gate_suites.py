@@ -34,7 +34,9 @@ def test_limits_are_suite_parameters_overridable_by_config():
     bindings = {"classes": ["positive", "negative"]}
     assert gates.validate("outliers", "outliers", {"facts": facts}, bindings).success  # default 0.2
     with pytest.raises(GateFailed, match="share of 0.15 of the 'negative' class"):
-        gates.validate("outliers", "outliers", {"facts": facts}, bindings, {"max_removed_share": 0.1})
+        gates.validate(
+            "outliers", "outliers", {"facts": facts}, bindings, {"max_removed_share": 0.1}
+        )
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,10 @@ def _bad(frame, case):
     elif case == "duplicate-ids":
         frame.loc[1, "account_id"] = frame.loc[0, "account_id"]
     elif case == "too-few-positives":
-        keep = frame[frame["churned"] == "no"].index.tolist() + frame[frame["churned"] == "yes"].index[:4].tolist()
+        keep = (
+            frame[frame["churned"] == "no"].index.tolist()
+            + frame[frame["churned"] == "yes"].index[:4].tolist()
+        )
         frame = frame.loc[keep]
     return frame
 
@@ -54,15 +57,23 @@ def _bad(frame, case):
     [
         ("missing-target", r"column 'churned' not found; columns are: account_id, amount"),
         ("single-class", r"column 'churned' has 1 distinct values \('no'\); expected 2"),
-        ("non-binary", r"column 'churned' has 3 distinct values \('maybe', 'no', 'yes'\); expected 2"),
+        (
+            "non-binary",
+            r"column 'churned' has 3 distinct values \('maybe', 'no', 'yes'\); expected 2",
+        ),
         ("nan-target", r"column 'churned' has 2 missing values \(of 400 rows\)"),
-        ("nan-feature", r"column 'amount' has 3 missing values \(of 400 rows\) \(fix the data or set --impute"),
+        (
+            "nan-feature",
+            r"column 'amount' has 3 missing values \(of 400 rows\) \(fix the data or set --impute",
+        ),
         ("text-in-numeric", r"column 'age' is not numeric \(dtype str"),
         ("duplicate-ids", r"column 'account_id' has 2 rows with repeated values"),
         ("too-few-positives", r"the smallest class has 4 rows; at least 10 are needed"),
     ],
 )
-def test_bad_data_fails_the_raw_gate_naming_the_problem(make_config, write_csv, synthetic_frame, tmp_path, case, message):
+def test_bad_data_fails_the_raw_gate_naming_the_problem(
+    make_config, write_csv, synthetic_frame, tmp_path, case, message
+):
     with pytest.raises(GateFailed, match=message) as info:
         run_ingest(make_config, write_csv, _bad(synthetic_frame, case), tmp_path)
     assert info.value.stage == "raw"
@@ -71,7 +82,9 @@ def test_bad_data_fails_the_raw_gate_naming_the_problem(make_config, write_csv, 
 
 def test_declared_columns_must_exist(make_config, write_csv, synthetic_frame, tmp_path):
     with pytest.raises(GateFailed, match="column 'region' not found"):
-        run_ingest(make_config, write_csv, synthetic_frame, tmp_path, categorical=["segment", "region"])
+        run_ingest(
+            make_config, write_csv, synthetic_frame, tmp_path, categorical=["segment", "region"]
+        )
 
 
 def test_header_only_file_fails_on_row_count(make_config, write_csv, synthetic_frame, tmp_path):
@@ -80,13 +93,21 @@ def test_header_only_file_fails_on_row_count(make_config, write_csv, synthetic_f
 
 
 def test_impute_allows_missing_features(make_config, write_csv, synthetic_frame, tmp_path):
-    result = run_ingest(make_config, write_csv, _bad(synthetic_frame, "nan-feature"), tmp_path, impute="median")
+    result = run_ingest(
+        make_config, write_csv, _bad(synthetic_frame, "nan-feature"), tmp_path, impute="median"
+    )
     assert result.gate["success"]
 
 
 def test_positive_label_resolution(make_config, write_csv, synthetic_frame, tmp_path):
-    assert run_ingest(make_config, write_csv, synthetic_frame, tmp_path, positive=None).positive_label == "yes"
-    with pytest.raises(DataInputError, match="positive label 'Yes' is not a value of the target; values are: no, yes"):
+    assert (
+        run_ingest(make_config, write_csv, synthetic_frame, tmp_path, positive=None).positive_label
+        == "yes"
+    )
+    with pytest.raises(
+        DataInputError,
+        match="positive label 'Yes' is not a value of the target; values are: no, yes",
+    ):
         run_ingest(make_config, write_csv, synthetic_frame, tmp_path, positive="Yes")
     tied = synthetic_frame.copy()
     tied["churned"] = np.where(np.arange(len(tied)) % 2, "yes", "no")
@@ -98,7 +119,11 @@ def test_duplicates_are_reported(make_config, write_csv, synthetic_frame, tmp_pa
     frame = synthetic_frame.copy()
     extra = frame.iloc[[0, 1, 2]].copy()
     extra["account_id"] = [1, 2, 3]
-    extra.iloc[2, extra.columns.get_loc("churned")] = "yes" if extra.iloc[2]["churned"] == "no" else "no"
-    result = run_ingest(make_config, write_csv, __import__("pandas").concat([frame, extra]), tmp_path)
+    extra.iloc[2, extra.columns.get_loc("churned")] = (
+        "yes" if extra.iloc[2]["churned"] == "no" else "no"
+    )
+    result = run_ingest(
+        make_config, write_csv, __import__("pandas").concat([frame, extra]), tmp_path
+    )
     assert result.exact_duplicate_rows == 2
     assert result.conflicting_duplicate_rows == 2  # the original row and its relabelled copy

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.shared_data
 
 def test_kaggle_breast_cancer_file_trains_end_to_end(tmp_path):
     path = needs_shared("breast_cancer/data.csv")
-    assert b"\r\n" in path.read_bytes()[:2000]  # the shape this test is about: CRLF + trailing comma
+    assert (
+        b"\r\n" in path.read_bytes()[:2000]
+    )  # the shape this test is about: CRLF + trailing comma
     config = TrainConfig(data=str(path), target="diagnosis", id="id", output=str(tmp_path / "runs"),
                          strategies=["baseline", "class_weight"], **FAST)  # fmt: skip
     result = train_flow(config)

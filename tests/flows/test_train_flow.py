@@ -21,14 +21,6 @@ RECORD_KEYS = {"strategy", "status", "error", "threshold", "threshold_objective"
                "confusion_matrix", "at_0_5", "validation"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    config = fast_config(tmp_path_factory.mktemp("full") / "runs")
-    result = train_flow(config)
-    metrics = json.loads(Path(result.metrics_path).read_text())
-    return config, result, metrics
-
-
 def branch_predictions(result, strategy) -> pd.DataFrame:
     return pd.read_parquet(Path(result.run_dir) / "branches" / strategy / "predictions.parquet")
 
@@ -37,27 +29,45 @@ def test_run_layout_and_output_contract(full_run):
     config, result, metrics = full_run
     run_dir = Path(result.run_dir)
     output = Path(config.output)
-    assert (output / "latest").resolve() == run_dir.resolve()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["branches", "leaderboard.csv", "metrics.json", "run.json"]
+    completed = sorted(p.name for p in output.iterdir() if not p.is_symlink()
+                       and (p / "run.json").is_file() and json.loads((p / "run.json").read_text())["status"] == "completed")  # fmt: skip
+    assert result.run_id in completed
+    assert (output / "latest").is_symlink() and (output / "latest").resolve().name == completed[-1]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "MODEL_CARD.md",
+        "branches",
+        "leaderboard.csv",
+        "metrics.json",
+        "model",
+        "report.html",
+        "run.json",
+    ]
     assert not list(output.glob(".*partial"))
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["config"]["seed"] == config.seed
     assert [s["stage"] for s in run["stages"]][:2] == ["ingest", "feature-store"]
 
-    assert metrics["run_id"] == result.run_id and metrics["data_fingerprint"] == result.feature_set.fingerprint
+    assert (
+        metrics["run_id"] == result.run_id
+        and metrics["data_fingerprint"] == result.feature_set.fingerprint
+    )
     assert metrics["flow_run_id"] and metrics["config"]["strategies"] is None
     names = [r["strategy"] for r in metrics["strategies"]]
     assert sorted(names) == sorted([*STRATEGIES, "reference"])
     for record in metrics["strategies"]:
         assert record["status"] == "ok", record
-        assert RECORD_KEYS <= set(record)
-        assert datetime.fromisoformat(record["started_at"]) <= datetime.fromisoformat(record["finished_at"])
+        assert set(record) >= RECORD_KEYS
+        assert datetime.fromisoformat(record["started_at"]) <= datetime.fromisoformat(
+            record["finished_at"]
+        )
         assert set(record["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
         assert sum(record["confusion_matrix"].values()) == 80  # every test row, once
         assert 0 < record["threshold"] < 1 and 0 <= record["pr_auc"] <= 1
     selected = next(r for r in metrics["strategies"] if r["strategy"] == metrics["selected"])
     assert selected["eligible"] and metrics["selected"] != "reference"
-    best_eligible = max((r for r in metrics["strategies"] if r["eligible"]), key=lambda r: r["validation"]["pr_auc"])
+    best_eligible = max(
+        (r for r in metrics["strategies"] if r["eligible"]), key=lambda r: r["validation"]["pr_auc"]
+    )
     assert best_eligible["strategy"] == metrics["selected"]
 
     board = pd.read_csv(run_dir / "leaderboard.csv")
@@ -74,10 +84,18 @@ def test_resampling_touched_only_training_rows(full_run):
         sizes = predictions.groupby("part").size().to_dict()
         assert sizes == {"stop": halves["stop"]["rows"], "tune": halves["tune"]["rows"], "test": 80}
         assert predictions.groupby("part")["y"].sum().to_dict() == {
-            "stop": halves["stop"]["positives"], "tune": halves["tune"]["positives"], "test": 12}
+            "stop": halves["stop"]["positives"],
+            "tune": halves["tune"]["positives"],
+            "test": 12,
+        }
     counts = {r["strategy"]: r["train_class_counts"] for r in metrics["strategies"]}
     pos, neg = train["positives"], train["negatives"]
-    assert counts["baseline"] == counts["class_weight"] == counts["reference"] == {"yes": pos, "no": neg}
+    assert (
+        counts["baseline"]
+        == counts["class_weight"]
+        == counts["reference"]
+        == {"yes": pos, "no": neg}
+    )
     assert counts["undersample"] == counts["ensemble"] == {"yes": pos, "no": pos}
     assert counts["oversample"] == counts["smote"] == {"yes": neg, "no": neg}
 
@@ -88,10 +106,17 @@ def test_thresholds_come_from_the_tuning_half_and_metrics_from_test(full_run):
         predictions = branch_predictions(result, record["strategy"])
         tune = predictions[predictions.part == "tune"]
         test = predictions[predictions.part == "test"]
-        threshold, value = tune_threshold(tune.y.to_numpy(), tune.probability.to_numpy(), parse_objective("f1"))
+        threshold, value = tune_threshold(
+            tune.y.to_numpy(), tune.probability.to_numpy(), parse_objective("f1")
+        )
         assert record["threshold"] == pytest.approx(threshold)
         assert record["validation"]["f1"] == pytest.approx(value)
-        recomputed = evaluate(test.y.to_numpy(), test.probability.to_numpy(), threshold, test.probability_corrected.to_numpy())
+        recomputed = evaluate(
+            test.y.to_numpy(),
+            test.probability.to_numpy(),
+            threshold,
+            test.probability_corrected.to_numpy(),
+        )
         assert record["pr_auc"] == pytest.approx(recomputed["pr_auc"])
         assert record["confusion_matrix"] == recomputed["confusion_matrix"]
         assert record["at_0_5"]["threshold"] == 0.5
@@ -101,7 +126,9 @@ def test_prior_corrected_probabilities(full_run):
     _, result, metrics = full_run
     for record in metrics["strategies"]:
         predictions = branch_predictions(result, record["strategy"])
-        expected = prior_correct(predictions.probability.to_numpy(), record["trained_prior"], record["true_prior"])
+        expected = prior_correct(
+            predictions.probability.to_numpy(), record["trained_prior"], record["true_prior"]
+        )
         assert np.allclose(predictions.probability_corrected, expected)
         balanced = record["strategy"] not in ("baseline", "reference")
         assert record["prior_corrected"] == balanced
@@ -117,7 +144,9 @@ def test_branches_are_task_runs_named_after_strategies_and_overlap(full_run):
 
     async def task_runs():
         async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
 
     runs = asyncio.run(task_runs())
     names = {run.name for run in runs}
@@ -126,14 +155,18 @@ def test_branches_are_task_runs_named_after_strategies_and_overlap(full_run):
         n.rsplit("-", 1)[0] for n in names}  # fmt: skip
     intervals = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
                        for r in metrics["strategies"])  # fmt: skip
-    overlaps = sum(1 for (s1, e1), (s2, e2) in zip(intervals, intervals[1:], strict=False) if s2 < e1)
+    overlaps = sum(
+        1 for (s1, e1), (s2, e2) in zip(intervals, intervals[1:], strict=False) if s2 < e1
+    )
     assert overlaps >= 1, intervals
 
 
 def test_second_run_reuses_the_feature_set(full_run):
     config, result, _ = full_run
     again = train_flow(config.model_copy(update={"strategies": ["baseline"]}))
-    assert again.feature_set.reused and again.feature_set.fingerprint == result.feature_set.fingerprint
+    assert (
+        again.feature_set.reused and again.feature_set.fingerprint == result.feature_set.fingerprint
+    )
     run = json.loads((Path(again.run_dir) / "run.json").read_text())
     assert run["feature_set_reused"] is True
     assert "split" not in [s["stage"] for s in run["stages"]]
@@ -147,11 +180,21 @@ def test_identical_results_threaded_or_sequential(tmp_path):
     for name in [*strategies, "reference"]:
         a = branch_predictions(threaded, name)
         b = branch_predictions(sequential, name)
-        np.testing.assert_array_equal(a.probability.to_numpy(), b.probability.to_numpy(), err_msg=name)
-    ma = {r["strategy"]: r for r in json.loads(Path(threaded.metrics_path).read_text())["strategies"]}
-    mb = {r["strategy"]: r for r in json.loads(Path(sequential.metrics_path).read_text())["strategies"]}
+        np.testing.assert_array_equal(
+            a.probability.to_numpy(), b.probability.to_numpy(), err_msg=name
+        )
+    ma = {
+        r["strategy"]: r for r in json.loads(Path(threaded.metrics_path).read_text())["strategies"]
+    }
+    mb = {
+        r["strategy"]: r
+        for r in json.loads(Path(sequential.metrics_path).read_text())["strategies"]
+    }
     for name in ma:
-        assert ma[name]["threshold"] == mb[name]["threshold"] and ma[name]["pr_auc"] == mb[name]["pr_auc"]
+        assert (
+            ma[name]["threshold"] == mb[name]["threshold"]
+            and ma[name]["pr_auc"] == mb[name]["pr_auc"]
+        )
 
 
 def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
@@ -164,7 +207,9 @@ def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
                          split=(0.5, 0.25, 0.25), min_positives_per_split=1, min_class_count=5,
                          split_ratio_tolerance=0.1)  # fmt: skip
     result = train_flow(config)
-    records = {r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]}
+    records = {
+        r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]
+    }
     assert records["smote"]["status"] == "failed" and "n_neighbors" in records["smote"]["error"]
     assert records["smote"]["rank"] is None
     assert records["baseline"]["status"] == "ok" and result.selected == "baseline"
@@ -173,7 +218,9 @@ def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
 
 
 def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame, capsys):
-    bad = synthetic_frame.assign(churned=np.where(np.arange(400) % 3 == 0, "x", synthetic_frame.churned))
+    bad = synthetic_frame.assign(
+        churned=np.where(np.arange(400) % 3 == 0, "x", synthetic_frame.churned)
+    )
     data = tmp_path / "bad.csv"
     bad.to_csv(data, index=False)
     output = tmp_path / "runs"
@@ -184,8 +231,14 @@ def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame,
     (run_dir,) = [p for p in output.iterdir()]
     assert [p.name for p in run_dir.iterdir()] == ["run.json"]
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["status"] == "failed" and run["failed_stage"] == "ingest" and run["failed_gate"] == "raw"
-    assert run["messages"] == ["raw gate: column 'churned' has 3 distinct values ('no', 'x', 'yes'); expected 2"]
+    assert (
+        run["status"] == "failed"
+        and run["failed_stage"] == "ingest"
+        and run["failed_gate"] == "raw"
+    )
+    assert run["messages"] == [
+        "raw gate: column 'churned' has 3 distinct values ('no', 'x', 'yes'); expected 2"
+    ]
     assert run["config"]["data"] == str(data)
 
 
@@ -213,7 +266,7 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
                  "--epochs", "2", "--hidden", "4"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    printed = json.loads(out[out.index('{\n  "run_id"'):])
+    printed = json.loads(out[out.index('{\n  "run_id"') :])
     assert printed["selected"] == "class_weight"
     assert Path(printed["run_dir"]) == (output / "latest").resolve()
     assert (output / "latest" / "metrics.json").is_file()

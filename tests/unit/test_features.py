@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +12,9 @@ def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages
     fs = result["features"]
     prep = fs.preprocessing()
     raw = pd.read_parquet(result["ingest"].raw_path).merge(
-        pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]), on=ROW_COLUMN)
+        pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]),
+        on=ROW_COLUMN,
+    )
     removed = set(pd.read_parquet(result["outliers"].removed_path)[ROW_COLUMN])
     train = raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
     assert prep.means["age"] == pytest.approx(train["age"].mean())
@@ -33,20 +33,33 @@ def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages
 def test_manifest_describes_the_feature_set(make_config, stages):
     fs = stages(make_config())["features"]
     manifest = fs.manifest
-    assert manifest["splits"]["validation"]["rows"] == 80 and manifest["splits"]["test"]["positives"] == 12
-    assert set(manifest["files"]) == {"train.parquet", "validation.parquet", "test.parquet", "ids.parquet", "preprocessing.json"}
+    assert (
+        manifest["splits"]["validation"]["rows"] == 80
+        and manifest["splits"]["test"]["positives"] == 12
+    )
+    assert set(manifest["files"]) == {
+        "train.parquet",
+        "validation.parquet",
+        "test.parquet",
+        "ids.parquet",
+        "preprocessing.json",
+    }
     assert manifest["columns"][-2:] == [TARGET_COLUMN, ID_COLUMN]
     assert manifest["versions"]["keras"] == "3.15.1"
     assert manifest["gates"]["features"]["success"]
     ids = pd.read_parquet(f"{fs.path}/ids.parquet")
     assert set(ids.split) == {"train", "validation", "test"}
     for name in ("train", "validation", "test"):
-        assert set(pd.read_parquet(fs.split_path(name))[ID_COLUMN]) == set(ids.loc[ids.split == name, ID_COLUMN])
+        assert set(pd.read_parquet(fs.split_path(name))[ID_COLUMN]) == set(
+            ids.loc[ids.split == name, ID_COLUMN]
+        )
 
 
 def test_fingerprint_covers_feature_settings_only(make_config):
     sha = "abc"
-    assert fingerprint(make_config(epochs=3), sha) == fingerprint(make_config(epochs=30, strategies=["baseline"]), sha)
+    assert fingerprint(make_config(epochs=3), sha) == fingerprint(
+        make_config(epochs=30, strategies=["baseline"]), sha
+    )
     assert fingerprint(make_config(), sha) != fingerprint(make_config(outlier="iqr"), sha)
     assert fingerprint(make_config(), sha) != fingerprint(make_config(), "abd")
 
@@ -94,7 +107,9 @@ def test_imputation_uses_training_statistics(make_config, stages, synthetic_fram
     result = stages(make_config(data=str(write_csv(frame)), impute="median"))
     prep = result["features"].preprocessing()
     raw = pd.read_parquet(result["ingest"].raw_path).merge(
-        pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]), on=ROW_COLUMN)
+        pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]),
+        on=ROW_COLUMN,
+    )
     removed = set(pd.read_parquet(result["outliers"].removed_path)[ROW_COLUMN])
     train = raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
     assert prep.impute_values["age"] == pytest.approx(train["age"].median())

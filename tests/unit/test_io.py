@@ -28,7 +28,10 @@ def test_gzip_and_semicolons_are_detected(tmp_path):
         handle.write('"age";"job";"y"\n30;"admin.";"no"\n41;"technician";"yes"\n')
     assert detect_separator(path) == ";"
     frame = load_source(str(path)).frame
-    assert list(frame.columns) == ["age", "job", "y"] and frame["job"].tolist() == ["admin.", "technician"]
+    assert list(frame.columns) == ["age", "job", "y"] and frame["job"].tolist() == [
+        "admin.",
+        "technician",
+    ]
 
 
 def test_parquet_round_trip_and_source_hash(tmp_path, synthetic_frame):
@@ -42,7 +45,11 @@ def test_parquet_round_trip_and_source_hash(tmp_path, synthetic_frame):
 @pytest.mark.parametrize(
     ("content", "name", "message"),
     [
-        (None, "missing.csv", "data file not found: .*missing.csv .*built-in datasets: breast_cancer"),
+        (
+            None,
+            "missing.csv",
+            "data file not found: .*missing.csv .*built-in datasets: breast_cancer",
+        ),
         ("", "empty.csv", "data file .*empty.csv is empty"),
         ("\n\n", "blank.csv", "is empty"),
         ("not parquet at all", "broken.parquet", "could not read parquet file .*broken.parquet"),

@@ -40,7 +40,9 @@ def test_only_majority_training_rows_are_dropped(make_config, stages):
     outside = np.zeros(len(raw), dtype=bool)
     for column, (low, high) in bounds.items():
         outside |= ((raw[column] < low) | (raw[column] > high)).to_numpy()
-    expected = raw[outside & (raw[SPLIT_COLUMN] == "train").to_numpy() & (raw[TARGET_COLUMN] == 0).to_numpy()]
+    expected = raw[
+        outside & (raw[SPLIT_COLUMN] == "train").to_numpy() & (raw[TARGET_COLUMN] == 0).to_numpy()
+    ]
     assert set(expected[ROW_COLUMN]) == removed
 
 
@@ -51,8 +53,13 @@ def test_iqr_bounds(synthetic_frame):
 
 
 def test_gate_refuses_to_remove_too_much(make_config, stages):
-    with pytest.raises(GateFailed, match=r"remove a share of 0\.\d+ of the 'negative' class's training rows; at most 0.01 allowed"):
-        stages(make_config(outlier="iqr", outlier_iqr_k=0.1, max_removed_share=0.01), upto="outliers")
+    with pytest.raises(
+        GateFailed,
+        match=r"remove a share of 0\.\d+ of the 'negative' class's training rows; at most 0.01 allowed",
+    ):
+        stages(
+            make_config(outlier="iqr", outlier_iqr_k=0.1, max_removed_share=0.01), upto="outliers"
+        )
 
 
 def test_clip_drops_nothing_and_bounds_apply_to_every_split(make_config, stages):

@@ -73,4 +73,9 @@ def test_selection_uses_the_tuning_half_not_test():
     ]
     ranked, selected = select(records, "pr_auc")
     assert selected == "a"
-    assert [(r["strategy"], r["rank"]) for r in ranked] == [("reference", 1), ("a", 2), ("b", 3), ("smote", None)]
+    assert [(r["strategy"], r["rank"]) for r in ranked] == [
+        ("reference", 1),
+        ("a", 2),
+        ("b", 3),
+        ("smote", None),
+    ]

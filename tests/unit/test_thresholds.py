@@ -43,7 +43,9 @@ def test_fbeta_and_cost(scores):
     tc, vc = tune_threshold(y, p, parse_objective("cost:FP=1,FN=10"))
     bt, bv = brute_force(y, p, lambda tp, fp, fn: -(fp + 10 * fn))
     assert tc == pytest.approx(bt) and vc == pytest.approx(bv)
-    assert tc <= tune_threshold(y, p, parse_objective("cost:FP=10,FN=1"))[0]  # dear misses -> lower t
+    assert (
+        tc <= tune_threshold(y, p, parse_objective("cost:FP=10,FN=1"))[0]
+    )  # dear misses -> lower t
 
 
 def test_recall_at_precision(scores):
@@ -55,7 +57,11 @@ def test_recall_at_precision(scores):
         m = threshold_metrics(y, p, other)
         assert not (m["precision"] >= 0.6 and m["recall"] > recall + 1e-12)
     with pytest.raises(StrategyError, match="no threshold reaches precision 1"):
-        tune_threshold(np.array([1, 0, 1, 0]), np.array([0.9, 0.9, 0.8, 0.8]), parse_objective("recall@precision:1"))
+        tune_threshold(
+            np.array([1, 0, 1, 0]),
+            np.array([0.9, 0.9, 0.8, 0.8]),
+            parse_objective("recall@precision:1"),
+        )
 
 
 @pytest.mark.parametrize("text", ["f2", "fbeta:0", "cost:FP=1", "recall@precision:1.5", "auc"])
@@ -85,4 +91,12 @@ def test_evaluate_reports_every_metric():
     assert m["recall"] == 1 and m["precision"] == pytest.approx(0.75)
     assert m["g_mean"] == pytest.approx(np.sqrt(1 * 2 / 3))
     assert m["balanced_accuracy"] == pytest.approx((1 + 2 / 3) / 2)
-    assert set(m) >= {"pr_auc", "roc_auc", "mcc", "brier", "log_loss", "brier_corrected", "log_loss_corrected"}
+    assert set(m) >= {
+        "pr_auc",
+        "roc_auc",
+        "mcc",
+        "brier",
+        "log_loss",
+        "brier_corrected",
+        "log_loss_corrected",
+    }

@@ -1,0 +1,245 @@
+"""Report, Prefect artifacts, exported model, registry and batch prediction."""
+
+import asyncio
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flows.predict import main as predict_main
+from flows.predict import predict_flow
+from flows.train import train_flow
+from tasks.compare import paired_bootstrap, verdict_text
+from tasks.strategies import STRATEGIES
+from tasks.thresholds import parse_objective
+from tests.conftest import SYNTHETIC, fast_config
+
+
+class Tables(HTMLParser):
+    """Collects table rows by table id, and image sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.images, self._table, self._row, self._cell = {}, [], None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = self.tables.setdefault(attrs.get("id", f"t{len(self.tables)}"), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._row is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+
+def test_report_is_self_contained_and_complete(full_run):
+    _, result, metrics = full_run
+    text = Path(result.report_path).read_text()
+    parser = Tables()
+    parser.feed(text)
+    board = parser.tables["leaderboard"]
+    assert len(board) - 1 == len(STRATEGIES) + 1  # header + every strategy + reference
+    assert {row[0] for row in board[1:]} == {*STRATEGIES, "reference"}
+    assert len(parser.images) >= 6 and all(
+        src.startswith("data:image/png;base64,") for src in parser.images
+    )
+    assert "http://" not in text and "https://" not in text  # no network needed to view it
+    assert {"gates", "outliers", "splits", "durations", "versions", "operating-points"} <= set(
+        parser.tables
+    )
+    assert [row[0] for row in parser.tables["gates"][1:]] == [
+        "raw",
+        "split",
+        "outliers",
+        "features",
+    ]
+    assert metrics["selected"] in re.search(r'<p class="verdict".*?</p>', text, re.S).group(0)
+    thresholds = [float(row[0]) for row in parser.tables["operating-points"][1:]]
+    assert thresholds == sorted(thresholds) and 0.5 in thresholds
+
+
+def test_artifacts_are_on_the_flow_run(full_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, result, metrics = full_run
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[metrics["flow_run_id"]])
+                )
+            )
+
+    found = {a.key: a for a in asyncio.run(artifacts())}
+    assert {"leaderboard", "verdict", "report"} <= set(found)
+    table = found["leaderboard"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert len(rows) == len(STRATEGIES) + 1
+    assert metrics["selected"] in found["verdict"].data
+    assert found["report"].data.endswith("report.html") or "report.html" in found["report"].data
+
+
+def test_exported_model_and_card(full_run):
+    _, result, metrics = full_run
+    model_dir = Path(result.model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    selected = next(r for r in metrics["strategies"] if r["strategy"] == metrics["selected"])
+    assert meta["strategy"] == metrics["selected"] and meta["threshold"] == selected["threshold"]
+    assert meta["positive_label"] == "yes" and meta["threshold_objective"] == "f1"
+    assert meta["data_fingerprint"] == result.feature_set.fingerprint
+    assert set(meta["schema"]["feature_stats"]) == {
+        "amount",
+        "age",
+        "score_a",
+        "score_b",
+        "has_card",
+        "segment",
+    }
+    assert meta["schema"]["feature_stats"]["segment"]["frequencies"].keys() == {
+        "gold",
+        "silver",
+        "bronze",
+    }
+    assert (
+        all((model_dir / m).is_file() for m in meta["members"])
+        and (model_dir / "preprocessing.json").is_file()
+    )
+    card = (model_dir.parent / "MODEL_CARD.md").read_text()
+    assert f"strategy **{metrics['selected']}**" in card and "validation tuning half" in card
+    assert "## Known limits" in card
+
+
+def test_registry_promotes_the_first_model_and_records_later_ones(full_run):
+    config, result, _ = full_run
+    registry_file = Path(result.registry["registry"])
+    assert registry_file.name == "synthetic-churned.json"
+    before = json.loads(registry_file.read_text())
+    assert (
+        before["champion"]["run_id"] == result.run_id
+        and before["history"][0]["event"] == "promoted"
+    )
+    again = train_flow(config.model_copy(update={"strategies": ["baseline"]}))
+    assert again.registry["decision"] == "candidate"
+    after = json.loads(registry_file.read_text())
+    assert after["champion"]["run_id"] == result.run_id
+    assert [c["run_id"] for c in after["candidates"]][-1] == again.run_id
+
+
+def raw_test_rows(result) -> pd.DataFrame:
+    metrics = json.loads(Path(result.metrics_path).read_text())
+    selected = pd.read_parquet(
+        Path(result.run_dir) / "branches" / metrics["selected"] / "predictions.parquet"
+    )
+    test = selected[selected.part == "test"]
+    raw = pd.read_csv(SYNTHETIC)
+    return raw[raw.account_id.isin(test["__id"])], test
+
+
+def test_predict_on_raw_test_rows_reproduces_the_runs_probabilities(full_run, tmp_path):
+    config, result, _ = full_run
+    raw, test = raw_test_rows(result)
+    data = tmp_path / "test_rows.csv"
+    raw.drop(columns="churned").to_csv(data, index=False)
+    out = tmp_path / "scored.parquet"
+    summary = predict_flow(
+        model="synthetic-churned", data=str(data), out=str(out), output=config.output
+    )
+    assert Path(summary["model"]).resolve() == Path(result.model_dir).resolve()  # name -> champion
+    scored = pd.read_parquet(out).set_index("account_id")
+    expected = test.set_index("__id")["probability"]
+    np.testing.assert_allclose(
+        scored.loc[expected.index, "probability"], expected, atol=1e-6, rtol=0
+    )
+    meta = json.loads((Path(result.model_dir) / "model.json").read_text())
+    assert (scored["is_positive"] == (scored["probability"] >= meta["threshold"])).all()
+    assert set(scored["label"]) <= {"yes", "no"}
+    assert (scored.loc[scored.is_positive, "label"] == "yes").all()
+
+
+def test_predict_rejects_a_missing_column_naming_it(full_run, tmp_path, capsys):
+    _, result, _ = full_run
+    raw, _ = raw_test_rows(result)
+    data = tmp_path / "no_age.csv"
+    raw.drop(columns=["age"]).to_csv(data, index=False)
+    out = tmp_path / "scored.parquet"
+    code = predict_main(["--model", result.model_dir, "--data", str(data), "--out", str(out)])
+    assert code == 2
+    assert "column 'age' not found" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_predict_rejects_unseen_categories_and_text_in_numbers(full_run, tmp_path, capsys):
+    _, result, _ = full_run
+    raw, _ = raw_test_rows(result)
+    bad = raw.copy()
+    bad.loc[bad.index[:3], "segment"] = "platinum"
+    bad["amount"] = bad["amount"].astype(str)
+    bad.loc[bad.index[0], "amount"] = "lots"
+    data = tmp_path / "bad.csv"
+    bad.to_csv(data, index=False)
+    code = predict_main(
+        ["--model", result.run_dir, "--data", str(data), "--out", str(tmp_path / "o.parquet")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "column 'segment' has categories not seen in training: 'platinum' (3 rows)" in err
+    assert "column 'amount' is not numeric" in err
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
+    code = predict_main(["--model", "nope", "--data", str(SYNTHETIC), "--out", str(tmp_path / "o.parquet"),
+                         "--output", str(tmp_path)])  # fmt: skip
+    assert code == 2 and "no model at 'nope'" in capsys.readouterr().err
+
+
+def test_repeats_add_mean_and_sd(tmp_path):
+    result = train_flow(
+        fast_config(tmp_path / "runs", strategies=["baseline", "undersample"], repeats=2)
+    )
+    metrics = json.loads(Path(result.metrics_path).read_text())
+    assert len(metrics["strategies"]) == 3  # the ranked records are the first repeat's
+    repeats = metrics["repeats"]
+    assert repeats["baseline"]["repeats"] == 2 and repeats["baseline"]["repeats_ok"] == 2
+    assert repeats["undersample"]["pr_auc"]["sd"] >= 0
+    second = Path(result.run_dir) / "branches" / "repeat-1" / "baseline" / "predictions.parquet"
+    first = Path(result.run_dir) / "branches" / "baseline" / "predictions.parquet"
+    assert not np.array_equal(
+        pd.read_parquet(first).probability, pd.read_parquet(second).probability
+    )
+    assert "Repeated seeds" in Path(result.report_path).read_text()
+
+
+def test_paired_bootstrap_and_verdict():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.2).astype(int)
+    good = np.clip(0.6 * y + rng.normal(0.2, 0.15, 400), 0, 1)
+    noise = rng.random(400)
+    objective = parse_objective("f1")
+    same = paired_bootstrap(y, good, good, 0.5, 0.5, objective, 300, 0)
+    assert same["objective_interval"] == {"low": 0.0, "high": 0.0}
+    assert "not distinguishable" in verdict_text("smote", same, "pr_auc")
+    better = paired_bootstrap(y, good, noise, 0.5, 0.5, objective, 300, 0)
+    assert better["objective_interval"]["low"] > 0 and better["pr_auc_interval"]["low"] > 0
+    assert "reliably better" in verdict_text("smote", better, "pr_auc")
+    assert better == paired_bootstrap(y, good, noise, 0.5, 0.5, objective, 300, 0)  # seeded

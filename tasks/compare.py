@@ -14,7 +14,7 @@ from sklearn.metrics import average_precision_score
 
 from tasks.config import TrainConfig
 from tasks.ingest import ID_COLUMN
-from tasks.thresholds import Objective, parse_objective
+from tasks.thresholds import Objective, objective_values, parse_objective
 
 
 def objective_on_rows(y: np.ndarray, predicted: np.ndarray, objective: Objective) -> np.ndarray:
@@ -22,14 +22,7 @@ def objective_on_rows(y: np.ndarray, predicted: np.ndarray, objective: Objective
     tp = (y * predicted).sum(axis=1)
     fp = ((1 - y) * predicted).sum(axis=1)
     fn = (y * (1 - predicted)).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if objective.kind in ("f1", "fbeta"):
-            b2 = objective.beta**2
-            denom = (1 + b2) * tp + b2 * fn + fp
-            return np.where(denom > 0, (1 + b2) * tp / denom, 0.0)
-        if objective.kind == "cost":
-            return -(objective.cost_fp * fp + objective.cost_fn * fn) / y.shape[1]
-        return np.where(tp + fn > 0, tp / (tp + fn), 0.0)  # recall
+    return objective_values(tp, fp, fn, objective, n_rows=y.shape[1])
 
 
 def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,

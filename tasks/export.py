@@ -43,6 +43,7 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
         "rule": "positive iff probability >= threshold",
         "positive_label": manifest["positive_label"],
         "negative_label": manifest["negative_label"],
+        "target_dtype": manifest["target_dtype"],
         "target": manifest["target"],
         "id_column": manifest["id_column"],
         "probability_is_prior_corrected": False,

@@ -203,6 +203,7 @@ def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, out
         "target": ingest.roles.target,
         "positive_label": ingest.positive_label,
         "negative_label": ingest.negative_label,
+        "target_dtype": ingest.target_dtype,
         "id_column": ingest.roles.id,
         "columns": list(frames["train"].columns),
         "dtypes": {c: str(t) for c, t in frames["train"].dtypes.items()},

@@ -45,6 +45,7 @@ class IngestResult(BaseModel):
     roles: ColumnRoles
     positive_label: str
     negative_label: str
+    target_dtype: str  # labels are matched as strings; predictions cast them back to this
     n_rows: int
     class_counts: dict[str, int]
     exact_duplicate_rows: int
@@ -166,6 +167,7 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
         roles=roles,
         positive_label=positive,
         negative_label=negative,
+        target_dtype=str(frame[roles.target].dtype),
         n_rows=len(frame),
         class_counts=counts,
         exact_duplicate_rows=exact,

@@ -88,7 +88,15 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
         out["probability_corrected"] = prior_correct(
             probability, model.meta["prior"]["trained"], model.meta["prior"]["true"]
         )
-    out["label"] = np.where(is_positive, model.meta["positive_label"], model.meta["negative_label"])
+    labels = pd.Series(
+        np.where(is_positive, model.meta["positive_label"], model.meta["negative_label"])
+    )
+    dtype = model.meta["target_dtype"]
+    out["label"] = (
+        labels.to_numpy()
+        if dtype in ("str", "object", "string")
+        else labels.astype(dtype).to_numpy()
+    )
     out["is_positive"] = is_positive
     return out.reset_index(drop=True)
 

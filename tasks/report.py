@@ -14,7 +14,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.thresholds import confusion_at_each_threshold
+from tasks.thresholds import (
+    Objective,
+    confusion_at_each_threshold,
+    objective_values,
+    parse_objective,
+)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;line-height:1.4}
@@ -62,7 +67,7 @@ def _table(
 
 
 def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
-           histories: dict[str, list[dict[str, list[float]]]]) -> dict[str, str]:  # fmt: skip
+           histories: dict[str, list[dict[str, list[float]]]], objective: Objective) -> dict[str, str]:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,14 +153,15 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
         t, tp, fp, fn, _ = confusion_at_each_threshold(
             tune.y.to_numpy(), tune.probability.to_numpy()
         )
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0)
-        ax.plot(t, f1, color=colors[r["strategy"]], label=r["strategy"])
+        ax.plot(
+            t,
+            objective_values(tp, fp, fn, objective),
+            color=colors[r["strategy"]],
+            label=r["strategy"],
+        )
         ax.axvline(r["threshold"], color=colors[r["strategy"]], ls=":", lw=1)
-    ax.set(
-        title="F1 vs threshold on the validation tuning half (dotted: tuned thresholds)",
-        xlabel="threshold",
-        ylabel="F1",
-    )
+    ax.set(title=f"{objective.label} vs threshold on the validation tuning half (dotted: tuned thresholds)",
+           xlabel="threshold", ylabel=objective.label)  # fmt: skip
     ax.legend(fontsize=7, ncol=3)
     plots["threshold"] = _figure_to_img(fig, "metric versus threshold")
 
@@ -209,7 +215,7 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
         history_file = branches_dir / r["strategy"] / "history.json"
         if r["status"] == "ok" and history_file.is_file():
             histories[r["strategy"]] = json.loads(history_file.read_text())
-    plots = _plots(records, predictions, histories)
+    plots = _plots(records, predictions, histories, parse_objective(metrics["config"]["objective"]))
     selected = metrics["selected"]
 
     leaderboard = []

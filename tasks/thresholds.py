@@ -61,30 +61,38 @@ def confusion_at_each_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarra
     return thresholds, tp, fp, positives - tp, negatives - fp
 
 
+def objective_values(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, objective: Objective,
+                     n_rows: int | None = None) -> np.ndarray:  # fmt: skip
+    """The objective at each confusion count (arrays broadcast): F-beta, minus the cost (per row
+    when `n_rows` is given), or recall for recall@precision."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if objective.kind in ("f1", "fbeta"):
+            b2 = objective.beta**2
+            denom = (1 + b2) * tp + b2 * fn + fp
+            return np.where(denom > 0, (1 + b2) * tp / np.where(denom > 0, denom, 1), 0.0)
+        if objective.kind == "cost":
+            return -(objective.cost_fp * fp + objective.cost_fn * fn) / (n_rows or 1)
+        return np.where(tp + fn > 0, tp / np.where(tp + fn > 0, tp + fn, 1), 0.0)
+
+
 def tune_threshold(y: np.ndarray, p: np.ndarray, objective: Objective) -> tuple[float, float]:
     """Return (threshold, objective value) maximising the objective on these rows; ties go to
     the highest threshold (fewest alerts)."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
     thresholds, tp, fp, fn, _ = confusion_at_each_threshold(y, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        if objective.kind in ("f1", "fbeta"):
-            b2 = objective.beta**2
-            denom = (1 + b2) * tp + b2 * fn + fp
-            score = np.where(denom > 0, (1 + b2) * tp / denom, 0.0)
-        elif objective.kind == "cost":
-            score = -(objective.cost_fp * fp + objective.cost_fn * fn)
-        else:
-            feasible = precision >= objective.min_precision
-            if not feasible.any():
-                raise StrategyError(
-                    f"no threshold reaches precision {objective.min_precision:g} on the tuning half "
-                    f"(best precision {precision.max():.3f})"
-                )
-            # maximise recall among feasible thresholds; precision breaks ties
-            score = np.where(feasible, recall + 1e-9 * precision, -np.inf)
+    value = objective_values(tp, fp, fn, objective)
+    score = value
+    if objective.kind == "recall@precision":
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        feasible = precision >= objective.min_precision
+        if not feasible.any():
+            raise StrategyError(
+                f"no threshold reaches precision {objective.min_precision:g} on the tuning half "
+                f"(best precision {precision.max():.3f})"
+            )
+        # maximise recall among feasible thresholds; precision breaks ties
+        score = np.where(feasible, value + 1e-9 * precision, -np.inf)
     best = np.flatnonzero(score == score.max())[0]  # thresholds descend: first = highest
-    value = float(recall[best]) if objective.kind == "recall@precision" else float(score[best])
-    return float(thresholds[best]), value
+    return float(thresholds[best]), float(value[best])

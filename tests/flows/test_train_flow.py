@@ -270,3 +270,31 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     assert printed["selected"] == "class_weight"
     assert Path(printed["run_dir"]) == (output / "latest").resolve()
     assert (output / "latest" / "metrics.json").is_file()
+
+
+def test_infeasible_objective_fails_every_branch_and_the_run(tmp_path, capsys):
+    output = tmp_path / "runs"
+    code = main(["--data", str(fast_config(output).data), "--target", "churned", "--categorical", "segment",
+                 "--output", str(output), "--strategies", "baseline", "--epochs", "1", "--hidden", "4",
+                 "--objective", "recall@precision:1.0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "every strategy failed: baseline: StrategyError: no threshold reaches precision 1" in err
+    (run_dir,) = [p for p in output.iterdir() if p.name != "store"]
+    assert json.loads((run_dir / "run.json").read_text())["failed_stage"] == "select"
+
+
+def test_numeric_target_labels_keep_their_type(tmp_path, synthetic_frame):
+    from flows.predict import predict_flow
+
+    frame = synthetic_frame.assign(churned=(synthetic_frame.churned == "yes").astype(int))
+    data = tmp_path / "numeric_target.csv"
+    frame.to_csv(data, index=False)
+    result = train_flow(
+        fast_config(tmp_path / "runs", data=str(data), positive="1", strategies=["baseline"])
+    )
+    out = tmp_path / "scored.parquet"
+    predict_flow(model=result.model_dir, data=str(data), out=str(out))
+    scored = pd.read_parquet(out)
+    assert scored["label"].dtype == np.int64 and set(scored["label"]) <= {0, 1}
+    assert (scored["label"] == scored["is_positive"].astype(int)).all()

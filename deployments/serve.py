@@ -1,0 +1,64 @@
+"""Serve the training and prediction deployments from one local process (no work pool needed).
+
+    python deployments/serve.py                         # weekly retraining on the built-in data
+    python deployments/serve.py --config run.yaml --cron "0 2 * * *"
+
+Run it from the project root with PREFECT_API_URL pointing at a Prefect server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent)
+)  # the project root, when run as a script
+
+from flows.predict import predict_flow  # noqa: E402
+from flows.train import train_flow  # noqa: E402
+from tasks.config import TrainConfig, load_config_file  # noqa: E402
+
+DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
+
+
+def build_deployments(
+    config: TrainConfig, cron: str | None = DEFAULT_CRON, model_name: str | None = None
+):
+    training = train_flow.to_deployment(
+        name="weekly-retrain",
+        cron=cron,
+        parameters={"config": config.model_dump(mode="json")},
+        tags=["imbalance", "training"],
+        description="Retrain every balancing strategy, compare with the champion, publish the report.",
+        concurrency_limit=1,
+    )
+    prediction = predict_flow.to_deployment(
+        name="batch-predict",
+        parameters={"model": model_name or "breast_cancer-diagnosis", "output": config.output},
+        tags=["imbalance", "prediction"],
+        description="Score a file with the champion of a registered model.",
+    )
+    return [training, prediction]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from prefect import serve
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML/JSON training settings (default: built-in data)")
+    parser.add_argument(
+        "--cron", default=DEFAULT_CRON, help=f"retraining schedule (default: {DEFAULT_CRON!r})"
+    )
+    parser.add_argument(
+        "--model-name", help="registered model the prediction deployment scores with"
+    )
+    args = parser.parse_args(argv)
+    config = TrainConfig(**(load_config_file(args.config) if args.config else {}))
+    serve(*build_deployments(config, args.cron, args.model_name))
+
+
+if __name__ == "__main__":
+    main()

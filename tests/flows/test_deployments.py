@@ -1,0 +1,58 @@
+"""Deployment definitions point at real flows with valid parameters."""
+
+from pathlib import Path
+
+import yaml
+from prefect.flows import Flow, load_flow_from_entrypoint
+
+from deployments.serve import build_deployments
+from tasks.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+
+
+def test_every_prefect_yaml_entrypoint_resolves_to_a_flow(monkeypatch):
+    monkeypatch.chdir(ROOT)  # entrypoints are relative to the project root
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    assert {d["name"] for d in spec["deployments"]} == {"weekly-retrain", "batch-predict"}
+    for deployment in spec["deployments"]:
+        path, _ = deployment["entrypoint"].split(":")
+        assert (ROOT / path).is_file(), deployment["entrypoint"]
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        assert isinstance(flow, Flow)
+        # the declared parameters are valid for the flow
+        flow.validate_parameters(
+            deployment.get("parameters", {})
+            | ({"data": "x.csv", "out": "y.parquet"} if flow.name == "imbalance-predict" else {})
+        )
+
+
+def test_training_deployment_parameters_are_the_typed_config():
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    training = next(d for d in spec["deployments"] if d["name"] == "weekly-retrain")
+    assert training["schedules"][0]["cron"] == "0 3 * * 1"
+    TrainConfig(**training["parameters"]["config"])
+
+
+def test_served_deployments_resolve_and_carry_the_schedule():
+    config = TrainConfig(output="somewhere")
+    training, prediction = build_deployments(config, cron="0 2 * * *")
+    for deployment in (training, prediction):
+        path = Path(deployment.entrypoint.split(":")[0])
+        entrypoint = (
+            deployment.entrypoint if path.is_absolute() else str(ROOT / deployment.entrypoint)
+        )
+        flow = load_flow_from_entrypoint(entrypoint)
+        assert isinstance(flow, Flow)
+    assert training.schedules[0].schedule.cron == "0 2 * * *"
+    assert TrainConfig(**training.parameters["config"]) == config
+    # the UI renders the flow's typed config parameter as a form built from this schema
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train import train_flow
+
+    schema = parameter_schema(train_flow.fn).model_dump()
+    assert list(schema["properties"]) == ["config"]
+    fields = schema["definitions"]["TrainConfig"]["properties"]
+    assert {"data", "target", "strategies", "objective", "seed"} <= set(fields)

@@ -12,19 +12,27 @@ from typing import Any
 
 from prefect import flow
 
+from tasks.drift import DriftSettings
 from tasks.errors import ImbalanceFlowError
 from tasks.export import resolve_model
 from tasks.predict import predict_file
 
+DEFAULT_DRIFT = DriftSettings()
 
-@flow(name="imbalance-predict", log_prints=True)
+
+@flow(name="imbalance-predict", flow_run_name="predict-{model}", log_prints=True)
 def predict_flow(
-    model: str, data: str, out: str, output: str = "runs", sep: str | None = None
+    model: str,
+    data: str,
+    out: str,
+    output: str = "runs",
+    sep: str | None = None,
+    drift: DriftSettings = DEFAULT_DRIFT,
 ) -> dict[str, Any]:
     """Score `data` with a model directory or the champion of a registered name; write parquet
     with `probability`, `label`, `is_positive` (and the id column when present)."""
     model_dir = resolve_model(model, Path(output) / "registry")
-    return predict_file(model_dir, data, Path(out), sep) | {"model": str(model_dir)}
+    return predict_file(model_dir, data, Path(out), sep, drift) | {"model": str(model_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +51,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
+    defaults = DriftSettings()
+    parser.add_argument(
+        "--psi-warn",
+        type=float,
+        default=defaults.psi_warn,
+        help="PSI that warns (default %(default)s)",
+    )
+    parser.add_argument(
+        "--psi-fail",
+        type=float,
+        default=defaults.psi_fail,
+        help="PSI that fails (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ks-warn",
+        type=float,
+        default=defaults.ks_warn,
+        help="KS that warns (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-ratio-limit",
+        type=float,
+        default=defaults.rate_ratio_limit,
+        help="predicted-positive rate ratio that fails (default %(default)s)",
+    )
+    parser.add_argument(
+        "--drift-action",
+        choices=["warn", "fail"],
+        default=defaults.action,
+        help="on failing drift: warn and write, or fail and write nothing (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        result = predict_flow(args.model, args.data, args.out, args.output, args.sep)
+        drift = DriftSettings(
+            psi_warn=args.psi_warn,
+            psi_fail=args.psi_fail,
+            ks_warn=args.ks_warn,
+            rate_ratio_limit=args.rate_ratio_limit,
+            action=args.drift_action,
+        )
+        result = predict_flow(args.model, args.data, args.out, args.output, args.sep, drift)
     except ImbalanceFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,15 +10,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
 
+from tasks.champion import challenge, record_decision
 from tasks.compare import compare_with_baseline, summarize_repeats
 from tasks.config import TrainConfig, load_config_file
 from tasks.errors import ImbalanceFlowError, StrategyError
-from tasks.export import export_model, register
+from tasks.export import export_model, locked
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import ingest
 from tasks.io import write_json
@@ -136,30 +137,42 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         log.info(
             "selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by
         )
-        run.enter("report")
+        run.enter("compare")
         branches = run.staging / "branches"
         comparison, verdict, operating = compare_with_baseline(branches, ranked, selected, config)
         chosen = next(r for r in ranked if r["strategy"] == selected)
         export_model(chosen, feature_set, config, branches, run.staging / "model", run.run_id)
-        write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"})),
-                     metrics, feature_set.manifest, branches, comparison, verdict, operating, repeats)  # fmt: skip
         log.info(verdict.replace("**", ""))
-        run_dir = run.succeed(
-            selected=selected,
-            verdict=verdict,
-            comparison=comparison,
-            data_fingerprint=feature_set.fingerprint,
-            feature_set=feature_set.path,
-            feature_set_reused=feature_set.reused,
-            ingest=ingested.model_dump(exclude={"raw_path"}),
-        )
+        model_name = config.resolved_model_name(feature_set.manifest["target"])
+        with locked(config.registry_dir / f"{model_name}.json"):  # concurrent runs decide in turn
+            run.enter("champion")
+            decision = challenge(
+                config, model_name, feature_set, ingested.raw_path, branches, chosen
+            )
+            log.info("champion/challenger: %s (%s)", decision["action"], decision["reason"])
+            run.enter("report")
+            write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"})),
+                         metrics, feature_set.manifest, branches, comparison, verdict, operating, repeats,
+                         decision)  # fmt: skip
+            run_dir = run.succeed(
+                selected=selected,
+                verdict=verdict,
+                comparison=comparison,
+                champion_decision=decision,
+                data_fingerprint=feature_set.fingerprint,
+                feature_set=feature_set.path,
+                feature_set_reused=feature_set.reused,
+                ingest=ingested.model_dump(exclude={"raw_path"}),
+            )
+            registry = record_decision(config.registry_dir, model_name, run.run_id, run_dir / "model", selected,
+                                       {k: chosen[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")},
+                                       decision)  # fmt: skip
     except BaseException as exc:
+        if run.completed:
+            raise  # the run's files are in place; the registry write failed
         run.fail(exc)
         raise
-    model_name = config.resolved_model_name(feature_set.manifest["target"])
-    registry = register(config.registry_dir, model_name, run.run_id, run_dir / "model", selected,
-                        {k: chosen[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")})  # fmt: skip
-    publish_artifacts(metrics, verdict, run_dir / "report.html", registry)
+    publish_artifacts(metrics, verdict, run_dir / "report.html", registry, decision)
     return TrainResult(
         run_id=run.run_id,
         run_dir=str(run_dir),
@@ -238,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = train_flow(config)
+        with tags("imbalance", f"data:{Path(config.data).name.split('.')[0]}"):
+            result = train_flow(config)
     except ImbalanceFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

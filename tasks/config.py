@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.errors import ConfigError
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
-FEATURE_CODE_VERSION = 3
+FEATURE_CODE_VERSION = 4
 
 OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
 ImputeMethod = Literal["none", "median", "most_frequent"]
@@ -78,6 +78,13 @@ class TrainConfig(BaseModel):
     repeats: int = Field(1, ge=1, description="train every strategy with N seeds; report mean ± sd")
     bootstrap: int = Field(1000, ge=100, description="paired-bootstrap resamples for the verdict")
     model_name: str | None = Field(None, description="registry name; default <dataset>-<target>")
+    promote_metric: Literal["pr_auc", "objective"] = Field(
+        "pr_auc", description="metric whose paired-bootstrap difference decides promotion"
+    )
+    promote_margin: float = Field(
+        0.0,
+        description="promote when the 95% interval's lower bound of (challenger - champion) exceeds this",
+    )
 
     # --- seeds and paths ----------------------------------------------------------------
     seed: int = 42

@@ -31,6 +31,12 @@ class GateFailed(ImbalanceFlowError):
         super().__init__(f"{stage} gate failed:\n{lines}")
 
 
+class DriftError(ImbalanceFlowError):
+    """New rows drifted past the fail limits and the drift action is `fail`."""
+
+    stage = "drift"
+
+
 class StrategyError(ImbalanceFlowError):
     """A strategy branch could not produce a usable model (it is recorded as failed)."""
 

@@ -16,13 +16,20 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
-from tasks.io import write_json
+from tasks.io import retry_on_io_errors, write_json
 
 MODEL_FILE = "model.json"
 CARD_FILE = "MODEL_CARD.md"
 
 
-@task(name="export-model", cache_policy=NO_CACHE)
+@task(
+    name="export-model",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_on_io_errors,
+    tags=["io"],
+)
 def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: TrainConfig,
                  branches_dir: Path, model_dir: Path, run_id: str) -> Path:  # fmt: skip
     """Copy the selected branch's Keras members and write everything needed to score new rows."""
@@ -186,35 +193,6 @@ def locked(path: Path) -> Iterator[None]:
 def read_registry(registry_dir: Path, name: str) -> dict[str, Any] | None:
     path = registry_dir / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-@task(name="register-model", cache_policy=NO_CACHE)
-def register(registry_dir: Path, name: str, run_id: str, model_dir: Path, strategy: str,
-             metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Record this run's model. The first model of a name becomes champion; later ones are
-    recorded as candidates."""
-    path = registry_dir / f"{name}.json"
-    entry = {"run_id": run_id, "model_dir": str(model_dir.resolve()), "strategy": strategy,
-             "metrics": metrics, "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
-    with locked(path):
-        registry = read_registry(registry_dir, name) or {
-            "name": name,
-            "champion": None,
-            "candidates": [],
-            "history": [],
-        }
-        if registry["champion"] is None:
-            registry["champion"] = entry
-            registry["history"].append(
-                {**entry, "event": "promoted", "reason": "first model of this name"}
-            )
-            decision = "promoted"
-        else:
-            registry["candidates"].append(entry)
-            registry["history"].append({**entry, "event": "candidate", "reason": "champion kept"})
-            decision = "candidate"
-        write_json(path, registry)
-    return {"decision": decision, "registry": str(path)}
 
 
 def resolve_model(model: str, registry_dir: Path) -> Path:

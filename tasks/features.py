@@ -27,7 +27,14 @@ from pydantic import BaseModel
 from tasks import gates
 from tasks.config import FEATURE_CODE_VERSION, TrainConfig
 from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
-from tasks.io import make_temp_dir, remove_tree, sha256_file, write_json, write_parquet
+from tasks.io import (
+    make_temp_dir,
+    remove_tree,
+    retry_on_io_errors,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from tasks.outliers import OutlierResult
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
 
@@ -150,9 +157,9 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
     stats: dict[str, Any] = {}
     for column in prep.numeric:
         values = train[column].astype("float64")
-        quantiles = values.quantile([i / 10 for i in range(11)]).tolist()
+        percentiles = values.quantile([i / 100 for i in range(101)]).tolist()
         stats[column] = {"kind": "numeric", "dtype": str(train[column].dtype), "mean": float(values.mean()),
-                         "std": float(values.std(ddof=0)), "deciles": [float(q) for q in quantiles],
+                         "std": float(values.std(ddof=0)), "percentiles": [float(q) for q in percentiles],
                          "missing_share": float(values.isna().mean())}  # fmt: skip
     for column in prep.categorical:
         shares = train[column].astype("string").value_counts(normalize=True, dropna=False)
@@ -261,7 +268,14 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
     return FeatureSet(fingerprint=fp, path=str(directory), reused=True, manifest=manifest)
 
 
-@task(name="features", cache_policy=NO_CACHE)
+@task(
+    name="features",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_on_io_errors,
+    tags=["io"],
+)
 def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
                    outliers: OutlierResult) -> FeatureSet:  # fmt: skip
     raw = pd.read_parquet(ingest.raw_path)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
-from tasks.io import load_source, write_parquet
+from tasks.io import load_source, retry_on_io_errors, write_parquet
 
 ROW_COLUMN = "__row"  # 0-based position in the source file
 TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other
@@ -108,7 +108,14 @@ def duplicate_report(frame: pd.DataFrame, features: list[str], target: str) -> t
     return exact, conflicting
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+@task(
+    name="ingest",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_on_io_errors,
+    tags=["io"],
+)
 def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     """Load `config.data`, validate it with the raw gate and write a normalised parquet copy
     (features, `__y`, `__id`, `__row`) into `work_dir`."""

@@ -143,6 +143,22 @@ def load_source(data: str, sep: str | None = None) -> LoadedData:
     return LoadedData(frame, str(path), sha256_file(path), None, tuple(notes))
 
 
+def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition for I/O tasks: retry OSError and timeouts (a flaky mount, a busy store),
+    never a failed gate or bad input, which would fail the same way again."""
+    try:
+        state.result()
+    except (TimeoutError, ConnectionError):
+        return True
+    except OSError as exc:
+        return not isinstance(
+            exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError
+        )
+    except BaseException:
+        return False
+    return False
+
+
 # --- atomic writes ---------------------------------------------------------------------------
 
 

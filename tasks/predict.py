@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import gates
+from tasks.drift import DriftSettings, drift_table, overall_status, publish_drift
+from tasks.errors import DriftError
 from tasks.evaluate import prior_correct
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing
 from tasks.ingest import NUMERIC_DTYPES
-from tasks.io import load_source, write_parquet
+from tasks.io import load_source, retry_on_io_errors, write_parquet
+
+log = logging.getLogger(__name__)
 
 
 class LoadedModel:
@@ -101,16 +106,43 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-@task(name="predict", cache_policy=NO_CACHE)
-def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None) -> dict[str, Any]:
+def reference_positive_rate(meta: dict[str, Any]) -> float:
+    """Share of test rows the model flagged at its threshold, when it was trained."""
+    cm = meta["metrics"]["test"]["confusion_matrix"]
+    return (cm["tp"] + cm["fp"]) / max(sum(cm.values()), 1)
+
+
+@task(name="predict", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_on_io_errors)  # fmt: skip
+def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None,
+                 drift: DriftSettings | None = None) -> dict[str, Any]:  # fmt: skip
+    """Gate the rows against the training schema, score them, check drift, write parquet."""
+    drift = drift or DriftSettings()
     model = LoadedModel(model_dir)
     frame = load_source(data, sep).frame
     gate = input_gate(frame, model.prep)
     scored = score(model, frame)
+    table = drift_table(frame, model.meta["schema"]["feature_stats"], drift,
+                        float(scored["is_positive"].mean()), reference_positive_rate(model.meta))  # fmt: skip
+    publish_drift(
+        table, f"drift of {data} against model {model.meta['model_name']} ({model.meta['run_id']})"
+    )
+    status = overall_status(table)
+    drifted = table[table.status != "ok"]
+    if status != "ok":
+        log.warning(
+            "drift %s: %s",
+            status,
+            ", ".join(f"{r.feature} ({r.status})" for r in drifted.itertuples()),
+        )
+    if status == "fail" and drift.action == "fail":
+        lines = [f"{r.feature}: psi {r.psi:.3f}, ks {r.ks:.3f}" if r.kind != "prediction"
+                 else f"predicted positive rate {r.new:.4f} vs {r.reference:.4f} when trained"
+                 for r in table[table.status == "fail"].itertuples()]  # fmt: skip
+        raise DriftError(
+            "drift beyond the fail limits; nothing was written:\n  - " + "\n  - ".join(lines)
+        )
     write_parquet(out, scored)
-    return {
-        "rows": len(scored),
-        "positives": int(scored["is_positive"].sum()),
-        "out": str(out),
-        "gate": gate["success"],
-    }
+    return {"rows": len(scored), "positives": int(scored["is_positive"].sum()), "out": str(out),
+            "gate": gate["success"], "drift": status,
+            "drifted_features": drifted["feature"].tolist()}  # fmt: skip

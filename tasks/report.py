@@ -14,6 +14,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.io import retry_on_io_errors
 from tasks.thresholds import (
     Objective,
     confusion_at_each_threshold,
@@ -203,10 +204,18 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     return plots
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@task(
+    name="report",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_on_io_errors,
+    tags=["io"],
+)
 def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any],
                  branches_dir: Path, comparison: dict[str, Any] | None, verdict: str,
-                 operating: list[dict[str, float]], repeats: dict[str, Any] | None) -> Path:  # fmt: skip
+                 operating: list[dict[str, float]], repeats: dict[str, Any] | None,
+                 decision: dict[str, Any] | None = None) -> Path:  # fmt: skip
     records = metrics["strategies"]
     predictions = {r["strategy"]: pd.read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
                    for r in records if r["status"] == "ok"}  # fmt: skip
@@ -270,6 +279,7 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
                                    "95% low": comparison["pr_auc_interval"]["low"],
                                    "95% high": comparison["pr_auc_interval"]["high"]}],
                                  ["difference (selected − baseline)", "point", "95% low", "95% high"], "comparison")  # fmt: skip
+    champion_html = _champion_section(decision) if decision else ""
     durations = [{"step": s["stage"], "seconds": s["seconds"]} for s in run["stages"]]
     versions = [{"package": k, "version": v} for k, v in manifest["versions"].items()]
     config_json = html.escape(json.dumps(metrics["config"], indent=2))
@@ -283,6 +293,7 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
 Test metrics at each strategy's tuned threshold and at 0.5.</p>
 {_table(leaderboard, board_columns, "leaderboard", row_class)}
 {comparison_html}
+{champion_html}
 <h2>Operating points of {html.escape(selected)} (test rows)</h2>
 {_table(operating, ["threshold", "precision", "recall", "alerts_per_1000"], "operating-points")}
 {repeat_html}
@@ -315,9 +326,8 @@ def _md_bold(text: str) -> str:
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(
-    metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any]
-) -> None:
+def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any],
+                      decision: dict[str, Any]) -> None:  # fmt: skip
     """Leaderboard table, verdict markdown and a link to the HTML report on the flow run."""
     from prefect.artifacts import (
         create_link_artifact,
@@ -341,11 +351,37 @@ def publish_artifacts(
     create_table_artifact(
         key="leaderboard", table=rows, description=f"Strategies of run {metrics['run_id']}"
     )
+    if decision.get("drift"):
+        create_table_artifact(key="drift", table=decision["drift"]["table"],
+                              description=f"Training data vs the champion's: {decision['drift']['status']}")  # fmt: skip
     create_markdown_artifact(
         key="verdict",
-        markdown=f"# Run {metrics['run_id']}\n\n{verdict}\n\nRegistry: {registry['decision']} "
-        f"(`{registry['registry']}`)\n\nReport: `{report_path}`\n",
+        markdown=f"# Run {metrics['run_id']}\n\n{verdict}\n\n**Champion / challenger:** {registry['decision']}: "
+        f"{registry['reason']} (champion now `{registry['champion']}`, registry `{registry['registry']}`)\n\n"
+        f"Report: `{report_path}`\n",
         description="Which strategy and threshold to ship",
     )
     create_link_artifact(key="report", link=report_path.resolve().as_uri(), link_text="HTML report",
                          description=f"Comparison report of run {metrics['run_id']}")  # fmt: skip
+
+
+def _champion_section(decision: dict[str, Any]) -> str:
+    comparison = decision.get("comparison") or {}
+    interval = comparison.get(
+        "pr_auc_interval" if decision.get("metric") == "pr_auc" else "objective_interval"
+    )
+    text = f"<strong>{html.escape(decision['action'])}</strong>: {html.escape(decision['reason'])}"
+    if interval:
+        text += (f" (champion run {html.escape(str(decision['champion_run_id']))}, {decision.get('rows')} rows neither "
+                 f"model trained on, 95% interval {interval['low']:+.4f} to {interval['high']:+.4f})")  # fmt: skip
+    if decision.get("note"):
+        text += f". {html.escape(decision['note'])}"
+    section = f'<h2>Champion / challenger</h2><p id="champion">{text}</p>'
+    if decision.get("drift"):
+        rows = [
+            {k: v for k, v in row.items() if v is not None} for row in decision["drift"]["table"]
+        ]
+        section += (f"<p>Drift of this run's training rows against the champion's training data: "
+                    f"<strong>{decision['drift']['status']}</strong></p>"
+                    + _table(rows, ["feature", "kind", "psi", "ks", "status"], "drift"))  # fmt: skip
+    return section

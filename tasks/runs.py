@@ -32,6 +32,7 @@ class RunRecord:
     started_at: str = ""
     stage: str = "start"
     stages: list[dict[str, Any]] = field(default_factory=list)
+    completed: bool = False
     _t0: float = 0.0
     _stage_t0: float = 0.0
 
@@ -88,6 +89,7 @@ class RunRecord:
         write_json(self.staging / "run.json", self._record("completed", **extra))
         os.rename(self.staging, self.run_dir)
         replace_symlink(self.output / "latest", self.run_id)
+        self.completed = True
         return self.run_dir
 
     def fail(self, error: BaseException) -> Path:

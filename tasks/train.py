@@ -230,7 +230,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-@task(name="train-branch", cache_policy=NO_CACHE)
+@task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
 def train_branch(
     name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str
 ) -> dict[str, Any]:

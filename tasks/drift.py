@@ -1,0 +1,112 @@
+"""Drift between new rows and the training statistics stored beside a model.
+
+- PSI per feature: numerics binned at the training deciles, categoricals by level (levels unseen
+  in training count as their own bin).
+- KS per numeric feature: the largest gap between the new rows' empirical CDF and the training
+  CDF, interpolated from the 101 stored training percentiles.
+- The predicted-positive rate against the rate on the test split at the same threshold.
+Status per row: ok, warn (PSI >= psi_warn or KS >= ks_warn) or fail (PSI >= psi_fail); the rate
+fails when it moves by more than `rate_ratio_limit` times either way."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+EPS = 1e-4
+
+
+class DriftSettings(BaseModel):
+    psi_warn: float = Field(0.1, gt=0)
+    psi_fail: float = Field(0.25, gt=0)
+    ks_warn: float = Field(0.2, gt=0)
+    rate_ratio_limit: float = Field(2.0, gt=1)
+    action: Literal["warn", "fail"] = "warn"
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    expected = np.clip(np.asarray(expected, dtype=float), EPS, None)
+    actual = np.clip(np.asarray(actual, dtype=float), EPS, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def numeric_drift(values: pd.Series, percentiles: list[float]) -> tuple[float, float]:
+    """(PSI over training decile bins, KS against the interpolated training CDF)."""
+    values = values.dropna().astype(float).to_numpy()
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    cuts = np.asarray(percentiles, dtype=float)
+    levels = np.linspace(0, 1, len(cuts))
+    edges, first = np.unique(cuts[10:-10:10], return_index=True)  # interior deciles, ties merged
+    expected = np.diff(np.r_[0.0, levels[10:-10:10][first], 1.0])
+    actual = np.bincount(
+        np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1
+    ) / len(values)
+    ordered = np.sort(values)
+    train_cdf = np.interp(ordered, cuts, levels, left=0.0, right=1.0)
+    new_cdf_right = np.arange(1, len(ordered) + 1) / len(ordered)
+    new_cdf_left = np.arange(0, len(ordered)) / len(ordered)
+    ks = float(max(np.abs(new_cdf_right - train_cdf).max(), np.abs(new_cdf_left - train_cdf).max()))
+    return psi(expected, actual), ks
+
+
+def categorical_drift(values: pd.Series, frequencies: dict[str, float]) -> float:
+    shares = values.astype("string").fillna("<NA>").value_counts(normalize=True)
+    levels = sorted(set(frequencies) | set(shares.index))
+    return psi(
+        [frequencies.get(level, 0.0) for level in levels],
+        [float(shares.get(level, 0.0)) for level in levels],
+    )
+
+
+def drift_table(frame: pd.DataFrame, feature_stats: dict[str, Any], settings: DriftSettings,
+                predicted_rate: float | None = None, reference_rate: float | None = None) -> pd.DataFrame:  # fmt: skip
+    rows = []
+    for column, stats in feature_stats.items():
+        if column not in frame.columns:
+            continue
+        if stats["kind"] == "numeric":
+            value_psi, ks = numeric_drift(frame[column], stats["percentiles"])
+        else:
+            value_psi, ks = categorical_drift(frame[column], stats["frequencies"]), float("nan")
+        status = "ok"
+        if value_psi >= settings.psi_fail:
+            status = "fail"
+        elif value_psi >= settings.psi_warn or (not np.isnan(ks) and ks >= settings.ks_warn):
+            status = "warn"
+        rows.append(
+            {"feature": column, "kind": stats["kind"], "psi": value_psi, "ks": ks, "status": status}
+        )
+    if predicted_rate is not None and reference_rate is not None:
+        ratio = (predicted_rate + EPS) / (reference_rate + EPS)
+        limit = settings.rate_ratio_limit
+        status = "fail" if ratio > limit or ratio < 1 / limit else "ok"
+        rows.append({"feature": "predicted_positive_rate", "kind": "prediction", "psi": float("nan"),
+                     "ks": float("nan"), "status": status, "new": predicted_rate, "reference": reference_rate})  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["feature", "kind", "psi", "ks", "status", "new", "reference"]
+    )
+
+
+def overall_status(table: pd.DataFrame) -> str:
+    statuses = set(table["status"])
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
+
+
+def table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready rows: NaN becomes None, floats are rounded for display."""
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else (round(v, 4) if isinstance(v, float) else v))
+             for k, v in row.items()} for row in table.to_dict("records")]  # fmt: skip
+
+
+def publish_drift(table: pd.DataFrame, title: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(
+        key="drift",
+        table=table_records(table),
+        description=f"{title}: overall {overall_status(table)}",
+    )

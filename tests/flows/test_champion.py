@@ -1,0 +1,159 @@
+"""Champion / challenger decisions, the registry history, and the champion CLI."""
+
+import json
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.champion import main as champion_main
+from flows.train import train_flow
+from tests.conftest import SYNTHETIC, fast_config
+
+BASELINE_ONLY = {"strategies": ["baseline"], "bootstrap": 200}
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    """Three runs of one model name: first (promoted), an identical rerun (kept), and one with a
+    negative promotion margin (promoted)."""
+    output = tmp_path_factory.mktemp("lineage") / "runs"
+    first = train_flow(fast_config(output, **BASELINE_ONLY))
+    same = train_flow(fast_config(output, **BASELINE_ONLY))
+    forced = train_flow(fast_config(output, **BASELINE_ONLY, promote_margin=-1.0))
+    return output, first, same, forced
+
+
+def registry(output):
+    return json.loads((Path(output) / "registry" / "synthetic-churned.json").read_text())
+
+
+def decision(result):
+    return json.loads((Path(result.run_dir) / "run.json").read_text())["champion_decision"]
+
+
+def test_an_identical_challenger_is_not_promoted(lineage):
+    _, first, same, _ = lineage
+    d = decision(same)
+    assert d["action"] == "keep" and d["champion_run_id"] == first.run_id
+    assert d["comparison"]["pr_auc_difference"] == 0.0
+    assert d["comparison"]["pr_auc_interval"] == {"low": 0.0, "high": 0.0}
+    assert "lower bound +0.0000 <= margin 0" in d["reason"]
+    # rows neither model trained on: the test split, minus the champion's training ids (none overlap)
+    assert d["rows"] == 80
+    assert same.registry["decision"] == "kept_champion"
+
+
+def test_a_challenger_clearing_the_margin_is_promoted(lineage):
+    output, first, same, forced = lineage
+    d = decision(forced)
+    assert d["action"] == "promote" and "> margin -1" in d["reason"]
+    history = registry(output)["history"]
+    assert [(e["run_id"], e["event"]) for e in history] == [
+        (first.run_id, "promoted"),
+        (same.run_id, "kept_champion"),
+        (forced.run_id, "promoted"),
+    ]
+    assert history[2]["interval"]["low"] <= history[2]["interval"]["high"]
+    assert registry(output)["champion"]["run_id"] == forced.run_id
+
+
+def test_the_decision_is_in_the_report_and_an_artifact(lineage):
+    _, _, same, _ = lineage
+    html = Path(same.report_path).read_text()
+    assert 'id="champion"' in html and "keep" in html and 'id="drift"' in html
+
+
+def test_schema_change_promotes_with_that_reason(lineage, tmp_path):
+    output, *_ = lineage
+    frame = pd.read_csv(SYNTHETIC).drop(columns=["score_b"])
+    data = tmp_path / "synthetic.csv"  # same name -> same registry entry
+    frame.to_csv(data, index=False)
+    result = train_flow(fast_config(output, data=str(data), **BASELINE_ONLY))
+    d = decision(result)
+    assert d["action"] == "promote" and d["reason"] == "schema_changed"
+    assert any("score_b" in line for line in d["details"])
+    # restore the previous champion for the CLI tests
+    assert champion_main(["--output", str(output), "rollback", "synthetic-churned"]) == 0
+    assert registry(output)["champion"]["run_id"] != result.run_id
+
+
+def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
+    output, first, _, forced = lineage
+    assert champion_main(["--output", str(output), "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["name"] == "synthetic-churned"
+
+    assert (
+        champion_main(
+            ["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert registry(output)["champion"]["run_id"] == first.run_id
+    assert registry(output)["history"][-1]["event"] == "rolled_back_to"
+
+    assert (
+        champion_main(
+            [
+                "--output",
+                str(output),
+                "set-threshold",
+                "synthetic-churned",
+                "--objective",
+                "fbeta:2",
+            ]
+        )
+        == 0
+    )
+    changed = json.loads(capsys.readouterr().out)
+    meta = json.loads((Path(first.model_dir) / "model.json").read_text())
+    assert meta["threshold"] == changed["threshold"] and meta["threshold_objective"] == "fbeta:2"
+    assert meta["threshold_history"][-1]["objective"] == "f1"
+    assert registry(output)["history"][-1]["event"] == "threshold_changed"
+
+    assert champion_main(["--output", str(output), "show", "synthetic-churned"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["champion"]["run_id"] == first.run_id
+
+    assert (
+        champion_main(["--output", str(output), "rollback", "synthetic-churned", "--to", "nope"])
+        == 2
+    )
+    assert "not in the registry's history" in capsys.readouterr().err
+    assert champion_main(["--output", str(output), "show", "other"]) == 2
+
+
+def test_concurrent_runs_keep_store_runs_and_registry_consistent(tmp_path):
+    """Two runs of one model name at once (sharing the store and the registry) both complete;
+    the registry records both, in turn, and stays valid JSON."""
+    output = tmp_path / "runs"
+    results, errors = [], []
+
+    def run(seed_offset):
+        try:
+            results.append(train_flow(fast_config(output, **BASELINE_ONLY, max_parallel=1)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len({r.run_id for r in results}) == 2
+    history = registry(output)["history"]
+    assert sorted(e["run_id"] for e in history) == sorted(r.run_id for r in results)
+    assert [e["event"] for e in history][0] == "promoted"  # exactly one first model
+    assert [e["event"] for e in history].count("promoted") + [e["event"] for e in history].count(
+        "kept_champion"
+    ) == 2
+    stores = [p for p in (output / "store").iterdir()]
+    assert (
+        len(stores) == 1 and (stores[0] / "manifest.json").is_file()
+    )  # one valid feature set, no debris
+    for r in results:
+        assert json.loads((Path(r.run_dir) / "run.json").read_text())["status"] == "completed"

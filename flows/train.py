@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=name,
             default=argparse.SUPPRESS,
             metavar=name.upper(),
-            help=f"{field.description or ''} (default: {shown})".strip(),
+            help=f"{field.description or ''} (default: {shown})".strip().replace("%", "%%"),
         )
     return parser
 

@@ -16,41 +16,70 @@ from tasks.config import TrainConfig
 from tasks.ingest import ID_COLUMN
 from tasks.thresholds import Objective, objective_values, parse_objective
 
+BOOTSTRAP_CHUNK = 64  # resamples evaluated at once: memory is CHUNK x n_rows float64
 
-def objective_on_rows(y: np.ndarray, predicted: np.ndarray, objective: Objective) -> np.ndarray:
-    """The threshold objective for each bootstrap row set. y, predicted: (B, n) 0/1 arrays."""
-    tp = (y * predicted).sum(axis=1)
-    fp = ((1 - y) * predicted).sum(axis=1)
-    fn = (y * (1 - predicted)).sum(axis=1)
-    return objective_values(tp, fp, fn, objective, n_rows=y.shape[1])
+
+def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """(size, n) counts: how often each row is drawn in each bootstrap resample."""
+    draws = rng.integers(0, n, size=(size, n))
+    return np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)
+
+
+def weighted_objective(
+    weights: np.ndarray, y: np.ndarray, predicted: np.ndarray, objective: Objective
+) -> np.ndarray:
+    """The threshold objective on each weighted row set. weights: (B, n); y, predicted: (n,) 0/1."""
+    tp = weights @ (y * predicted)
+    fp = weights @ ((1 - y) * predicted)
+    fn = weights @ (y * (1 - predicted))
+    return objective_values(tp, fp, fn, objective, n_rows=len(y))
+
+
+class SortedScores:
+    """Scores sorted once, so average precision of any row weighting is two cumulative sums."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray):
+        self.order = np.argsort(-scores, kind="mergesort")
+        self.y = y[self.order].astype(np.float64)
+        sorted_scores = scores[self.order]
+        self.last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+
+    def average_precision(self, weights: np.ndarray) -> np.ndarray:
+        """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it."""
+        w = weights[:, self.order]
+        tp = np.cumsum(w * self.y, axis=1)[:, self.last]
+        fp = np.cumsum(w * (1 - self.y), axis=1)[:, self.last]
+        positives = tp[:, -1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            recall = np.where(positives > 0, tp / positives, 0.0)
+        steps = np.diff(recall, axis=1, prepend=0.0)
+        return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)
 
 
 def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
                      threshold_b: float, objective: Objective, n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """95% intervals of (a - b) on the same resampled test rows, for the threshold objective at
-    each model's own tuned threshold and for PR-AUC."""
+    each model's own tuned threshold and for PR-AUC (resamples without positives are skipped)."""
     rng = np.random.default_rng(seed)
-    n = len(y)
-    index = rng.integers(0, n, size=(n_boot, n))
-    yb = y[index]
-    pred_a = (scores_a >= threshold_a).astype(np.int64)[index]
-    pred_b = (scores_b >= threshold_b).astype(np.int64)[index]
-    objective_diff = objective_on_rows(yb, pred_a, objective) - objective_on_rows(
-        yb, pred_b, objective
+    y = np.asarray(y, dtype=np.float64)
+    pred_a = (np.asarray(scores_a) >= threshold_a).astype(np.float64)
+    pred_b = (np.asarray(scores_b) >= threshold_b).astype(np.float64)
+    sorted_a, sorted_b = (
+        SortedScores(y, np.asarray(scores_a)),
+        SortedScores(y, np.asarray(scores_b)),
     )
-    pr_diff = []
-    for row, ys in zip(index, yb, strict=True):
-        if 0 < ys.sum() < n:
-            pr_diff.append(
-                average_precision_score(ys, scores_a[row])
-                - average_precision_score(ys, scores_b[row])
-            )
-    full_a = objective_on_rows(
-        y[None, :], (scores_a >= threshold_a)[None, :].astype(np.int64), objective
-    )[0]
-    full_b = objective_on_rows(
-        y[None, :], (scores_b >= threshold_b)[None, :].astype(np.int64), objective
-    )[0]
+    objective_diff, pr_diff = [], []
+    for start in range(0, n_boot, BOOTSTRAP_CHUNK):
+        weights = resample_counts(rng, len(y), min(BOOTSTRAP_CHUNK, n_boot - start))
+        objective_diff.append(
+            weighted_objective(weights, y, pred_a, objective)
+            - weighted_objective(weights, y, pred_b, objective)
+        )
+        pr_diff.append(sorted_a.average_precision(weights) - sorted_b.average_precision(weights))
+    objective_diff, pr_diff = np.concatenate(objective_diff), np.concatenate(pr_diff)
+    pr_diff = pr_diff[~np.isnan(pr_diff)]
+    ones = np.ones((1, len(y)))
 
     def interval(values) -> dict[str, float]:
         low, high = np.percentile(values, [2.5, 97.5])
@@ -58,14 +87,19 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
 
     return {
         "objective": objective.label,
-        "objective_difference": float(full_a - full_b),
+        "objective_difference": float(
+            (
+                weighted_objective(ones, y, pred_a, objective)
+                - weighted_objective(ones, y, pred_b, objective)
+            )[0]
+        ),
         "objective_interval": interval(objective_diff),
         "pr_auc_difference": float(
             average_precision_score(y, scores_a) - average_precision_score(y, scores_b)
         ),
         "pr_auc_interval": interval(pr_diff),
         "n_boot": n_boot,
-        "n_rows": int(n),
+        "n_rows": int(len(y)),
     }
 
 

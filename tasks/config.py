@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.errors import ConfigError
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
-FEATURE_CODE_VERSION = 4
+FEATURE_CODE_VERSION = 5
 
 OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
 ImputeMethod = Literal["none", "median", "most_frequent"]

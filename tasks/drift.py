@@ -1,7 +1,7 @@
 """Drift between new rows and the training statistics stored beside a model.
 
-- PSI per feature: numerics binned at the training deciles, categoricals by level (levels unseen
-  in training count as their own bin).
+- PSI per feature: numerics over bins at the training deciles with the exact training share per
+  bin, categoricals by level (levels unseen in training count as their own bin).
 - KS per numeric feature: the largest gap between the new rows' empirical CDF and the training
   CDF, interpolated from the 101 stored training percentiles.
 - The predicted-positive rate against the rate on the test split at the same threshold.
@@ -33,18 +33,22 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def numeric_drift(values: pd.Series, percentiles: list[float]) -> tuple[float, float]:
-    """(PSI over training decile bins, KS against the interpolated training CDF)."""
+def numeric_drift(values: pd.Series, stats: dict[str, Any]) -> tuple[float, float]:
+    """(PSI over the stored training bins, KS against the training CDF interpolated from the
+    stored percentiles; KS only for continuous columns, NaN for discrete ones)."""
     values = values.dropna().astype(float).to_numpy()
     if len(values) == 0:
         return float("nan"), float("nan")
-    cuts = np.asarray(percentiles, dtype=float)
-    levels = np.linspace(0, 1, len(cuts))
-    edges, first = np.unique(cuts[10:-10:10], return_index=True)  # interior deciles, ties merged
-    expected = np.diff(np.r_[0.0, levels[10:-10:10][first], 1.0])
+    edges, expected = np.asarray(stats["bins"]["edges"]), np.asarray(stats["bins"]["shares"])
     actual = np.bincount(
         np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1
     ) / len(values)
+    cuts = np.asarray(stats["percentiles"], dtype=float)
+    if (
+        len(np.unique(cuts)) < len(cuts) // 2
+    ):  # many ties: a discrete column, the interpolated CDF is meaningless
+        return psi(expected, actual), float("nan")
+    levels = np.linspace(0, 1, len(cuts))
     ordered = np.sort(values)
     train_cdf = np.interp(ordered, cuts, levels, left=0.0, right=1.0)
     new_cdf_right = np.arange(1, len(ordered) + 1) / len(ordered)
@@ -69,7 +73,7 @@ def drift_table(frame: pd.DataFrame, feature_stats: dict[str, Any], settings: Dr
         if column not in frame.columns:
             continue
         if stats["kind"] == "numeric":
-            value_psi, ks = numeric_drift(frame[column], stats["percentiles"])
+            value_psi, ks = numeric_drift(frame[column], stats)
         else:
             value_psi, ks = categorical_drift(frame[column], stats["frequencies"]), float("nan")
         status = "ok"

@@ -152,6 +152,19 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
     )  # fmt: skip
 
 
+def histogram_bins(values: pd.Series) -> dict[str, list[float]]:
+    """Bins at the unique interior training deciles, with the exact training share in each
+    (a value v falls in bin searchsorted(edges, v, side="right"))."""
+    values = values.dropna().to_numpy(dtype="float64")
+    edges = (
+        np.unique(np.quantile(values, [i / 10 for i in range(1, 10)]))
+        if len(values)
+        else np.array([])
+    )
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    return {"edges": edges.tolist(), "shares": (counts / max(len(values), 1)).tolist()}
+
+
 def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
     """Raw-unit statistics of the training rows per feature (schema and drift reference)."""
     stats: dict[str, Any] = {}
@@ -160,7 +173,7 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
         percentiles = values.quantile([i / 100 for i in range(101)]).tolist()
         stats[column] = {"kind": "numeric", "dtype": str(train[column].dtype), "mean": float(values.mean()),
                          "std": float(values.std(ddof=0)), "percentiles": [float(q) for q in percentiles],
-                         "missing_share": float(values.isna().mean())}  # fmt: skip
+                         "bins": histogram_bins(values), "missing_share": float(values.isna().mean())}  # fmt: skip
     for column in prep.categorical:
         shares = train[column].astype("string").value_counts(normalize=True, dropna=False)
         stats[column] = {"kind": "categorical", "dtype": "string",

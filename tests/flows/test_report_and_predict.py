@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from flows.predict import main as predict_main
 from flows.predict import predict_flow
@@ -237,3 +238,59 @@ def test_paired_bootstrap_and_verdict():
     assert better["objective_interval"]["low"] > 0 and better["pr_auc_interval"]["low"] > 0
     assert "reliably better" in verdict_text("smote", better, "pr_auc")
     assert better == paired_bootstrap(y, good, noise, 0.5, 0.5, objective, 300, 0)  # seeded
+
+
+def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
+    _, result, _ = full_run
+    raw, _ = raw_test_rows(result)
+    data = tmp_path / "rows.csv"
+    raw.to_csv(data, index=False)
+    out = tmp_path / "ok.parquet"
+    assert predict_main(["--model", result.model_dir, "--data", str(data), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["drift"] in ("ok", "warn") and out.exists()
+
+    shifted = raw.assign(amount=raw.amount * 20, score_a=raw.score_a + 5)
+    shifted_file = tmp_path / "shifted.csv"
+    shifted.to_csv(shifted_file, index=False)
+    warned = tmp_path / "warned.parquet"
+    assert (
+        predict_main(
+            ["--model", result.model_dir, "--data", str(shifted_file), "--out", str(warned)]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert (
+        summary["drift"] == "fail"
+        and {"amount", "score_a"} <= set(summary["drifted_features"])
+        and warned.exists()
+    )
+
+    failed = tmp_path / "failed.parquet"
+    code = predict_main(["--model", result.model_dir, "--data", str(shifted_file), "--out", str(failed),
+                         "--drift-action", "fail"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and "drift beyond the fail limits; nothing was written" in err
+        and "amount: psi" in err
+    )
+    assert not failed.exists()
+
+
+def test_vectorised_bootstrap_metrics_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from tasks.compare import SortedScores, resample_counts, weighted_objective
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(300) < 0.15).astype(float)
+    scores = np.round(np.clip(0.4 * y + rng.normal(0.3, 0.2, 300), 0, 1), 2)  # ties included
+    weights = resample_counts(np.random.default_rng(1), 300, 20)
+    aps = SortedScores(y, scores).average_precision(weights)
+    f1s = weighted_objective(weights, y, (scores >= 0.5).astype(float), parse_objective("f1"))
+    for w, ap, f1 in zip(weights, aps, f1s, strict=True):
+        rows = np.repeat(np.arange(300), w.astype(int))
+        assert ap == pytest.approx(average_precision_score(y[rows], scores[rows]))
+        assert f1 == pytest.approx(f1_score(y[rows], scores[rows] >= 0.5))

@@ -174,7 +174,11 @@ def test_second_run_reuses_the_feature_set(full_run):
 
 
 def test_identical_results_threaded_or_sequential(tmp_path):
-    strategies = ["baseline", "balanced_batches", "smote", "ensemble"]
+    strategies = [
+        "balanced_batches",
+        "smote",
+        "ensemble",
+    ]  # tf.data sampling, sampler and member seeds
     threaded = train_flow(fast_config(tmp_path / "a", strategies=strategies, max_parallel=2))
     sequential = train_flow(fast_config(tmp_path / "b", strategies=strategies, max_parallel=1))
     for name in [*strategies, "reference"]:
@@ -298,3 +302,37 @@ def test_numeric_target_labels_keep_their_type(tmp_path, synthetic_frame):
     scored = pd.read_parquet(out)
     assert scored["label"].dtype == np.int64 and set(scored["label"]) <= {0, 1}
     assert (scored["label"] == scored["is_positive"].astype(int)).all()
+
+
+def test_transient_io_error_in_ingest_is_retried(tmp_path, monkeypatch):
+    import tasks.ingest as ingest_module
+
+    real = ingest_module.load_source
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("stale file handle")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "load_source", flaky)
+    result = train_flow(
+        fast_config(tmp_path / "runs", strategies=["baseline"], epochs=1, hidden=[4])
+    )
+    assert len(calls) == 2 and Path(result.run_dir).is_dir()
+
+
+def test_a_failed_gate_is_not_retried(tmp_path, monkeypatch, synthetic_frame):
+    import tasks.ingest as ingest_module
+
+    real = ingest_module.load_source
+    calls = []
+    monkeypatch.setattr(
+        ingest_module, "load_source", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    data = tmp_path / "one_class.csv"
+    synthetic_frame.assign(churned="no").to_csv(data, index=False)
+    with pytest.raises(Exception, match="raw gate failed"):
+        train_flow(fast_config(tmp_path / "runs", data=str(data), strategies=["baseline"]))
+    assert len(calls) == 1

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +51,49 @@ class TrainResult(BaseModel):
     registry: dict[str, Any]
 
 
+@contextmanager
+def branch_runner(config: TrainConfig) -> Iterator[Any]:
+    """The task runner the branches run on: a thread pool here, or a Dask cluster through
+    prefect-dask. Dask workers are pointed at this run's Prefect API (otherwise each starts a
+    server of its own) and get `tf_threads` TensorFlow threads each; the variables they inherit
+    are restored in this process afterwards."""
+    if config.runner == "threads":
+        with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
+            yield runner
+        return
+    from prefect.client.orchestration import get_client
+    from prefect_dask import DaskTaskRunner
+
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url).rstrip("/")
+    threads = str(config.tf_threads)
+    worker_env = {"PREFECT_API_URL": api_url, "TF_NUM_INTRAOP_THREADS": threads,
+                  "TF_NUM_INTEROP_THREADS": threads, "OMP_NUM_THREADS": threads}  # fmt: skip
+    saved = {key: os.environ.get(key) for key in worker_env}
+    os.environ.update(worker_env)
+    try:
+        if config.dask_address:
+            dask_runner = DaskTaskRunner(address=config.dask_address)
+        else:
+            dask_runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.max_parallel, "threads_per_worker": 1,
+                                                         "processes": True, "dashboard_address": None})  # fmt: skip
+        with dask_runner as runner:
+            yield runner
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfig,
                    out_dir: Path) -> list[dict[str, Any]]:  # fmt: skip
     """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
     becomes a `failed` record instead of failing the run. Repeat r uses seed + 1000*r."""
     jobs = [(name, repeat) for repeat in range(config.repeats) for name in names]
     records = []
-    with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
+    with branch_runner(config) as runner:
         futures = []
         for name, repeat in jobs:
             label = name if repeat == 0 else f"{name}-r{repeat}"

@@ -72,6 +72,13 @@ class TrainConfig(BaseModel):
     objective: str = Field("f1", description="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P")
     rank_by: RankMetric = "pr_auc"
     max_parallel: int = Field(2, ge=1, description="strategy branches trained at once")
+    runner: Literal["threads", "dask"] = Field(
+        "threads", description="where branches run: threads here, or a Dask cluster (prefect-dask)"
+    )
+    dask_address: str | None = Field(
+        None,
+        description="scheduler of an existing Dask cluster; default: a local cluster of max_parallel workers",
+    )
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
 
     # --- reporting and export -------------------------------------------------------------

@@ -21,6 +21,7 @@ from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.io import write_json, write_parquet
+from tasks.model import configure_tensorflow
 from tasks.strategies import REFERENCE, STRATEGIES, Strategy
 from tasks.thresholds import parse_objective, tune_threshold
 
@@ -54,6 +55,9 @@ class BranchFailed(Exception):
     def __init__(self, record: dict[str, Any]):
         self.record = record
         super().__init__(f"strategy {record['strategy']} failed: {record['error']}")
+
+    def __reduce__(self):  # survive pickling to and from Dask workers with the record intact
+        return (BranchFailed, (self.record,))
 
 
 def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
@@ -240,6 +244,9 @@ def train_branch(
                               "eligible": name != REFERENCE}  # fmt: skip
     branch_dir = Path(out_dir) / name
     try:
+        configure_tensorflow(
+            config.tf_threads
+        )  # a no-op here; in a fresh Dask worker, before TF starts
         parts = load_parts(feature_set)
         manifest = feature_set.manifest
         labels = (manifest["positive_label"], manifest["negative_label"])

@@ -336,3 +336,28 @@ def test_a_failed_gate_is_not_retried(tmp_path, monkeypatch, synthetic_frame):
     with pytest.raises(Exception, match="raw gate failed"):
         train_flow(fast_config(tmp_path / "runs", data=str(data), strategies=["baseline"]))
     assert len(calls) == 1
+
+
+def test_dask_runner_gives_the_same_results_as_threads(tmp_path):
+    """Branches on a local Dask cluster (prefect-dask, worker processes) match the thread runner."""
+    strategies = ["baseline", "undersample"]
+    threads = train_flow(fast_config(tmp_path / "threads", strategies=strategies))
+    dask = train_flow(
+        fast_config(tmp_path / "dask", strategies=strategies, runner="dask", max_parallel=2)
+    )
+    for name in [*strategies, "reference"]:
+        a = branch_predictions(threads, name).probability.to_numpy()
+        b = branch_predictions(dask, name).probability.to_numpy()
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    records = json.loads(Path(dask.metrics_path).read_text())["strategies"]
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_branch_failures_survive_pickling():
+    import pickle
+
+    from tasks.train import BranchFailed
+
+    record = {"strategy": "smote", "status": "failed", "error": "ValueError: too few rows"}
+    again = pickle.loads(pickle.dumps(BranchFailed(record)))
+    assert again.record == record and "too few rows" in str(again)

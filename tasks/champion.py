@@ -26,7 +26,7 @@ from tasks.errors import GateFailed
 from tasks.export import MODEL_FILE, read_registry
 from tasks.features import FeatureSet
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
-from tasks.io import retry_on_io_errors, write_json
+from tasks.io import io_task_options, write_json
 from tasks.predict import LoadedModel, input_gate, score
 from tasks.thresholds import parse_objective
 
@@ -107,8 +107,7 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
                      note=note, drift=drift_summary)  # fmt: skip
 
 
-@task(name="record-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_on_io_errors, tags=["io"])  # fmt: skip
+@task(name="record-decision", **io_task_options())
 def record_decision(registry_dir: Path, model_name: str, run_id: str, model_dir: Path, strategy: str,
                     metrics: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Append this run to the registry's history; make it champion when promoted. The caller

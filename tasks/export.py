@@ -12,24 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
-from tasks.io import retry_on_io_errors, write_json
+from tasks.io import io_task_options, write_json
 
 MODEL_FILE = "model.json"
 CARD_FILE = "MODEL_CARD.md"
 
 
-@task(
-    name="export-model",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_io_errors,
-    tags=["io"],
-)
+@task(name="export-model", **io_task_options())
 def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: TrainConfig,
                  branches_dir: Path, model_dir: Path, run_id: str) -> Path:  # fmt: skip
     """Copy the selected branch's Keras members and write everything needed to score new rows."""

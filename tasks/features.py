@@ -21,16 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks import gates
 from tasks.config import FEATURE_CODE_VERSION, TrainConfig
 from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
 from tasks.io import (
+    io_task_options,
     make_temp_dir,
     remove_tree,
-    retry_on_io_errors,
     sha256_file,
     write_json,
     write_parquet,
@@ -281,14 +280,7 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
     return FeatureSet(fingerprint=fp, path=str(directory), reused=True, manifest=manifest)
 
 
-@task(
-    name="features",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_io_errors,
-    tags=["io"],
-)
+@task(name="features", **io_task_options())
 def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
                    outliers: OutlierResult) -> FeatureSet:  # fmt: skip
     raw = pd.read_parquet(ingest.raw_path)

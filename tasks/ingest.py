@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
-from tasks.io import load_source, retry_on_io_errors, write_parquet
+from tasks.io import io_task_options, load_source, write_parquet
 
 ROW_COLUMN = "__row"  # 0-based position in the source file
 TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other
@@ -108,14 +107,7 @@ def duplicate_report(frame: pd.DataFrame, features: list[str], target: str) -> t
     return exact, conflicting
 
 
-@task(
-    name="ingest",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_io_errors,
-    tags=["io"],
-)
+@task(name="ingest", **io_task_options())
 def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     """Load `config.data`, validate it with the raw gate and write a normalised parquet copy
     (features, `__y`, `__id`, `__row`) into `work_dir`."""

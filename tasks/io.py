@@ -159,6 +159,15 @@ def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def io_task_options() -> dict[str, Any]:
+    """The one retry policy of tasks that read or write files: two retries with growing delays,
+    only for transient I/O errors (see `retry_on_io_errors`), no result caching."""
+    from prefect.cache_policies import NO_CACHE
+
+    return {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": [2, 10],
+            "retry_condition_fn": retry_on_io_errors, "tags": ["io"]}  # fmt: skip
+
+
 # --- atomic writes ---------------------------------------------------------------------------
 
 

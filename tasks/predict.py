@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import gates
 from tasks.drift import DriftSettings, drift_table, overall_status, publish_drift
@@ -19,7 +18,7 @@ from tasks.evaluate import prior_correct
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing
 from tasks.ingest import NUMERIC_DTYPES
-from tasks.io import load_source, retry_on_io_errors, write_parquet
+from tasks.io import io_task_options, load_source, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +111,7 @@ def reference_positive_rate(meta: dict[str, Any]) -> float:
     return (cm["tp"] + cm["fp"]) / max(sum(cm.values()), 1)
 
 
-@task(name="predict", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_on_io_errors)  # fmt: skip
+@task(name="predict", **io_task_options())
 def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None,
                  drift: DriftSettings | None = None) -> dict[str, Any]:  # fmt: skip
     """Gate the rows against the training schema, score them, check drift, write parquet."""

@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.io import retry_on_io_errors
+from tasks.io import io_task_options
 from tasks.thresholds import (
     Objective,
     confusion_at_each_threshold,
@@ -204,14 +204,7 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     return plots
 
 
-@task(
-    name="report",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_io_errors,
-    tags=["io"],
-)
+@task(name="report", **io_task_options())
 def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any],
                  branches_dir: Path, comparison: dict[str, Any] | None, verdict: str,
                  operating: list[dict[str, float]], repeats: dict[str, Any] | None,

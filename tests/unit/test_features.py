@@ -7,16 +7,21 @@ from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN
 from tasks.split import SPLIT_COLUMN
 
 
-def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages):
-    result = stages(make_config())
-    fs = result["features"]
-    prep = fs.preprocessing()
+def training_rows(result) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(all ingested rows with their split, the training rows the preprocessing was fitted on)."""
     raw = pd.read_parquet(result["ingest"].raw_path).merge(
         pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]),
         on=ROW_COLUMN,
     )
     removed = set(pd.read_parquet(result["outliers"].removed_path)[ROW_COLUMN])
-    train = raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
+    return raw, raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
+
+
+def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages):
+    result = stages(make_config())
+    fs = result["features"]
+    prep = fs.preprocessing()
+    raw, train = training_rows(result)
     assert prep.means["age"] == pytest.approx(train["age"].mean())
     assert prep.scales["age"] == pytest.approx(train["age"].std(ddof=0))
     assert prep.means["age"] != pytest.approx(raw["age"].mean(), abs=1e-6)
@@ -106,12 +111,7 @@ def test_imputation_uses_training_statistics(make_config, stages, synthetic_fram
     frame.loc[frame.index % 17 == 0, "segment"] = np.nan
     result = stages(make_config(data=str(write_csv(frame)), impute="median"))
     prep = result["features"].preprocessing()
-    raw = pd.read_parquet(result["ingest"].raw_path).merge(
-        pd.read_parquet(result["split"].assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN]),
-        on=ROW_COLUMN,
-    )
-    removed = set(pd.read_parquet(result["outliers"].removed_path)[ROW_COLUMN])
-    train = raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
+    raw, train = training_rows(result)
     assert prep.impute_values["age"] == pytest.approx(train["age"].median())
     assert prep.impute_values["segment"] in prep.categories["segment"]
     for name in ("train", "validation", "test"):

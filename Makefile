@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# Whole-process timings and peak memory; QUICK=1 skips the 5M-row step, SECTIONS=default,overhead picks.
+bench: install
+	$(PY) benchmarks/bench.py $(if $(QUICK),--quick,) $(if $(SECTIONS),--sections $(SECTIONS),)
 
 lint: install
 	$(PY) -m ruff check flows tasks tests deployments benchmarks

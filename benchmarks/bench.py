@@ -1,0 +1,282 @@
+"""Benchmarks: whole-process timings and peak memory of the training flow.
+
+    python benchmarks/bench.py                     # every section
+    python benchmarks/bench.py --quick             # skips the 5M-row scaling step
+    python benchmarks/bench.py --sections default,overhead
+
+Sections
+- default:  `python -m flows.train` on the built-in data, all strategies (wall, start-up, steps).
+- insurance: the insurance cross-sell data from ../shared/data, all strategies, end to end.
+- scaling:  generated data of the insurance shape (100k, 1M, 5M rows), epochs capped: time per
+            strategy branch and peak memory of the run, so growth is visible.
+- overhead: the same strategies trained by a plain Python loop on the stored features (no Prefect)
+            versus the flow against a running Prefect server, and branches in parallel versus one
+            after another.
+Each measurement is a separate process; peak memory is the child's maximum RSS (getrusage).
+Prints a table and writes JSON to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+INSURANCE = SHARED / "insurance_cross_sell" / "train.csv.gz"
+INSURANCE_ARGS = ["--target", "Response", "--positive", "1", "--id", "id",
+                  "--categorical", "Gender,Vehicle_Age,Vehicle_Damage"]  # fmt: skip
+ENV = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    with open("/proc/meminfo") as handle:
+        total_kb = int(handle.readline().split()[1])
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "memory_gb": round(total_kb / 1024**2, 1), "processor": platform.processor() or platform.machine()}  # fmt: skip
+
+
+def run_process(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a child process; return its wall time and peak RSS (MB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=ROOT, env=env or ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    # ru_maxrss of children is the largest child so far: only a new maximum is attributable
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1) if peak > before else None,
+            "stdout": done.stdout}  # fmt: skip
+
+
+def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run_process(
+        [sys.executable, "-m", "flows.train", "--output", str(output), *extra], env
+    )
+    run = json.loads((output / "latest" / "run.json").read_text())
+    metrics = json.loads((output / "latest" / "metrics.json").read_text())
+    rows = run["ingest"]["n_rows"]
+    branches = {
+        r["strategy"]: round((datetime.fromisoformat(r["finished_at"]) - datetime.fromisoformat(r["started_at"])).total_seconds(), 2)
+        for r in metrics["strategies"] if r.get("started_at") and r.get("finished_at")
+    }  # fmt: skip
+    return {
+        "rows": rows,
+        "wall_s": result["wall_s"],
+        "startup_s": round(
+            result["wall_s"] - run["seconds"], 2
+        ),  # process start, imports, Prefect server
+        "flow_s": run["seconds"],
+        "steps_s": {s["stage"]: s["seconds"] for s in run["stages"]},
+        "branch_s": branches,
+        "peak_rss_mb": result["peak_rss_mb"],
+        "rows_per_s": round(rows / result["wall_s"], 1),
+        "selected": metrics["selected"],
+        "feature_set_reused": run["feature_set_reused"],
+    }
+
+
+def section_default(work: Path, quick: bool) -> dict[str, Any]:
+    return {"built-in breast cancer, all strategies": train(work / "default", [])}
+
+
+def section_insurance(work: Path, quick: bool) -> dict[str, Any]:
+    if not INSURANCE.exists():
+        return {"skipped": f"{INSURANCE} not available"}
+    first = train(work / "insurance", ["--data", str(INSURANCE), *INSURANCE_ARGS])
+    again = train(
+        work / "insurance", ["--data", str(INSURANCE), *INSURANCE_ARGS, "--strategies", "baseline"]
+    )
+    return {"insurance, all strategies": first,
+            "insurance, second run (feature set reused), baseline only": again}  # fmt: skip
+
+
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    """Data of the insurance shape: 7 numeric columns, 3 text categoricals, ~12% positives."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-2.3, 1.0, rows)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    frame = pd.DataFrame({
+        "id": np.arange(rows),
+        "Gender": rng.choice(["Male", "Female"], rows),
+        "Age": rng.integers(20, 85, rows) + 5 * y,
+        "Driving_License": (rng.random(rows) < 0.998).astype(int),
+        "Region_Code": rng.integers(0, 53, rows).astype(float),
+        "Previously_Insured": (rng.random(rows) < 0.46 - 0.4 * y).astype(int),
+        "Vehicle_Age": rng.choice(["< 1 Year", "1-2 Year", "> 2 Years"], rows),
+        "Vehicle_Damage": np.where(rng.random(rows) < 0.4 + 0.5 * y, "Yes", "No"),
+        "Annual_Premium": np.round(rng.lognormal(10.3, 0.5, rows), 0),
+        "Policy_Sales_Channel": rng.integers(1, 163, rows).astype(float),
+        "Vintage": rng.integers(10, 300, rows),
+        "Response": y,
+    })  # fmt: skip
+    frame.to_parquet(path, index=False)
+
+
+def section_scaling(work: Path, quick: bool) -> dict[str, Any]:
+    results = {}
+    for rows in (100_000, 1_000_000) if quick else (100_000, 1_000_000, 5_000_000):
+        data = work / f"generated_{rows}.parquet"
+        generate(data, rows)
+        results[f"generated {rows:,} rows, all strategies, 2 epochs"] = train(
+            work / f"scaling-{rows}",
+            ["--data", str(data), *INSURANCE_ARGS, "--epochs", "2", "--batch-size", "2048"],
+        )
+    return results
+
+
+PLAIN_LOOP = """
+import json, sys, time
+from pathlib import Path
+from tasks.config import TrainConfig
+from tasks.features import load_valid_feature_set
+from tasks.model import configure_tensorflow
+from tasks.strategies import REFERENCE, STRATEGIES
+from tasks.train import fit_neural, fit_reference, finish_branch, load_parts
+configure_tensorflow(1)
+config = TrainConfig(**json.loads(sys.argv[1]))
+fs = load_valid_feature_set(Path(sys.argv[2]), sys.argv[3])
+manifest = fs.manifest
+labels = (manifest["positive_label"], manifest["negative_label"])
+out = Path(sys.argv[4])
+t = time.perf_counter()
+for name in [*STRATEGIES, REFERENCE]:
+    parts = load_parts(fs)
+    if name == REFERENCE:
+        scores = fit_reference(parts, config, labels)
+    else:
+        categories = fs.preprocessing().categories
+        cards = [len(categories[c]) for c in manifest["features"]["categorical"]]
+        scores = fit_neural(STRATEGIES[name], parts, config, cards, labels, out / name / "model")
+    finish_branch(name, scores, parts, config, out / name)
+print(json.dumps({"train_s": time.perf_counter() - t}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    home = work / "prefect-home"
+    server_env = ENV | {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=server_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        env = ENV | {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        output = work / "overhead"
+        train(output, [], env)  # builds the feature set
+        sequential = train(output, ["--max-parallel", "1"], env)
+        parallel = train(output, ["--max-parallel", "2"], env)
+        run = json.loads((output / "latest" / "run.json").read_text())
+        from tasks.config import TrainConfig
+
+        config = TrainConfig(**run["config"])
+        plain = run_process([sys.executable, "-c", PLAIN_LOOP, json.dumps(run["config"]), str(config.store_dir),
+                             run["data_fingerprint"], str(work / "plain")])  # fmt: skip
+        plain_train = json.loads(plain["stdout"].strip().splitlines()[-1])["train_s"]
+        flow_train = sequential["steps_s"]["train"]
+        return {
+            "plain loop, no Prefect (train step)": {
+                "train_s": round(plain_train, 2),
+                "wall_s": plain["wall_s"],
+            },
+            "flow against a server, branches one after another": sequential,
+            "flow against a server, 2 branches in parallel": parallel,
+            "ratios": {
+                "orchestration overhead (flow train step / plain loop)": round(
+                    flow_train / plain_train, 3
+                ),
+                "parallel speed-up (sequential / parallel train step)": round(
+                    flow_train / parallel["steps_s"]["train"], 3
+                ),
+            },
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+SECTIONS = {"default": section_default, "insurance": section_insurance, "scaling": section_scaling,
+            "overhead": section_overhead}  # fmt: skip
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        f"\n{'measurement':<62} {'wall s':>8} {'start-up s':>10} {'train s':>8} {'peak MB':>8} {'rows/s':>9}"
+    )
+    for section, entries in results["sections"].items():
+        for name, r in entries.items():
+            if name == "ratios":
+                continue
+            if not isinstance(r, dict) or "wall_s" not in r:
+                print(f"{section}: {name}: {r}")
+                continue
+            steps = r.get("steps_s", {})
+            print(f"{name[:62]:<62} {r['wall_s']:>8} {r.get('startup_s', ''):>10} {steps.get('train', r.get('train_s', '')):>8} "
+                  f"{r.get('peak_rss_mb') or '':>8} {r.get('rows_per_s', ''):>9}")  # fmt: skip
+        if "ratios" in entries:
+            for name, value in entries["ratios"].items():
+                print(f"  {name}: {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the 5M-row scaling step")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS)
+    )
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(
+            f"unknown sections: {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}"
+        )
+    results: dict[str, Any] = {"machine": machine(), "started_at": datetime.now(UTC).isoformat(),
+                               "quick": args.quick, "sections": {}}  # fmt: skip
+    print(json.dumps(results["machine"]))
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name in chosen:
+            print(f"running {name} ...", flush=True)
+            results["sections"][name] = SECTIONS[name](Path(tmp), args.quick)
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,19 +15,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.compare import paired_bootstrap
 from tasks.config import TrainConfig
-from tasks.drift import DriftSettings, drift_table, overall_status, table_records
-from tasks.errors import GateFailed
+from tasks.drift import drift_table, overall_status, table_records
+from tasks.errors import DriftError, GateFailed
 from tasks.export import MODEL_FILE, read_registry
 from tasks.features import FeatureSet
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.io import io_task_options, write_json
-from tasks.predict import LoadedModel, input_gate, score
+from tasks.predict import LoadedModel, input_gate, reference_positive_rate, score
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,29 @@ def _decision(
 ) -> dict[str, Any]:
     return {"action": action, "reason": reason,
             "champion_run_id": champion["run_id"] if champion else None, **extra}  # fmt: skip
+
+
+def check_drift(train_rows: pd.DataFrame, champion: LoadedModel, config: TrainConfig,
+                predicted_rate: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """This run's training rows against the champion's training statistics (and, once the
+    champion has scored the new rows, its predicted-positive rate). Raises DriftError when a
+    fail limit is crossed and `drift_action` is `fail`."""
+    settings = config.drift_settings()
+    reference = reference_positive_rate(champion.meta) if predicted_rate is not None else None
+    table = drift_table(
+        train_rows, champion.meta["schema"]["feature_stats"], settings, predicted_rate, reference
+    )
+    status = overall_status(table)
+    if status == "fail" and settings.action == "fail":
+        failed = table[table.status == "fail"]
+        raise DriftError(
+            "the new data drifted from the champion's training data beyond the fail limits: "
+            + ", ".join(f"{r.feature} (psi {r.psi:.3f})" if r.kind != "prediction" else
+                        f"predicted positive rate {r.new:.4f} vs {r.reference:.4f}" for r in failed.itertuples())
+        )  # fmt: skip
+    if status != "ok":
+        log.warning("drift against the champion's training data: %s", status)
+    return {"status": status, "table": table_records(table)}
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE)
@@ -65,9 +89,8 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
             f"champion's training ids unavailable ({champion_ids_file}); compared on all test rows"
         )
     rows = raw[raw[ID_COLUMN].isin(test_ids - excluded)]
-    drift = drift_table(raw[raw[ID_COLUMN].isin(set(ids.loc[ids.split == "train", ID_COLUMN]))],
-                        model.meta["schema"]["feature_stats"], DriftSettings())  # fmt: skip
-    drift_summary = {"status": overall_status(drift), "table": table_records(drift)}
+    train_rows = raw[raw[ID_COLUMN].isin(set(ids.loc[ids.split == "train", ID_COLUMN]))]
+    drift_summary = check_drift(train_rows, model, config)
     if rows[TARGET_COLUMN].nunique() < 2:
         return _decision("keep", "fewer than two classes among rows neither model trained on", champion,
                          rows=len(rows), drift=drift_summary)  # fmt: skip
@@ -79,6 +102,10 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
         )
 
     champion_scores = score(model, rows)["probability"].to_numpy()
+    # the champion's predicted-positive rate on new rows, against its rate when it was trained
+    drift_summary = check_drift(
+        train_rows, model, config, float(np.mean(champion_scores >= model.meta["threshold"]))
+    )
     predictions = pd.read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
     challenger = (
         predictions[predictions.part == "test"]

@@ -92,6 +92,18 @@ class TrainConfig(BaseModel):
         0.0,
         description="promote when the 95% interval's lower bound of (challenger - champion) exceeds this",
     )
+    drift_psi_warn: float = Field(
+        0.1, gt=0, description="retraining drift vs the champion: PSI that warns"
+    )
+    drift_psi_fail: float = Field(0.25, gt=0, description="PSI that fails")
+    drift_ks_warn: float = Field(0.2, gt=0, description="KS that warns")
+    drift_rate_ratio_limit: float = Field(
+        2.0, gt=1, description="predicted-positive rate ratio that fails"
+    )
+    drift_action: Literal["warn", "fail"] = Field(
+        "warn",
+        description="on failing drift vs the champion's training data: warn, or fail the run",
+    )
 
     # --- seeds and paths ----------------------------------------------------------------
     seed: int = 42
@@ -160,6 +172,12 @@ class TrainConfig(BaseModel):
     @property
     def store_dir(self) -> Path:
         return Path(self.store) if self.store else Path(self.output) / "store"
+
+    def drift_settings(self):
+        from tasks.drift import DriftSettings
+
+        return DriftSettings(psi_warn=self.drift_psi_warn, psi_fail=self.drift_psi_fail, ks_warn=self.drift_ks_warn,
+                             rate_ratio_limit=self.drift_rate_ratio_limit, action=self.drift_action)  # fmt: skip
 
     @property
     def registry_dir(self) -> Path:

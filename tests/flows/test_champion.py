@@ -157,3 +157,33 @@ def test_concurrent_runs_keep_store_runs_and_registry_consistent(tmp_path):
     )  # one valid feature set, no debris
     for r in results:
         assert json.loads((Path(r.run_dir) / "run.json").read_text())["status"] == "completed"
+
+
+def test_retraining_checks_drift_against_the_champion(lineage, tmp_path):
+    output, *_ = lineage
+    shifted = pd.read_csv(SYNTHETIC)
+    shifted["amount"] = shifted["amount"] * 20
+    data = tmp_path / "synthetic.csv"  # same registry name as the champion
+    shifted.to_csv(data, index=False)
+    with pytest.raises(
+        Exception,
+        match=r"drifted from the champion's training data beyond the fail limits: amount \(psi",
+    ):
+        train_flow(fast_config(output, data=str(data), drift_action="fail", **BASELINE_ONLY))
+    failed = sorted(
+        p for p in Path(output).iterdir() if (p / "run.json").is_file() and not p.is_symlink()
+    )[-1]
+    run = json.loads((failed / "run.json").read_text())
+    assert run["status"] == "failed" and run["failed_stage"] == "champion"
+    assert [p.name for p in failed.iterdir()] == ["run.json"]
+
+    warned = train_flow(
+        fast_config(output, data=str(data), **BASELINE_ONLY)
+    )  # default: warn and go on
+    drift = decision(warned)["drift"]
+    rows = {r["feature"]: r for r in drift["table"]}
+    assert drift["status"] == "fail" and rows["amount"]["status"] == "fail"
+    assert (
+        "predicted_positive_rate" in rows
+        and rows["predicted_positive_rate"]["reference"] is not None
+    )

@@ -10,6 +10,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Log lines stay on the console: shipping every line of ~40 runs to the one SQLite-backed test
+# server slows its API down as the session goes on. (No test reads logs through the API.)
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 from pathlib import Path  # noqa: E402
 

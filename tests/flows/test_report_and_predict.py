@@ -210,13 +210,13 @@ def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
 
 def test_repeats_add_mean_and_sd(tmp_path):
     result = train_flow(
-        fast_config(tmp_path / "runs", strategies=["baseline", "undersample"], repeats=2)
+        fast_config(tmp_path / "runs", strategies=["baseline"], repeats=2, epochs=2)
     )
     metrics = json.loads(Path(result.metrics_path).read_text())
-    assert len(metrics["strategies"]) == 3  # the ranked records are the first repeat's
+    assert len(metrics["strategies"]) == 2  # the ranked records are the first repeat's
     repeats = metrics["repeats"]
     assert repeats["baseline"]["repeats"] == 2 and repeats["baseline"]["repeats_ok"] == 2
-    assert repeats["undersample"]["pr_auc"]["sd"] >= 0
+    assert repeats["baseline"]["pr_auc"]["sd"] > 0  # different seeds, different models
     second = Path(result.run_dir) / "branches" / "repeat-1" / "baseline" / "predictions.parquet"
     first = Path(result.run_dir) / "branches" / "baseline" / "predictions.parquet"
     assert not np.array_equal(

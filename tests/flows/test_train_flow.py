@@ -179,8 +179,12 @@ def test_identical_results_threaded_or_sequential(tmp_path):
         "smote",
         "ensemble",
     ]  # tf.data sampling, sampler and member seeds
-    threaded = train_flow(fast_config(tmp_path / "a", strategies=strategies, max_parallel=2))
-    sequential = train_flow(fast_config(tmp_path / "b", strategies=strategies, max_parallel=1))
+    threaded = train_flow(
+        fast_config(tmp_path / "a", strategies=strategies, max_parallel=2, epochs=2)
+    )
+    sequential = train_flow(
+        fast_config(tmp_path / "b", strategies=strategies, max_parallel=1, epochs=2)
+    )
     for name in [*strategies, "reference"]:
         a = branch_predictions(threaded, name)
         b = branch_predictions(sequential, name)
@@ -338,13 +342,15 @@ def test_a_failed_gate_is_not_retried(tmp_path, monkeypatch, synthetic_frame):
     assert len(calls) == 1
 
 
-def test_dask_runner_gives_the_same_results_as_threads(tmp_path):
-    """Branches on a local Dask cluster (prefect-dask, worker processes) match the thread runner."""
+def test_dask_runner_gives_the_same_results_as_threads(full_run, tmp_path):
+    """Branches on a local Dask cluster (prefect-dask, worker processes) reproduce the thread
+    runner's results: the shared full run used the same settings and data."""
+    _, threads, _ = full_run
     strategies = ["baseline", "undersample"]
-    threads = train_flow(fast_config(tmp_path / "threads", strategies=strategies))
     dask = train_flow(
         fast_config(tmp_path / "dask", strategies=strategies, runner="dask", max_parallel=2)
     )
+    assert dask.feature_set.fingerprint == threads.feature_set.fingerprint
     for name in [*strategies, "reference"]:
         a = branch_predictions(threads, name).probability.to_numpy()
         b = branch_predictions(dask, name).probability.to_numpy()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from pydantic import ValidationError
 
 from tasks.drift import DriftSettings
 from tasks.errors import ImbalanceFlowError
@@ -51,51 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
-    defaults = DriftSettings()
-    parser.add_argument(
-        "--psi-warn",
-        type=float,
-        default=defaults.psi_warn,
-        help="PSI that warns (default %(default)s)",
-    )
-    parser.add_argument(
-        "--psi-fail",
-        type=float,
-        default=defaults.psi_fail,
-        help="PSI that fails (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ks-warn",
-        type=float,
-        default=defaults.ks_warn,
-        help="KS that warns (default %(default)s)",
-    )
-    parser.add_argument(
-        "--rate-ratio-limit",
-        type=float,
-        default=defaults.rate_ratio_limit,
-        help="predicted-positive rate ratio that fails (default %(default)s)",
-    )
-    parser.add_argument(
-        "--drift-action",
-        choices=["warn", "fail"],
-        default=defaults.action,
-        help="on failing drift: warn and write, or fail and write nothing (default %(default)s)",
-    )
+    for name, field in DriftSettings.model_fields.items():  # one flag per drift setting
+        flag = "--drift-action" if name == "action" else f"--{name.replace('_', '-')}"
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=field.default,
+            help=f"{field.description} (default: %(default)s)",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        drift = DriftSettings(
-            psi_warn=args.psi_warn,
-            psi_fail=args.psi_fail,
-            ks_warn=args.ks_warn,
-            rate_ratio_limit=args.rate_ratio_limit,
-            action=args.drift_action,
-        )
+        drift = DriftSettings(**{name: getattr(args, name) for name in DriftSettings.model_fields})
         result = predict_flow(args.model, args.data, args.out, args.output, args.sep, drift)
-    except ImbalanceFlowError as exc:
+    except (ImbalanceFlowError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception:

@@ -20,11 +20,15 @@ EPS = 1e-4
 
 
 class DriftSettings(BaseModel):
-    psi_warn: float = Field(0.1, gt=0)
-    psi_fail: float = Field(0.25, gt=0)
-    ks_warn: float = Field(0.2, gt=0)
-    rate_ratio_limit: float = Field(2.0, gt=1)
-    action: Literal["warn", "fail"] = "warn"
+    psi_warn: float = Field(0.1, gt=0, description="PSI that warns")
+    psi_fail: float = Field(0.25, gt=0, description="PSI that fails")
+    ks_warn: float = Field(0.2, gt=0, description="KS statistic that warns")
+    rate_ratio_limit: float = Field(
+        2.0, gt=1, description="predicted-positive rate ratio (either way) that fails"
+    )
+    action: Literal["warn", "fail"] = Field(
+        "warn", description="on failing drift: warn and write, or fail and write nothing"
+    )
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -90,22 +90,32 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
         )
     rows = raw[raw[ID_COLUMN].isin(test_ids - excluded)]
     train_rows = raw[raw[ID_COLUMN].isin(set(ids.loc[ids.split == "train", ID_COLUMN]))]
-    drift_summary = check_drift(train_rows, model, config)
+    try:
+        input_gate(rows, model.prep)
+        schema_problems = None
+    except GateFailed as exc:
+        schema_problems = exc.failures
+    champion_scores = (
+        score(model, rows)["probability"].to_numpy()
+        if schema_problems is None and len(rows)
+        else None
+    )
+    # the champion's predicted-positive rate on new rows (when it can score them), against its
+    # rate when it was trained; computed once, with the feature drift
+    rate = (
+        None
+        if champion_scores is None
+        else float(np.mean(champion_scores >= model.meta["threshold"]))
+    )
+    drift_summary = check_drift(train_rows, model, config, rate)
     if rows[TARGET_COLUMN].nunique() < 2:
         return _decision("keep", "fewer than two classes among rows neither model trained on", champion,
                          rows=len(rows), drift=drift_summary)  # fmt: skip
-    try:
-        input_gate(rows, model.prep)
-    except GateFailed as exc:
+    if schema_problems is not None:
         return _decision(
-            "promote", "schema_changed", champion, details=exc.failures, drift=drift_summary
+            "promote", "schema_changed", champion, details=schema_problems, drift=drift_summary
         )
 
-    champion_scores = score(model, rows)["probability"].to_numpy()
-    # the champion's predicted-positive rate on new rows, against its rate when it was trained
-    drift_summary = check_drift(
-        train_rows, model, config, float(np.mean(champion_scores >= model.meta["threshold"]))
-    )
     predictions = pd.read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
     challenger = (
         predictions[predictions.part == "test"]

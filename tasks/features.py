@@ -84,6 +84,13 @@ class Preprocessing(BaseModel):
         return pd.DataFrame(out, index=frame.index)
 
 
+def code_matrix(frame: pd.DataFrame, categorical: list[str]) -> np.ndarray:
+    """The categorical code columns as an int32 matrix ((n, 0) when there are none)."""
+    if not categorical:
+        return np.zeros((len(frame), 0), np.int32)
+    return frame[categorical].to_numpy(dtype=np.int32)
+
+
 class FeatureSet(BaseModel):
     """Where a validated feature set lives; what later stages receive."""
 

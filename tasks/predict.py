@@ -16,7 +16,7 @@ from tasks.drift import DriftSettings, drift_table, overall_status, publish_drif
 from tasks.errors import DriftError
 from tasks.evaluate import prior_correct
 from tasks.export import MODEL_FILE
-from tasks.features import PREPROCESSING, Preprocessing
+from tasks.features import PREPROCESSING, Preprocessing, code_matrix
 from tasks.ingest import NUMERIC_DTYPES
 from tasks.io import io_task_options, load_source, write_parquet
 
@@ -72,11 +72,7 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
 
     prep = model.prep
     features = prep.transform(frame)
-    codes = (
-        features[prep.categorical].to_numpy(np.int32)
-        if prep.categorical
-        else np.zeros((len(frame), 0), np.int32)
-    )
+    codes = code_matrix(features, prep.categorical)
     x = one_hot_inputs(
         features[prep.numeric].to_numpy(np.float32),
         codes,

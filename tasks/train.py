@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.evaluate import evaluate, prior_correct
-from tasks.features import FeatureSet
+from tasks.features import FeatureSet, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.io import write_json, write_parquet
 from tasks.model import configure_tensorflow
@@ -70,9 +70,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     def part(frame: pd.DataFrame) -> Part:
         return Part(
             numeric=frame[numeric].to_numpy(dtype=np.float32),
-            codes=frame[categorical].to_numpy(dtype=np.int32)
-            if categorical
-            else np.zeros((len(frame), 0), np.int32),
+            codes=code_matrix(frame, categorical),
             y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
             ids=frame[ID_COLUMN].to_numpy(),
         )

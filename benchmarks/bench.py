@@ -136,8 +136,7 @@ def section_scaling(work: Path, quick: bool) -> dict[str, Any]:
         data = work / f"generated_{rows}.parquet"
         generate(data, rows)
         results[f"generated {rows:,} rows, all strategies, 2 epochs"] = train(
-            work / f"scaling-{rows}",
-            ["--data", str(data), *INSURANCE_ARGS, "--epochs", "2", "--batch-size", "2048"],
+            work / f"scaling-{rows}", ["--data", str(data), *INSURANCE_ARGS, "--epochs", "2"]
         )
     return results
 
@@ -157,8 +156,8 @@ manifest = fs.manifest
 labels = (manifest["positive_label"], manifest["negative_label"])
 out = Path(sys.argv[4])
 t = time.perf_counter()
+parts = load_parts(fs)  # once, as the flow's branches share them
 for name in [*STRATEGIES, REFERENCE]:
-    parts = load_parts(fs)
     if name == REFERENCE:
         scores = fit_reference(parts, config, labels)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +66,11 @@ class TrainConfig(BaseModel):
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.2, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="rows per training step; default scales with the training rows: ~128 steps "
+        "per epoch, a power of two from 256 to 4096",
+    )  # fmt: skip
     epochs: int = Field(40, ge=1)
     patience: int = Field(6, ge=1)
     ensemble_k: int = Field(5, ge=1)
@@ -80,6 +85,11 @@ class TrainConfig(BaseModel):
         description="scheduler of an existing Dask cluster; default: a local cluster of max_parallel workers",
     )
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
+    memory_budget: str | None = Field(
+        None,
+        description="e.g. 2GB: strategies whose resampled copy of the training split would exceed "
+        "it (SMOTE) are skipped with the reason; the others never copy the training split",
+    )
 
     # --- reporting and export -------------------------------------------------------------
     repeats: int = Field(1, ge=1, description="train every strategy with N seeds; report mean ± sd")
@@ -115,6 +125,13 @@ class TrainConfig(BaseModel):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _size_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
         return value
 
     @field_validator("split", mode="before")
@@ -180,6 +197,10 @@ class TrainConfig(BaseModel):
                              rate_ratio_limit=self.drift_rate_ratio_limit, action=self.drift_action)  # fmt: skip
 
     @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
+
+    @property
     def registry_dir(self) -> Path:
         return Path(self.output) / "registry"
 
@@ -198,6 +219,19 @@ class TrainConfig(BaseModel):
         settings = self.model_dump(include=set(keys), mode="json")
         settings["feature_code_version"] = FEATURE_CODE_VERSION
         return settings
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'2GB', '512 MiB', '1.5gb', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a positive size like 2GB, 512MB or 1.5GiB, got {text!r}")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

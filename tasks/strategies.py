@@ -47,6 +47,7 @@ class Strategy:
     name: str
     summary: str
     sampler: Callable[[int, list[int]], object] | None = None  # (seed, categorical indices)
+    synthetic: bool = False  # the sampler creates new rows (a copy), rather than picking rows
     class_weighted: bool = False
     loss: Literal["bce", "focal"] = "bce"
     batches: Literal["shuffled", "balanced"] = "shuffled"
@@ -93,7 +94,7 @@ STRATEGIES: dict[str, Strategy] = {
             "undersample", "random undersampling of the majority class", sampler=_undersampler
         ),
         Strategy("oversample", "random oversampling of the minority class", sampler=_oversampler),
-        Strategy("smote", "SMOTE (SMOTENC on categorical codes)", sampler=_smote),
+        Strategy("smote", "SMOTE (SMOTENC on categorical codes)", sampler=_smote, synthetic=True),
         Strategy(
             "balanced_batches", "each batch drawn ~50/50 from the two classes", batches="balanced"
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.io import write_json, write_parquet
-from tasks.model import configure_tensorflow
+from tasks.model import configure_tensorflow, one_hot_inputs
 from tasks.strategies import REFERENCE, STRATEGIES, Strategy
 from tasks.thresholds import parse_objective, tune_threshold
 
@@ -37,6 +38,7 @@ class Part:
     codes: np.ndarray
     y: np.ndarray
     ids: np.ndarray
+    inputs: np.ndarray  # the network's input: scaled numerics, then one-hot categoricals
 
 
 @dataclass
@@ -60,6 +62,29 @@ class BranchFailed(Exception):
         return (BranchFailed, (self.record,))
 
 
+_PARTS_LOCK = threading.Lock()
+_PARTS_CACHE: dict[str, dict[str, Part]] = {}
+
+
+def shared_parts(feature_set: FeatureSet) -> dict[str, Part]:
+    """The feature set's arrays, read once per process and shared read-only by the branches that
+    run in it (each branch used to read the three split files itself)."""
+    with _PARTS_LOCK:
+        if feature_set.fingerprint not in _PARTS_CACHE:
+            _PARTS_CACHE.clear()  # one feature set at a time
+            parts = load_parts(feature_set)
+            for part in parts.values():
+                for array in (part.numeric, part.codes, part.y, part.ids, part.inputs):
+                    array.flags.writeable = False
+            _PARTS_CACHE[feature_set.fingerprint] = parts
+        return _PARTS_CACHE[feature_set.fingerprint]
+
+
+def release_parts() -> None:
+    with _PARTS_LOCK:
+        _PARTS_CACHE.clear()
+
+
 def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     """train, stop (early stopping), tune (thresholds, selection) and test arrays."""
     manifest = feature_set.manifest
@@ -67,13 +92,13 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     halves = pd.read_parquet(Path(feature_set.path) / "ids.parquet", columns=[ID_COLUMN, "half"])
     halves = halves[halves["half"] != ""].set_index(ID_COLUMN)["half"]
 
+    categories = feature_set.preprocessing().categories
+    cardinalities = [len(categories[c]) for c in categorical]
+
     def part(frame: pd.DataFrame) -> Part:
-        return Part(
-            numeric=frame[numeric].to_numpy(dtype=np.float32),
-            codes=code_matrix(frame, categorical),
-            y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
-            ids=frame[ID_COLUMN].to_numpy(),
-        )
+        values, codes = frame[numeric].to_numpy(dtype=np.float32), code_matrix(frame, categorical)
+        return Part(numeric=values, codes=codes, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
+                    ids=frame[ID_COLUMN].to_numpy(), inputs=one_hot_inputs(values, codes, cardinalities))  # fmt: skip
 
     validation = pd.read_parquet(feature_set.split_path("validation"))
     half = validation[ID_COLUMN].map(halves)
@@ -90,51 +115,84 @@ def _counts(y: np.ndarray, labels: tuple[str, str]) -> dict[str, int]:
     return {positive: int(y.sum()), negative: int(len(y) - y.sum())}
 
 
-def resample(
-    strategy: Strategy, part: Part, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply the strategy's sampler to training rows (numerics and integer codes together)."""
+@dataclass
+class Resampled:
+    """A strategy's training rows: positions into the shared training arrays (no copy), or, for
+    samplers that synthesise rows, new arrays."""
+
+    rows: np.ndarray | None = None
+    numeric: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    y: np.ndarray | None = None
+
+
+def resample(strategy: Strategy, part: Part, seed: int) -> Resampled:
+    """Apply the strategy's sampler to training rows only. Samplers that only pick rows (random
+    under- and oversampling) are fitted on the row positions, so the features are never copied;
+    synthesising samplers (SMOTE) get numerics and integer codes together."""
     if strategy.sampler is None:
-        return part.numeric, part.codes, part.y
+        return Resampled(rows=np.arange(len(part.y)))
     n_numeric = part.numeric.shape[1]
+    if not strategy.synthetic:
+        positions, _ = strategy.sampler(seed, []).fit_resample(
+            np.arange(len(part.y))[:, None], part.y
+        )
+        return Resampled(rows=np.asarray(positions[:, 0]))
     stacked = np.hstack([part.numeric.astype(np.float64), part.codes.astype(np.float64)])
     categorical = list(range(n_numeric, stacked.shape[1]))
-    sampler = strategy.sampler(seed, categorical)
-    x_res, y_res = sampler.fit_resample(stacked, part.y)
-    codes = np.rint(x_res[:, n_numeric:]).astype(np.int32)
-    return x_res[:, :n_numeric].astype(np.float32), codes, np.asarray(y_res, dtype=np.int64)
+    x_res, y_res = strategy.sampler(seed, categorical).fit_resample(stacked, part.y)
+    return Resampled(numeric=x_res[:, :n_numeric].astype(np.float32), codes=np.rint(x_res[:, n_numeric:]).astype(np.int32),
+                     y=np.asarray(y_res, dtype=np.int64))  # fmt: skip
+
+
+def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
+    """Memory a synthesising sampler needs for its resampled training split: the float64 matrix
+    it works on plus the float32 network inputs, for majority x 2 rows (0 for other strategies)."""
+    if not strategy.synthetic:
+        return 0
+    rows = 2 * max(int(part.y.sum()), int(len(part.y) - part.y.sum()))
+    width = part.numeric.shape[1] + part.codes.shape[1]
+    return rows * (2 * 8 * width + 4 * part.inputs.shape[1])
 
 
 def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
                cardinalities: list[int], labels: tuple[str, str], model_dir: Path) -> Scores:  # fmt: skip
-    from tasks.model import TrainSettings, fit_member, one_hot_inputs, predict, steps_per_epoch
+    from tasks.model import (
+        TrainSettings,
+        auto_batch_size,
+        fit_member,
+        one_hot_inputs,
+        predict,
+        steps_per_epoch,
+    )
 
     train = parts["train"]
+    batch = config.batch_size or auto_batch_size(len(train.y))
     settings = TrainSettings(
         hidden=tuple(config.hidden), dropout=config.dropout, learning_rate=config.learning_rate,
-        batch_size=config.batch_size, epochs=config.epochs, patience=config.patience,
-        steps_per_epoch=steps_per_epoch(len(train.y), config.batch_size),
+        batch_size=batch, epochs=config.epochs, patience=config.patience,
+        steps_per_epoch=steps_per_epoch(len(train.y), batch),
     )  # fmt: skip
-    inputs = {
-        name: one_hot_inputs(p.numeric, p.codes, cardinalities)
-        for name, p in parts.items()
-        if name != "train"
-    }
+    inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     models, members = [], []
     for member in range(strategy.members(config)):
-        numeric, codes, y = resample(strategy, train, config.seed + member)
-        x = one_hot_inputs(numeric, codes, cardinalities)
-        prior = strategy.effective_prior(y)
+        sample = resample(strategy, train, config.seed + member)
+        if sample.rows is not None:  # positions into the shared arrays
+            x, y, rows = train.inputs, train.y, sample.rows
+        else:  # synthesised rows: their own (budget-checked) copy
+            x, y, rows = one_hot_inputs(sample.numeric, sample.codes, cardinalities), sample.y, None
+        seen = y if rows is None else y[rows]
+        prior = strategy.effective_prior(seen)
         model, info = fit_member(
-            x, y, inputs["stop"], parts["stop"].y, settings,
+            x, y, inputs["stop"], parts["stop"].y, settings, rows=rows,
             seed=config.seed + member, output_bias=float(np.log(prior / (1 - prior))),
-            loss=strategy.loss, focal_alpha=strategy.focal_alpha(y),
-            class_weight=strategy.class_weights(y), balanced_batches=strategy.batches == "balanced",
+            loss=strategy.loss, focal_alpha=strategy.focal_alpha(seen),
+            class_weight=strategy.class_weights(seen), balanced_batches=strategy.batches == "balanced",
         )  # fmt: skip
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / f"member_{member}.keras")
         models.append(model)
-        members.append(info | {"train_class_counts": _counts(y, labels), "trained_prior": prior})
+        members.append(info | {"train_class_counts": _counts(seen, labels), "trained_prior": prior})
     return Scores(
         probabilities={name: predict(models, x) for name, x in inputs.items()},
         trained_prior=members[0]["trained_prior"],
@@ -145,6 +203,7 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
             "members": [{k: v for k, v in m.items() if k != "history"} for m in members],
             "history": [m["history"] for m in members],
             "steps_per_epoch": settings.steps_per_epoch,
+            "batch_size": batch,
         },
     )
 
@@ -223,7 +282,7 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
         "log_loss_corrected": at_threshold["log_loss_corrected"],
         "at_0_5": at_half,
         "validation": validation,
-        **({"members": scores.info["members"], "steps_per_epoch": scores.info["steps_per_epoch"]}
+        **({k: scores.info[k] for k in ("members", "steps_per_epoch", "batch_size")}
            if "members" in scores.info else {}),
     }  # fmt: skip
 
@@ -242,12 +301,17 @@ def train_branch(
                               "eligible": name != REFERENCE}  # fmt: skip
     branch_dir = Path(out_dir) / name
     try:
-        configure_tensorflow(
-            config.tf_threads
-        )  # a no-op here; in a fresh Dask worker, before TF starts
-        parts = load_parts(feature_set)
+        configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
+        parts = shared_parts(feature_set)
         manifest = feature_set.manifest
         labels = (manifest["positive_label"], manifest["negative_label"])
+        needed = 0 if name == REFERENCE else synthetic_copy_bytes(STRATEGIES[name], parts["train"])
+        budget = config.memory_budget_bytes
+        if budget is not None and needed > budget:
+            reason = (f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} GiB, "
+                      f"over --memory-budget {config.memory_budget}")  # fmt: skip
+            log.warning("strategy %s %s", name, reason)
+            return record | {"status": "skipped", "error": reason, "finished_at": _now()}
         if name == REFERENCE:
             scores = fit_reference(parts, config, labels)
         else:

@@ -225,6 +225,22 @@ def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
     assert board.set_index("strategy").loc["smote", "status"] == "failed"
 
 
+def test_memory_budget_skips_only_the_copying_strategy_with_its_reason(tmp_path):
+    """SMOTE must copy the training split; undersampling picks rows and never needs the budget."""
+    config = fast_config(
+        tmp_path / "runs", strategies=["undersample", "smote"], memory_budget="10KB"
+    )
+    result = train_flow(config)
+    metrics = json.loads(Path(result.metrics_path).read_text())
+    records = {r["strategy"]: r for r in metrics["strategies"]}
+    assert records["smote"]["status"] == "skipped" and records["smote"]["rank"] is None
+    assert "GiB, over --memory-budget 10KB" in records["smote"]["error"]
+    assert records["undersample"]["status"] == "ok" and result.selected == "undersample"
+    board = pd.read_csv(Path(result.run_dir) / "leaderboard.csv").set_index("strategy")
+    assert board.loc["smote", "status"] == "skipped"
+    assert "skipped: its resampled copy" in Path(result.report_path).read_text()
+
+
 def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame, capsys):
     bad = synthetic_frame.assign(
         churned=np.where(np.arange(400) % 3 == 0, "x", synthetic_frame.churned)

@@ -41,8 +41,21 @@ def test_config_file_is_loaded_and_flags_override_it(tmp_path):
         ({"objective": "accuracy"}, "unknown objective"),
         ({"split_by": "time:t", "group": "g"}, "cannot be combined"),
         ({"strategies": "baseline,magic"}, "unknown strategy: magic; valid names are: baseline"),
+        ({"memory_budget": "lots"}, "positive size like 2GB"),
+        ({"memory_budget": "2 parsecs"}, "positive size like 2GB"),
+        ({"memory_budget": "0GB"}, "positive size like 2GB"),
     ],
-    ids=["split-sum", "split-by-form", "outlier-method", "objective", "exclusive", "strategy"],
+    ids=[
+        "split-sum",
+        "split-by-form",
+        "outlier-method",
+        "objective",
+        "exclusive",
+        "strategy",
+        "size-word",
+        "size-unit",
+        "size-zero",
+    ],  # fmt: skip
 )
 def test_bad_settings_are_rejected_with_the_reason(kwargs, message):
     with pytest.raises((ValidationError, ConfigError), match=message):
@@ -76,3 +89,11 @@ def test_cli_exits_2_on_bad_flags(capsys, tmp_path):
     assert "--split" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2GB", 2 * 10**9), ("512 MiB", 512 * 2**20), ("1.5gb", 1_500_000_000), ("1000", 1000)],
+)
+def test_memory_budget_sizes(text, size):
+    assert TrainConfig(memory_budget=text).memory_budget_bytes == size

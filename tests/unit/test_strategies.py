@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from tasks.model import one_hot_inputs
 from tasks.strategies import STRATEGIES, resolve_strategies
-from tasks.train import Part, resample, select
+from tasks.train import Part, resample, select, synthetic_copy_bytes
 
 
 @pytest.fixture
@@ -12,7 +13,8 @@ def part():
     y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
     numeric = rng.normal(size=(200, 3)).astype(np.float32) + y[:, None]
     codes = np.c_[rng.integers(0, 3, 200), rng.integers(0, 4, 200)].astype(np.int32)
-    return Part(numeric=numeric, codes=codes, y=y, ids=np.arange(200))
+    inputs = one_hot_inputs(numeric, codes, [3, 4])
+    return Part(numeric=numeric, codes=codes, y=y, ids=np.arange(200), inputs=inputs)
 
 
 @pytest.mark.parametrize(
@@ -22,12 +24,30 @@ def part():
      ("oversample", (180, 180)), ("smote", (180, 180))],
 )  # fmt: skip
 def test_class_counts_after_each_strategy(part, name, expected):
-    _, _, y = resample(STRATEGIES[name], part, seed=0)
+    sample = resample(STRATEGIES[name], part, seed=0)
+    y = sample.y if sample.rows is None else part.y[sample.rows]
     assert (int(y.sum()), int((y == 0).sum())) == expected
 
 
+def test_row_picking_samplers_return_positions_not_copies(part):
+    under = resample(STRATEGIES["undersample"], part, seed=0)
+    over = resample(STRATEGIES["oversample"], part, seed=0)
+    assert under.numeric is None and over.numeric is None
+    assert set(under.rows[part.y[under.rows] == 1]) == set(range(20))  # every positive kept once
+    assert len(set(under.rows)) == len(under.rows) == 40
+    assert np.bincount(over.rows[part.y[over.rows] == 1]).min() >= 1  # positives repeated
+    assert set(over.rows[part.y[over.rows] == 0]) == set(range(20, 200))
+
+
+def test_only_synthesising_samplers_need_a_copy(part):
+    assert [n for n, s in STRATEGIES.items() if synthetic_copy_bytes(s, part) > 0] == ["smote"]
+    # 360 rows x (two float64 matrices of 5 columns + 10 float32 inputs)
+    assert synthetic_copy_bytes(STRATEGIES["smote"], part) == 360 * (2 * 8 * 5 + 4 * 10)
+
+
 def test_smotenc_keeps_exactly_one_real_level_per_categorical(part):
-    numeric, codes, y = resample(STRATEGIES["smote"], part, seed=0)
+    sample = resample(STRATEGIES["smote"], part, seed=0)
+    numeric, codes = sample.numeric, sample.codes
     assert codes.dtype == np.int32 and codes.shape == (360, 2)
     assert set(np.unique(codes[:, 0])) <= {0, 1, 2} and set(np.unique(codes[:, 1])) <= {0, 1, 2, 3}
     synthetic = numeric[200:]
@@ -38,7 +58,7 @@ def test_samplers_are_seeded(part):
     a = resample(STRATEGIES["undersample"], part, seed=3)
     b = resample(STRATEGIES["undersample"], part, seed=3)
     c = resample(STRATEGIES["undersample"], part, seed=4)
-    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+    assert np.array_equal(a.rows, b.rows) and not np.array_equal(a.rows, c.rows)
 
 
 def test_class_weights_and_effective_priors():

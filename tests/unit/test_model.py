@@ -1,0 +1,88 @@
+"""The batch stream the models train on, the automatic batch size and the early-stopping score."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from tasks.model import BatchStream, TrainSettings, auto_batch_size, fit_member, predict
+
+
+def rows_of(batch_x: np.ndarray) -> list[int]:
+    return batch_x[:, 0].astype(int).tolist()
+
+
+def stream(n: int, positives: int, batch: int, seed: int, balanced: bool):
+    x = np.arange(n, dtype=np.float32).reshape(-1, 1)  # the row number is the feature
+    y = np.zeros(n, dtype=np.int64)
+    y[:positives] = 1
+    return BatchStream(x, y, batch, seed, balanced)()
+
+
+def test_shuffled_stream_visits_every_row_once_per_pass_then_reshuffles():
+    batches = list(itertools.islice(stream(100, 10, 25, seed=3, balanced=False), 8))
+    first_pass = sum((rows_of(x) for x, _ in batches[:4]), [])
+    second_pass = sum((rows_of(x) for x, _ in batches[4:]), [])
+    assert sorted(first_pass) == sorted(second_pass) == list(range(100))
+    assert first_pass != second_pass  # a new permutation each pass
+    x, y = batches[0]
+    assert y.dtype == np.float32 and (y == (x[:, 0] < 10)).all()  # labels travel with their rows
+
+
+def test_a_batch_spans_the_seam_between_passes():
+    batches = list(itertools.islice(stream(10, 3, 4, seed=0, balanced=False), 5))  # 20 rows
+    assert all(len(x) == 4 for x, _ in batches)
+    seen = sum((rows_of(x) for x, _ in batches), [])
+    assert sorted(seen) == sorted(list(range(10)) * 2)
+
+
+def test_balanced_stream_is_exactly_half_positives_and_cycles_the_rare_class():
+    batches = list(itertools.islice(stream(1000, 30, 64, seed=1, balanced=True), 6))
+    for _, y in batches:
+        assert len(y) == 64 and y.sum() == 32
+    positives = sum((rows_of(x[y == 1]) for x, y in batches), [])
+    counts = np.bincount(positives, minlength=30)
+    assert counts.min() >= 6 and counts.max() <= 7  # 192 draws from 30 rows: whole passes
+
+
+def test_balanced_stream_with_fewer_positives_than_half_a_batch_repeats_them():
+    x, y = next(stream(500, 5, 64, seed=1, balanced=True))
+    assert y.sum() == 32 and set(rows_of(x[y == 1])) == set(range(5))
+
+
+def test_streams_are_seeded():
+    def first(seed):
+        return [rows_of(x) for x, _ in itertools.islice(stream(200, 20, 32, seed, True), 3)]
+
+    assert first(7) == first(7) and first(7) != first(8)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [(10, 256), (341, 256), (60_000, 512), (227_576, 2048), (3_000_000, 4096)],
+)
+def test_auto_batch_size_scales_with_training_rows(rows, expected):
+    assert auto_batch_size(rows) == expected
+
+
+def test_early_stopping_score_is_the_stop_half_average_precision():
+    """The per-epoch `val_pr_auc` is real: after restoring the best weights, the model's average
+    precision on the stop half equals the best logged value."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.8 * rng.normal(size=400) > 1.2).astype(np.int64)
+    x_stop, y_stop = x[300:], y[300:]
+    settings = TrainSettings(hidden=(8,), dropout=0.0, learning_rate=0.01, batch_size=64,
+                             epochs=8, patience=3, steps_per_epoch=5)  # fmt: skip
+    model, info = fit_member(
+        x[:300], y[:300], x_stop, y_stop, settings, seed=1, output_bias=-1.0, loss="bce",
+        focal_alpha=0.5, class_weight=None, balanced_batches=False,
+    )  # fmt: skip
+    logged = info["history"]["val_pr_auc"]
+    assert len(logged) == info["epochs_run"] and info["best_epoch"] == int(np.argmax(logged)) + 1
+    restored = average_precision_score(y_stop, predict([model], x_stop))
+    assert restored == pytest.approx(max(logged), abs=1e-6)
+    assert max(logged) > y_stop.mean() + 0.2  # it learned something

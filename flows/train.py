@@ -34,6 +34,7 @@ from tasks.report import publish_artifacts, write_report
 from tasks.runs import RunRecord
 from tasks.split import split
 from tasks.strategies import REFERENCE, STRATEGIES, resolve_strategies
+from tasks.stream import ingest_streaming, streaming_reason
 from tasks.train import (
     METRIC_KEYS,
     BranchFailed,
@@ -152,16 +153,21 @@ DEFAULT_CONFIG = TrainConfig()  # the built-in dataset with every default; never
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""
+    finish_preloading()  # the command line's background imports, before any step imports them
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
     configure_tensorflow(config.tf_threads)  # before TensorFlow initialises: branches share 2 cores
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     log.info("run %s: data %s -> %s", run.run_id, config.data, run.run_dir)
     try:
         run.enter("ingest")
-        ingested = ingest(config, run.work_dir)
+        reason = streaming_reason(config)  # data larger than --memory-budget: out of core
+        if reason:
+            log.info("out-of-core data path: %s", reason)
+        ingested = (ingest_streaming(config, run.work_dir, reason) if reason
+                    else ingest(config, run.work_dir))  # fmt: skip
         run.enter("feature-store")
         feature_set = load_valid_feature_set(
-            config.store_dir, fingerprint(config, ingested.source_sha256)
+            config.store_dir, fingerprint(config, ingested.source_sha256, ingested.streaming)
         )
         if feature_set is None:
             run.enter("split")
@@ -296,11 +302,16 @@ def _print_validation_error(exc: ValidationError) -> None:
         print(f"error: --{field.replace('_', '-')}: {error['msg']}", file=sys.stderr)
 
 
+_PRELOAD: list[threading.Thread] = []
+
+
 def preload_heavy_modules() -> None:
     """Import TensorFlow and Great Expectations on a background thread. The command line calls
-    this first: the imports (~8 s on 2 cores) then overlap Prefect's temporary-server start-up,
-    during which this process mostly waits, instead of following it. Importing does not start
-    TensorFlow's runtime, so its thread pools can still be set afterwards."""
+    this just before the flow: the imports (~8 s on 2 cores) then overlap Prefect's temporary-
+    server start-up, during which this process mostly waits. The flow joins the thread before its
+    first step (`finish_preloading`): two threads importing one package at once can see it half
+    initialised. Importing does not start TensorFlow's runtime, so its thread pools can still be
+    set afterwards."""
 
     def load() -> None:
         for module in ("tensorflow", "great_expectations"):
@@ -309,14 +320,20 @@ def preload_heavy_modules() -> None:
             except Exception:  # the flow imports it again and reports the error properly
                 log.debug("preloading %s failed", module, exc_info=True)
 
-    threading.Thread(target=load, name="preload-imports", daemon=True).start()
+    thread = threading.Thread(target=load, name="preload-imports", daemon=True)
+    thread.start()
+    _PRELOAD.append(thread)
+
+
+def finish_preloading() -> None:
+    while _PRELOAD:
+        _PRELOAD.pop().join()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    preload_heavy_modules()
     try:
         config = config_from_args(argv)
     except ValidationError as exc:
@@ -325,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImbalanceFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    preload_heavy_modules()
     try:
         with tags("imbalance", f"data:{Path(config.data).name.split('.')[0]}"):
             result = train_flow(config)

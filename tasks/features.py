@@ -106,10 +106,11 @@ class FeatureSet(BaseModel):
         return Preprocessing.model_validate_json((Path(self.path) / PREPROCESSING).read_text())
 
 
-def fingerprint(config: TrainConfig, source_sha256: str) -> str:
-    payload = json.dumps(
-        {"source": source_sha256, "settings": config.feature_settings()}, sort_keys=True
-    )
+def fingerprint(config: TrainConfig, source_sha256: str, out_of_core: bool = False) -> str:
+    """Content address of a feature set: the source bytes, the feature settings, and the path
+    that built it (the out-of-core path splits and fits quantiles differently)."""
+    settings = config.feature_settings() | ({"out_of_core": True} if out_of_core else {})
+    payload = json.dumps({"source": source_sha256, "settings": settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -188,35 +189,38 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
     return stats
 
 
-def _gate(
+def frames_gate(
     frames: dict[str, pd.DataFrame], prep: Preprocessing, config: TrainConfig
 ) -> dict[str, Any]:
-    features = prep.feature_columns
-    train = frames["train"]
-    n = len(train)
-    sample_to_population = float(np.sqrt(n / (n - 1))) if n > 1 else 1.0
-    tol = config.scale_tolerance
     nonfinite = sum(
         int((~np.isfinite(frame[prep.numeric].to_numpy(dtype="float64"))).sum())
         for frame in frames.values()
     )
-    facts = pd.DataFrame([{
-        "nonfinite_values": nonfinite,
-        "columns_match": int(all(list(f.columns) == list(train.columns) for f in frames.values())),
-        "feature_count": len(features),
-    }])  # fmt: skip
+    columns_match = all(list(f.columns) == list(frames["train"].columns) for f in frames.values())
+    return features_gate(frames["train"], nonfinite, columns_match, prep, config.scale_tolerance)
+
+
+def features_gate(train: pd.DataFrame, nonfinite: int, columns_match: bool, prep: Preprocessing,
+                  tolerance: float) -> dict[str, Any]:  # fmt: skip
+    """The feature gate on the transformed training rows (or a sample of them, with a tolerance
+    to match) and facts about every stored row."""
+    n = len(train)
+    sample_to_population = float(np.sqrt(n / (n - 1))) if n > 1 else 1.0
+    facts = pd.DataFrame([{"nonfinite_values": nonfinite, "columns_match": int(columns_match),
+                           "feature_count": len(prep.feature_columns)}])  # fmt: skip
     report = gates.validate(
         "features", "features", {"data": train, "facts": facts},
-        {"feature_columns": features, "scaled_columns": prep.numeric, "code_columns": prep.categorical},
-        {"scale_tolerance": tol, "neg_scale_tolerance": -tol,
-         "min_train_std": 1 - tol, "max_train_std": sample_to_population + tol},
+        {"feature_columns": prep.feature_columns, "scaled_columns": prep.numeric, "code_columns": prep.categorical},
+        {"scale_tolerance": tolerance, "neg_scale_tolerance": -tolerance,
+         "min_train_std": 1 - tolerance, "max_train_std": sample_to_population + tolerance},
     )  # fmt: skip
     return report.as_dict()
 
 
-def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult,
-              prep: Preprocessing, frames: dict[str, pd.DataFrame], train_raw: pd.DataFrame,
+def build_manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult,
+              prep: Preprocessing, layout: dict[str, Any], feature_stats: dict[str, Any],
               directory: Path, fp: str, gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """`layout`: the stored columns, their dtypes and rows/positives/negatives per split."""
     files = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
              for name in DATA_FILES}  # fmt: skip
     return {
@@ -226,21 +230,16 @@ def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, out
         "source": ingest.source,
         "source_sha256": ingest.source_sha256,
         "settings": config.feature_settings(),
+        "out_of_core": ingest.streaming,
         "target": ingest.roles.target,
         "positive_label": ingest.positive_label,
         "negative_label": ingest.negative_label,
         "target_dtype": ingest.target_dtype,
         "id_column": ingest.roles.id,
-        "columns": list(frames["train"].columns),
-        "dtypes": {c: str(t) for c, t in frames["train"].dtypes.items()},
+        **layout,
         "features": {"numeric": prep.numeric, "categorical": prep.categorical,
                      "dropped_constant": prep.dropped_constant},
-        "splits": {
-            name: {"rows": len(frame), "positives": int(frame[TARGET_COLUMN].sum()),
-                   "negatives": int(len(frame) - frame[TARGET_COLUMN].sum())}
-            for name, frame in frames.items()
-        },
-        "feature_stats": feature_statistics(train_raw, prep),
+        "feature_stats": feature_stats,
         "validation_halves": split.halves,
         "split_method": split.method,
         "ingest": {"rows": ingest.n_rows, "class_counts": ingest.class_counts,
@@ -250,6 +249,17 @@ def _manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, out
         "gates": {"split": split.gate, "outliers": outliers.gate, "features": gate},
         "files": files,
         "versions": library_versions(),
+    }  # fmt: skip
+
+
+def split_layout(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    train = frames["train"]
+    return {
+        "columns": list(train.columns),
+        "dtypes": {c: str(t) for c, t in train.dtypes.items()},
+        "splits": {name: {"rows": len(frame), "positives": int(frame[TARGET_COLUMN].sum()),
+                          "negatives": int(len(frame) - frame[TARGET_COLUMN].sum())}
+                   for name, frame in frames.items()},
     }  # fmt: skip
 
 
@@ -290,6 +300,10 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
 @task(name="features", **io_task_options())
 def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
                    outliers: OutlierResult) -> FeatureSet:  # fmt: skip
+    if ingest.streaming:
+        from tasks.stream import features_streaming
+
+        return features_streaming(config, ingest, split, outliers)
     raw = pd.read_parquet(ingest.raw_path)
     assignment = pd.read_parquet(
         split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN]
@@ -306,12 +320,9 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         frame[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
         frame[ID_COLUMN] = part[ID_COLUMN].to_numpy()
         frames[name] = frame.reset_index(drop=True)
-    gate = _gate(frames, prep, config)
+    gate = frames_gate(frames, prep, config)
 
-    fp = fingerprint(config, ingest.source_sha256)
-    store = config.store_dir
-    staging = make_temp_dir(store, f".{fp}.tmp-")
-    try:
+    def write(staging: Path, fp: str) -> dict[str, Any]:
         for name, frame in frames.items():
             write_parquet(staging / f"{name}.parquet", frame)
         ids = raw[[ID_COLUMN, SPLIT_COLUMN, HALF_COLUMN, TARGET_COLUMN]].rename(
@@ -319,9 +330,23 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         )
         write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
-        manifest = _manifest(
-            config, ingest, split, outliers, prep, frames, parts["train"], staging, fp, gate
-        )
+        return build_manifest(config, ingest, split, outliers, prep, split_layout(frames),
+                         feature_statistics(parts["train"], prep), staging, fp, gate)  # fmt: skip
+
+    feature_set = commit_feature_set(config, ingest, write)
+    log.info("stored feature set %s (%s rows train)", feature_set.fingerprint, len(frames["train"]))
+    return feature_set
+
+
+def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> FeatureSet:
+    """Build a feature set in a temporary directory with `write(staging, fingerprint)`, which
+    returns the manifest, written last; then rename the directory into the store. A set a
+    concurrent run finished first is kept."""
+    fp = fingerprint(config, ingest.source_sha256, ingest.streaming)
+    store = config.store_dir
+    staging = make_temp_dir(store, f".{fp}.tmp-")
+    try:
+        manifest = write(staging, fp)
         write_json(staging / MANIFEST, manifest)  # last: its presence means the set is complete
         target = store / fp
         if target.exists():
@@ -332,5 +357,4 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         os.rename(staging, target)
     finally:
         remove_tree(staging)
-    log.info("stored feature set %s (%s rows train)", fp, len(frames["train"]))
     return FeatureSet(fingerprint=fp, path=str(target), reused=False, manifest=manifest)

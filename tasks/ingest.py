@@ -50,6 +50,7 @@ class IngestResult(BaseModel):
     exact_duplicate_rows: int
     conflicting_duplicate_rows: int
     gate: dict[str, Any]
+    streaming: bool = False  # read and written in batches (the out-of-core path)
 
 
 def resolve_roles(frame: pd.DataFrame, config: TrainConfig, default_target: str | None,
@@ -99,12 +100,37 @@ def duplicate_report(frame: pd.DataFrame, features: list[str], target: str) -> t
     another row's but with a different label."""
     if frame.empty or not features:
         return 0, 0
-    keys = pd.util.hash_pandas_object(frame[features], index=False)
-    exact = int(pd.DataFrame({"k": keys, "y": frame[target].astype(str)}).duplicated().sum())
-    labels_per_key = frame[target].astype(str).groupby(keys.to_numpy()).nunique()
-    conflicting_keys = labels_per_key[labels_per_key > 1].index
-    conflicting = int(keys.isin(conflicting_keys).sum())
+    keys = pd.util.hash_pandas_object(frame[features], index=False).to_numpy()
+    return duplicates_from_hashes(keys, frame[target].astype(str).to_numpy())
+
+
+def duplicates_from_hashes(keys: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(exact duplicate rows, rows in feature-duplicate groups with conflicting labels) from one
+    feature hash and one label per row."""
+    pairs = pd.DataFrame({"k": keys, "y": labels})
+    exact = int(pairs.duplicated().sum())
+    labels_per_key = pairs.groupby("k")["y"].nunique()
+    conflicting = int(pairs["k"].isin(labels_per_key.index[labels_per_key > 1]).sum())
     return exact, conflicting
+
+
+def normalise(frame: pd.DataFrame, roles: ColumnRoles, y: np.ndarray, first_row: int,
+              config: TrainConfig) -> pd.DataFrame:  # fmt: skip
+    """The raw copy every later stage reads: string categoricals, float64 numerics, `__y`,
+    `__id` (the id column, or the source row position), `__row` and the group/time columns."""
+    normalised = frame[roles.features].copy()
+    for column in roles.categorical:
+        normalised[column] = frame[column].astype("string")
+    for column in roles.numeric:
+        normalised[column] = frame[column].astype("float64")
+    rows = np.arange(first_row, first_row + len(frame), dtype="int64")
+    normalised[TARGET_COLUMN] = y
+    normalised[ID_COLUMN] = frame[roles.id].to_numpy() if roles.id else rows
+    normalised[ROW_COLUMN] = rows
+    for extra in (config.group, config.time_column):
+        if extra:
+            normalised[f"__{extra}"] = frame[extra].to_numpy()
+    return normalised
 
 
 @task(name="ingest", **io_task_options())
@@ -144,18 +170,9 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     positive, negative, y = resolve_positive(frame[roles.target], positive_default)
     exact, conflicting = duplicate_report(frame, roles.features, roles.target)
 
-    normalised = frame[roles.features].copy()
-    for column in roles.categorical:
-        normalised[column] = frame[column].astype("string")
-    for column in roles.numeric:
-        normalised[column] = frame[column].astype("float64")
-    normalised[TARGET_COLUMN] = y.to_numpy()
-    normalised[ID_COLUMN] = frame[roles.id].to_numpy() if roles.id else np.arange(len(frame))
-    normalised[ROW_COLUMN] = np.arange(len(frame), dtype="int64")
-    for extra in (config.group, config.time_column):
-        if extra:
-            normalised[f"__{extra}"] = frame[extra].to_numpy()
-    raw_path = write_parquet(work_dir / "raw.parquet", normalised)
+    raw_path = write_parquet(
+        work_dir / "raw.parquet", normalise(frame, roles, y.to_numpy(), 0, config)
+    )
 
     counts = {positive: int(y.sum()), negative: int(len(y) - y.sum())}
     return IngestResult(

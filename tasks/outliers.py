@@ -94,6 +94,10 @@ def seed_article_rule(
 def handle_outliers(
     config: TrainConfig, ingest: IngestResult, split: SplitResult, work_dir: Path
 ) -> OutlierResult:
+    if ingest.streaming:
+        from tasks.stream import outliers_streaming
+
+        return outliers_streaming(config, ingest, split, work_dir)
     raw = pd.read_parquet(ingest.raw_path)
     assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN])
     raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
@@ -128,22 +132,30 @@ def handle_outliers(
         for label in (ingest.positive_label, ingest.negative_label)
     }
     train_totals = {label: int((train_labels == label).sum()) for label in removed}
-    minority_label = ingest.negative_label if majority == 1 else ingest.positive_label
-
-    classes = ["positive", "negative"]
-    facts = pd.DataFrame([{
-        "removed_share_positive": removed[ingest.positive_label] / max(train_totals[ingest.positive_label], 1),
-        "removed_share_negative": removed[ingest.negative_label] / max(train_totals[ingest.negative_label], 1),
-        "rows_removed_outside_train": int((removed_mask & (raw[SPLIT_COLUMN] != "train")).sum()),
-        "minority_rows_removed": removed[minority_label],
-    }])  # fmt: skip
-    report = gates.validate(
-        "outliers", "outliers", {"facts": facts}, {"classes": classes},
-        {"max_removed_share": config.max_removed_share},
-    )  # fmt: skip
+    outside_train = int((removed_mask & (raw[SPLIT_COLUMN] != "train")).sum())
+    report = outlier_gate(config, ingest, removed, train_totals, outside_train, majority)
     seed_rule = seed_article_rule(raw, columns or ingest.roles.numeric, labels, config.outlier_z)
     removed_path = write_parquet(work_dir / "removed.parquet", raw.loc[removed_mask, [ROW_COLUMN]])
     return OutlierResult(
         method=method, columns=columns, bounds=bounds, removed_path=str(removed_path),
-        removed=removed, clipped_values=clipped, seed_rule_removed=seed_rule, gate=report.as_dict(),
+        removed=removed, clipped_values=clipped, seed_rule_removed=seed_rule, gate=report,
     )  # fmt: skip
+
+
+def outlier_gate(config: TrainConfig, ingest: IngestResult, removed: dict[str, int],
+                 train_totals: dict[str, int], removed_outside_train: int, majority: int) -> dict[str, Any]:  # fmt: skip
+    """Removal shares per class within the limit, nothing removed outside training, no minority
+    row removed."""
+    positive, negative = ingest.positive_label, ingest.negative_label
+    minority_label = negative if majority == 1 else positive
+    facts = pd.DataFrame([{
+        "removed_share_positive": removed[positive] / max(train_totals[positive], 1),
+        "removed_share_negative": removed[negative] / max(train_totals[negative], 1),
+        "rows_removed_outside_train": removed_outside_train,
+        "minority_rows_removed": removed[minority_label],
+    }])  # fmt: skip
+    report = gates.validate(
+        "outliers", "outliers", {"facts": facts}, {"classes": ["positive", "negative"]},
+        {"max_removed_share": config.max_removed_share},
+    )  # fmt: skip
+    return report.as_dict()

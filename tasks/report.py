@@ -244,10 +244,12 @@ def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manif
               "checked": "; ".join(sorted({c["expectation"].replace("expect_", "") for c in g["checked"]}))}
              for g in [run["ingest"]["gate"], *manifest["gates"].values()]]  # fmt: skip
     outliers = manifest["outliers"]
+    seed_rule = outliers["seed_rule_removed"]
     outlier_rows = [{"class": label, "training rows removed": outliers["removed"].get(label, 0),
                      "values clipped": outliers["clipped_values"].get(label, 0),
-                     "seed article's rule would remove": f"{seed['removed']} of {seed['of']} ({seed['share']:.0%})"}
-                    for label, seed in outliers["seed_rule_removed"].items()]  # fmt: skip
+                     "seed article's rule would remove": f"{seed['removed']} of {seed['of']} ({seed['share']:.0%})"
+                     if (seed := seed_rule.get(label)) else "not computed (out-of-core path)"}
+                    for label in outliers["removed"]]  # fmt: skip
     split_rows = [{"split": name, "rows": s["rows"], "positives": s["positives"],
                    "positive share": s["positives"] / max(s["rows"], 1)} for name, s in manifest["splits"].items()]  # fmt: skip
     split_rows += [{"split": f"validation/{name}", "rows": s["rows"], "positives": s["positives"],

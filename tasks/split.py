@@ -38,10 +38,11 @@ class SplitResult(BaseModel):
 
 
 def group_keys(frame: pd.DataFrame, features: list[str], group: str | None) -> np.ndarray:
-    """One key per row: rows sharing a key must land in the same split."""
+    """One key per row: rows sharing a key must land in the same split. With no features (the
+    out-of-core path reads only id and target), rows sharing an id stay together."""
     if group is not None:
         return pd.util.hash_pandas_object(frame[f"__{group}"], index=False).to_numpy()
-    return pd.util.hash_pandas_object(frame[features], index=False).to_numpy()
+    return pd.util.hash_pandas_object(frame[features or [ID_COLUMN]], index=False).to_numpy()
 
 
 def _stratified_group_split(keys: np.ndarray, y: np.ndarray, shares: tuple[float, ...], seed: int,
@@ -141,8 +142,11 @@ def split_facts(
 
 @task(name="split", cache_policy=NO_CACHE)
 def split(config: TrainConfig, ingest: IngestResult, work_dir: Path) -> SplitResult:
-    frame = pd.read_parquet(ingest.raw_path)
-    assignment = assign_splits(frame, ingest.roles.features, config)
+    extras = [f"__{c}" for c in (config.group, config.time_column) if c]
+    # out of core: split on (id, target) only, never loading the features
+    columns = [ROW_COLUMN, ID_COLUMN, TARGET_COLUMN, *extras] if ingest.streaming else None
+    frame = pd.read_parquet(ingest.raw_path, columns=columns)
+    assignment = assign_splits(frame, [] if ingest.streaming else ingest.roles.features, config)
     group_values = frame[f"__{config.group}"] if config.group else None
     facts = split_facts(assignment, config, group_values)
     report = gates.validate(
@@ -168,6 +172,8 @@ def split(config: TrainConfig, ingest: IngestResult, work_dir: Path) -> SplitRes
         else (
             f"stratified by group {config.group}"
             if config.group
+            else "stratified, rows sharing an id kept together"
+            if ingest.streaming
             else "stratified, duplicates kept together"
         )
     )

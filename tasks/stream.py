@@ -1,0 +1,575 @@
+"""The out-of-core data path, taken when the data would not fit `--memory-budget` in memory.
+
+The same stages, gates and feature-store layout as the in-memory path, computed over batches of
+at most BATCH_ROWS rows, so memory is bounded by a batch plus per-row arrays of a few bytes:
+
+- ingest: the source is read twice in batches (CSV chunks or parquet row groups). The first pass
+  reads only the target and id columns for the table-wide checks (two classes, unique ids, class
+  counts, the positive label); the second gates every batch for the per-row expectations and
+  writes the normalised raw parquet batch by batch.
+- split: reads only (row, id, target); rows sharing an id stay together (the in-memory path
+  groups identical feature rows, which would need every feature in memory).
+- outliers and features: fitted on training rows incrementally (counts, means and variances
+  merged batch by batch); medians, quartiles and percentiles come from a seeded uniform sample of
+  SAMPLE_ROWS training rows (approximate quantiles). The seed article's sequential filter needs
+  every row at once and is not computed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from tasks import gates
+from tasks.config import TrainConfig
+from tasks.datasets import BUILTINS
+from tasks.errors import DataInputError
+from tasks.ingest import (
+    ID_COLUMN,
+    NUMERIC_DTYPES,
+    ROW_COLUMN,
+    TARGET_COLUMN,
+    IngestResult,
+    duplicates_from_hashes,
+    normalise,
+    resolve_positive,
+    resolve_roles,
+)
+from tasks.io import (
+    CSV_SUFFIXES,
+    PARQUET_SUFFIXES,
+    atomic_path,
+    detect_separator,
+    io_task_options,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+BATCH_ROWS = 250_000
+SAMPLE_ROWS = 200_000  # training rows behind the approximate quantiles
+WORKING_COPIES = 5  # the in-memory path holds about this many copies of the raw table at its peak
+
+
+# --- deciding ---------------------------------------------------------------------------------
+
+
+def uncompressed_size(path: Path) -> int:
+    """Bytes of the data as a table: parquet's uncompressed row-group sizes; a CSV's text (for
+    .gz the size recorded in the gzip trailer, modulo 4 GiB as the format stores it)."""
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        meta = pq.ParquetFile(path).metadata
+        return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if name.endswith(".gz"):
+        with open(path, "rb") as handle:
+            handle.seek(-4, 2)
+            return max(int.from_bytes(handle.read(4), "little"), path.stat().st_size)
+    return path.stat().st_size
+
+
+def streaming_reason(config: TrainConfig) -> str | None:
+    """Why this run takes the out-of-core path, or None: only a file whose in-memory estimate
+    (WORKING_COPIES x its uncompressed size) exceeds the budget streams."""
+    budget = config.memory_budget_bytes
+    path = Path(config.data).expanduser()
+    if budget is None or config.data in BUILTINS or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        estimate = WORKING_COPIES * uncompressed_size(path)
+    except (OSError, pa.ArrowInvalid):
+        return None  # unreadable: the in-memory reader reports it properly
+    if estimate <= budget:
+        return None
+    return (f"the data needs ~{estimate / 2**30:.2f} GiB in memory ({WORKING_COPIES} x "
+            f"{estimate / WORKING_COPIES / 2**20:.0f} MiB uncompressed), over --memory-budget {config.memory_budget}")  # fmt: skip
+
+
+# --- reading in batches -----------------------------------------------------------------------
+
+
+class BatchSource:
+    """A CSV (optionally gzipped) or parquet file read in batches of at most BATCH_ROWS rows."""
+
+    def __init__(self, path: Path, sep: str | None):
+        self.path = path
+        name = path.name.lower()
+        self.parquet = name.endswith(PARQUET_SUFFIXES)
+        if not (self.parquet or name.endswith(CSV_SUFFIXES) or "." not in name):
+            raise DataInputError(
+                f"unsupported data file type: {path.name} (expected .csv, .csv.gz or .parquet)"
+            )
+        self.notes: list[str] = []
+        try:
+            if self.parquet:
+                self.columns = list(pq.ParquetFile(path).schema_arrow.names)
+            else:
+                self.sep = sep or detect_separator(path)
+                self.columns = list(pd.read_csv(path, sep=self.sep, nrows=0).columns)
+                self.notes.append(f"delimiter {self.sep!r}")
+        except (
+            pa.ArrowInvalid,
+            OSError,
+            pd.errors.ParserError,
+            UnicodeDecodeError,
+            EOFError,
+        ) as exc:
+            raise DataInputError(f"could not read {path}: {exc}") from exc
+        except pd.errors.EmptyDataError as exc:
+            raise DataInputError(f"data file {path} is empty") from exc
+        if not self.columns:
+            raise DataInputError(f"data file {path} has no columns")
+        self.dropped: list[str] = []
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        wanted = [c for c in (columns or self.columns) if c not in self.dropped]
+        try:
+            if self.parquet:
+                for batch in pq.ParquetFile(self.path).iter_batches(BATCH_ROWS, columns=wanted):
+                    yield batch.to_pandas()
+                return
+            reader = pd.read_csv(self.path, sep=self.sep, usecols=wanted, chunksize=BATCH_ROWS)
+            with reader:
+                for frame in reader:
+                    yield frame[wanted]
+        except (
+            pa.ArrowInvalid,
+            OSError,
+            pd.errors.ParserError,
+            UnicodeDecodeError,
+            EOFError,
+        ) as exc:
+            raise DataInputError(f"could not read {self.path}: {exc}") from exc
+
+    def drop_empty_trailing_columns(self) -> None:
+        """Drop 'Unnamed: N' columns empty in every row (a header ending in a delimiter)."""
+        candidates = [c for c in self.columns if str(c).startswith("Unnamed: ")]
+        if not candidates or self.parquet:
+            return
+        filled = {c: False for c in candidates}
+        for frame in self.batches(candidates):
+            for c in candidates:
+                filled[c] |= bool(frame[c].notna().any())
+        self.dropped = [c for c, any_value in filled.items() if not any_value]
+        self.columns = [c for c in self.columns if c not in self.dropped]
+        if self.dropped:
+            self.notes.append(
+                f"dropped all-empty column(s) from a trailing delimiter: {', '.join(self.dropped)}"
+            )
+
+
+# --- incremental statistics -------------------------------------------------------------------
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations per column, merged batch by batch (Chan et al.'s
+    parallel update, stable for large means); NaNs are skipped."""
+
+    def __init__(self, width: int):
+        self.n, self.mean, self.m2 = np.zeros(width), np.zeros(width), np.zeros(width)
+
+    def update(self, values: np.ndarray) -> None:
+        present = ~np.isnan(values)
+        n_b = present.sum(axis=0)
+        if not n_b.any():
+            return
+        mean_b = np.where(present, values, 0.0).sum(axis=0) / np.maximum(n_b, 1)
+        m2_b = (np.where(present, values - mean_b, 0.0) ** 2).sum(axis=0)
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = np.where(n > 0, self.mean + delta * n_b / np.maximum(n, 1), 0.0)
+            self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / np.maximum(n, 1)
+        self.n = n
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (ddof 0), as the in-memory path uses."""
+        return np.sqrt(self.m2 / np.maximum(self.n, 1))
+
+
+def sample_rows(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded uniform sample (sorted) of at most SAMPLE_ROWS of `rows`."""
+    if len(rows) <= SAMPLE_ROWS:
+        return np.sort(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
+
+
+def raw_batches(raw_path: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The normalised raw parquet, batch by batch (it always carries `__row`)."""
+    wanted = None if columns is None else list(dict.fromkeys([ROW_COLUMN, *columns]))
+    for batch in pq.ParquetFile(raw_path).iter_batches(BATCH_ROWS, columns=wanted):
+        yield batch.to_pandas()
+
+
+# --- stage 1: ingest --------------------------------------------------------------------------
+
+
+@task(name="ingest", **io_task_options())
+def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> IngestResult:
+    """`tasks.ingest.ingest` for data larger than the memory budget (see the module docstring)."""
+    path = Path(config.data).expanduser()
+    source = BatchSource(path, config.sep)
+    source.drop_empty_trailing_columns()
+    roles, declared = resolve_roles(pd.DataFrame(columns=source.columns), config, None, None)
+    row_bindings = {"target": roles.target, "target_present": False, "binary_target": False,
+                    "declared_columns": declared, "numeric_features": roles.numeric,
+                    "numeric_dtypes": NUMERIC_DTYPES, "id": None,
+                    "complete_features": roles.features if config.impute == "none" else []}  # fmt: skip
+
+    def gate_rows(frame: pd.DataFrame, first_row: int) -> gates.GateReport:
+        stage = f"raw (rows {first_row}-{first_row + len(frame) - 1})"
+        return gates.validate(stage, "raw", frame, row_bindings, {"min_rows": 1})
+
+    # missing columns and wrong types fail on the first batch, before any full pass
+    first_report = gate_rows(next(source.batches()), 0)
+
+    key_columns = list(dict.fromkeys([roles.target, *([roles.id] if roles.id else [])]))
+    keys = pd.concat(list(source.batches(key_columns)), ignore_index=True)
+    target = keys[roles.target]
+    binary = target.nunique() == 2 and not target.isna().any()
+    facts = pd.DataFrame({"minority_count": [int(target.value_counts().min()) if binary else 0]})
+    table_bindings = {"target": roles.target, "target_present": True, "binary_target": binary,
+                      "declared_columns": [], "numeric_features": [], "numeric_dtypes": NUMERIC_DTYPES,
+                      "complete_features": [], "id": roles.id}  # fmt: skip
+    table_report = gates.validate("raw", "raw", {"data": keys, "facts": facts}, table_bindings,
+                                  {"min_class_count": config.min_class_count})  # fmt: skip
+    positive, negative, y = resolve_positive(target, config.positive)
+    labels = target.astype(str).to_numpy()
+    target_dtype = str(target.dtype)
+    del keys, target
+
+    hashes, schema, start = [], None, 0
+    with atomic_path(work_dir / "raw.parquet") as tmp:
+        writer = None
+        try:
+            for frame in source.batches():
+                if start:
+                    gate_rows(frame, start)
+                hashes.append(
+                    pd.util.hash_pandas_object(frame[roles.features], index=False).to_numpy()
+                )
+                rows = normalise(
+                    frame, roles, y.iloc[start : start + len(frame)].to_numpy(), start, config
+                )
+                table = pa.Table.from_pandas(rows, preserve_index=False)
+                if writer is None:
+                    schema = table.schema
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(_conform(table, schema, start))
+                start += len(frame)
+        finally:
+            if writer is not None:
+                writer.close()
+    exact, conflicting = duplicates_from_hashes(np.concatenate(hashes), labels)
+    checked = table_report.checked + first_report.checked
+    report = gates.GateReport(stage="raw", success=True, checked=checked)
+    return IngestResult(
+        raw_path=str(work_dir / "raw.parquet"), source=str(path), source_sha256=sha256_file(path),
+        notes=[*source.notes, f"out of core, in batches of {BATCH_ROWS:,} rows: {reason}"],
+        roles=roles, positive_label=positive, negative_label=negative, target_dtype=target_dtype,
+        n_rows=start, class_counts={positive: int(y.sum()), negative: int(len(y) - y.sum())},
+        exact_duplicate_rows=exact, conflicting_duplicate_rows=conflicting,
+        gate=report.as_dict(), streaming=True,
+    )  # fmt: skip
+
+
+def _conform(table: pa.Table, schema: pa.Schema, first_row: int) -> pa.Table:
+    """Cast a batch to the first batch's schema (an all-missing column can arrive as another
+    type); a value that does not fit is bad input."""
+    if table.schema.equals(schema):
+        return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataInputError(
+            f"rows from {first_row} on do not have the types of the first rows: {exc}"
+        ) from exc
+
+
+# --- stages 3 and 4: outliers and features ----------------------------------------------------
+
+
+class RowLookup:
+    """Per-row split, validation half and removal flags, indexed by `__row` (0..n-1)."""
+
+    def __init__(self, assignment_path: str, n_rows: int, removed_path: str | None = None):
+        from tasks.split import HALF_COLUMN, SPLIT_COLUMN
+
+        frame = pd.read_parquet(assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN])
+        rows = frame[ROW_COLUMN].to_numpy()
+        self.split = np.empty(n_rows, dtype=object)
+        self.split[rows] = frame[SPLIT_COLUMN].to_numpy()
+        self.half = np.full(n_rows, "", dtype=object)
+        self.half[rows] = frame[HALF_COLUMN].to_numpy()
+        self.removed = np.zeros(n_rows, dtype=bool)
+        if removed_path is not None:
+            self.removed[pd.read_parquet(removed_path)[ROW_COLUMN].to_numpy()] = True
+
+    def train_rows(self) -> np.ndarray:
+        return np.flatnonzero((self.split == "train") & ~self.removed)
+
+
+def training_sample(raw_path: str, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """The raw values of the sampled rows (sorted `__row` values), read batch by batch."""
+    wanted = pd.Index(rows)
+    parts = [
+        frame[frame[ROW_COLUMN].isin(wanted)] for frame in raw_batches(raw_path, [*columns, TARGET_COLUMN])
+    ]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+def train_moments(raw_path: str, lookup: RowLookup, columns: list[str],
+                  prepare=None) -> tuple[RunningMoments, dict[str, set], int]:  # fmt: skip
+    """Moments of `columns` over training rows (after `prepare`), up to 3 distinct values per
+    column (to tell 0/1 flags from continuous columns) and the training row count."""
+    moments, distinct, n = RunningMoments(len(columns)), {c: set() for c in columns}, 0
+    for frame in raw_batches(raw_path, columns):
+        mask = lookup.split[frame[ROW_COLUMN].to_numpy()] == "train"
+        mask &= ~lookup.removed[frame[ROW_COLUMN].to_numpy()]
+        train = frame.loc[mask, columns].astype("float64")
+        if prepare is not None:
+            train = prepare(train)
+        moments.update(train.to_numpy())
+        for c in columns:
+            if len(distinct[c]) <= 2:
+                distinct[c].update(train[c].dropna().unique()[:3].tolist())
+        n += int(mask.sum())
+    return moments, distinct, n
+
+
+def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dict[str, Counter]:
+    """Exact value counts (missing as None) of categorical columns over training rows."""
+    counts = {c: Counter() for c in columns}
+    if not columns:
+        return counts
+    for frame in raw_batches(raw_path, columns):
+        rows = frame[ROW_COLUMN].to_numpy()
+        train = frame.loc[(lookup.split[rows] == "train") & ~lookup.removed[rows], columns]
+        for c in columns:
+            for value, count in train[c].value_counts(dropna=False).items():
+                counts[c][None if pd.isna(value) else str(value)] += int(count)
+    return counts
+
+
+def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
+                 names: tuple[str, ...]) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Transform every kept row batch by batch into `<directory>/<split>.parquet` (and ids.parquet);
+    returns rows and positives per split."""
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts = {name: {"rows": 0, "positives": 0} for name in names}
+    try:
+        for frame in raw_batches(raw_path):
+            rows = frame[ROW_COLUMN].to_numpy()
+            keep = ~lookup.removed[rows]
+            frame, rows = frame[keep], rows[keep]
+            split = lookup.split[rows]
+            ids = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(), "split": split.astype(str),
+                                "half": lookup.half[rows].astype(str), "y": frame[TARGET_COLUMN].to_numpy()})  # fmt: skip
+            outputs = {"ids": ids}
+            for name in names:
+                part = frame[split == name]
+                out = transform(part)
+                out[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
+                out[ID_COLUMN] = part[ID_COLUMN].to_numpy()
+                outputs[name] = out.reset_index(drop=True)
+                counts[name]["rows"] += len(part)
+                counts[name]["positives"] += int(part[TARGET_COLUMN].sum())
+            for name, out in outputs.items():
+                table = pa.Table.from_pandas(out, preserve_index=False)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(directory / f"{name}.parquet", table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return counts
+
+
+def histogram_shares(
+    raw_path: str, lookup: RowLookup, edges: dict[str, list[float]]
+) -> dict[str, list[float]]:
+    """Exact training shares per bin for the given edges (a value v falls in bin
+    searchsorted(edges, v, side='right')), missing values excluded."""
+    counts = {c: np.zeros(len(e) + 1) for c, e in edges.items()}
+    for frame in raw_batches(raw_path, list(edges)):
+        rows = frame[ROW_COLUMN].to_numpy()
+        train = frame.loc[(lookup.split[rows] == "train") & ~lookup.removed[rows]]
+        for c, e in edges.items():
+            values = train[c].dropna().to_numpy(dtype="float64")
+            counts[c] += np.bincount(np.searchsorted(e, values, side="right"), minlength=len(e) + 1)
+    return {c: (k / max(k.sum(), 1)).tolist() for c, k in counts.items()}
+
+
+def nonfinite_count(directory: Path, names: tuple[str, ...], numeric: list[str]) -> int:
+    total = 0
+    for name in names:
+        for batch in pq.ParquetFile(directory / f"{name}.parquet").iter_batches(
+            BATCH_ROWS, columns=numeric
+        ):
+            values = batch.to_pandas().to_numpy(dtype="float64")
+            total += int((~np.isfinite(values)).sum())
+    return total
+
+
+def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_dir: Path):
+    """`tasks.outliers.handle_outliers` over batches: mean/std bounds from merged moments, IQR
+    bounds from the training sample's quartiles; majority-class training rows outside the bounds
+    are removed (zscore, iqr) or their values counted as clipped (clip)."""
+    from tasks.outliers import OutlierResult, fit_bounds, outlier_gate, outside_bounds
+
+    raw, numeric, method = ingest.raw_path, ingest.roles.numeric, config.outlier
+    positive, negative = ingest.positive_label, ingest.negative_label
+    lookup = RowLookup(split.assignment_path, ingest.n_rows)
+    moments, distinct, _ = train_moments(raw, lookup, numeric)
+    columns = [c for c in numeric if len(distinct[c]) > 2]
+    if method == "none":
+        bounds = {}
+    elif method == "iqr":
+        sample = training_sample(raw, sample_rows(lookup.train_rows(), config.seed), columns)
+        bounds = fit_bounds(sample, columns, "iqr", config.outlier_z, config.outlier_iqr_k)
+    else:  # zscore, clip: training mean +- z population std
+        z, where = config.outlier_z, {c: i for i, c in enumerate(numeric)}
+        bounds = {c: (float(moments.mean[where[c]] - z * moments.std[where[c]]),
+                      float(moments.mean[where[c]] + z * moments.std[where[c]])) for c in columns}  # fmt: skip
+    train_counts = split.counts["train"]
+    majority = 1 if train_counts["positives"] / max(train_counts["rows"], 1) > 0.5 else 0
+    name = {1: positive, 0: negative}
+    removed, clipped, removed_rows = {positive: 0, negative: 0}, {positive: 0, negative: 0}, []
+    for frame in raw_batches(raw, [*columns, TARGET_COLUMN]):
+        is_train = lookup.split[frame[ROW_COLUMN].to_numpy()] == "train"
+        y = frame[TARGET_COLUMN].to_numpy()
+        if method in ("zscore", "iqr"):
+            drop = is_train & (y == majority) & outside_bounds(frame, bounds).to_numpy()
+            removed_rows.append(frame.loc[drop, ROW_COLUMN].to_numpy())
+            removed[name[majority]] += int(drop.sum())
+        elif method == "clip":
+            for column, (low, high) in bounds.items():
+                hit = is_train & ((frame[column] < low) | (frame[column] > high)).to_numpy()
+                for label in (0, 1):
+                    clipped[name[label]] += int((hit & (y == label)).sum())
+    totals = {
+        positive: train_counts["positives"],
+        negative: train_counts["rows"] - train_counts["positives"],
+    }
+    report = outlier_gate(config, ingest, removed, totals, 0, majority)
+    rows = np.concatenate(removed_rows) if removed_rows else np.zeros(0, dtype="int64")
+    removed_path = work_dir / "removed.parquet"
+    with atomic_path(removed_path) as tmp:
+        pd.DataFrame({ROW_COLUMN: rows.astype("int64")}).to_parquet(tmp, index=False)
+    return OutlierResult(
+        method=method, columns=columns, bounds=bounds, removed_path=str(removed_path),
+        removed=removed, clipped_values=clipped, gate=report,
+        seed_rule_removed={},  # needs every row at once; not computed out of core
+    )  # fmt: skip
+
+
+def features_streaming(config: TrainConfig, ingest: IngestResult, split, outliers):
+    """`tasks.features.build_features` over batches. Exact: means and scales (merged moments of
+    the imputed, clipped training values), categories and their frequencies, missing shares,
+    histogram shares. From the training sample: imputation medians and modes of numerics,
+    percentiles and histogram edges. The feature gate checks the transformed sample (its mean and
+    std tolerance widened to 6 standard errors) and every stored value's finiteness."""
+    from tasks.features import (
+        PREPROCESSING,
+        Preprocessing,
+        build_manifest,
+        commit_feature_set,
+        features_gate,  # fmt: skip
+        histogram_bins,
+    )
+    from tasks.split import SPLITS
+
+    raw, roles = ingest.raw_path, ingest.roles
+    numeric, categorical = list(roles.numeric), list(roles.categorical)
+    lookup = RowLookup(split.assignment_path, ingest.n_rows, outliers.removed_path)
+    sample = training_sample(
+        raw, sample_rows(lookup.train_rows(), config.seed), numeric + categorical
+    )
+    counts = category_counts(raw, lookup, categorical)
+
+    impute_values: dict[str, Any] = {}
+    if config.impute != "none":
+        for column in numeric:
+            values = sample[column]
+            impute_values[column] = float(
+                values.median() if config.impute == "median" else values.mode().iloc[0]
+            )
+        for column in categorical:
+            present = {k: v for k, v in counts[column].items() if k is not None}
+            impute_values[column] = max(sorted(present), key=present.get)
+    clip_bounds = outliers.bounds if outliers.method == "clip" else {}
+
+    def prepare(values: pd.DataFrame) -> pd.DataFrame:
+        for column in values.columns:
+            if column in impute_values:
+                values[column] = values[column].fillna(impute_values[column])
+            if column in clip_bounds:
+                values[column] = values[column].clip(*clip_bounds[column])
+        return values
+
+    prepared, _, n_train = train_moments(raw, lookup, numeric, prepare)
+    raw_moments, _, _ = train_moments(raw, lookup, numeric)
+    stds = dict(zip(numeric, prepared.std, strict=True))
+    constant = [c for c in numeric if not stds[c] > 0]
+    kept = [c for c in numeric if c not in constant]
+    categories = {c: sorted({k for k in counts[c] if k is not None} | ({impute_values[c]} if c in impute_values else set()))
+                  for c in categorical}  # fmt: skip
+    prep = Preprocessing(
+        numeric=kept, categorical=categorical, impute=config.impute,
+        impute_values={k: v for k, v in impute_values.items() if k not in constant},
+        clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
+        means={c: float(m) for c, m in zip(numeric, prepared.mean, strict=True) if c in kept},
+        scales={c: float(stds[c]) for c in kept}, categories=categories, dropped_constant=constant,
+        positive_label=ingest.positive_label, negative_label=ingest.negative_label,
+        target=roles.target, id=roles.id,
+    )  # fmt: skip
+
+    bins = {c: histogram_bins(sample[c]) for c in kept}
+    shares = histogram_shares(raw, lookup, {c: b["edges"] for c, b in bins.items()})
+    where = {c: i for i, c in enumerate(numeric)}
+    stats: dict[str, Any] = {}
+    for c in kept:
+        i = where[c]
+        percentiles = sample[c].astype("float64").quantile([q / 100 for q in range(101)]).tolist()
+        stats[c] = {"kind": "numeric", "dtype": "float64", "mean": float(raw_moments.mean[i]),
+                    "std": float(raw_moments.std[i]), "percentiles": [float(q) for q in percentiles],
+                    "bins": {"edges": bins[c]["edges"], "shares": shares[c]},
+                    "missing_share": float(1 - raw_moments.n[i] / max(n_train, 1)), "approximate": True}  # fmt: skip
+    for c in categorical:
+        total = max(sum(counts[c].values()), 1)
+        stats[c] = {"kind": "categorical", "dtype": "string",
+                    "frequencies": {str(k): v / total for k, v in counts[c].most_common()},
+                    "missing_share": counts[c].get(None, 0) / total}  # fmt: skip
+
+    tolerance = max(config.scale_tolerance, 6 / np.sqrt(max(len(sample), 1)))
+
+    def write(staging: Path, fp: str) -> dict[str, Any]:
+        split_counts = write_splits(raw, lookup, prep.transform, staging, SPLITS)
+        schemas = [pq.ParquetFile(staging / f"{name}.parquet").schema_arrow for name in SPLITS]
+        nonfinite = nonfinite_count(staging, SPLITS, prep.numeric)
+        gate = features_gate(prep.transform(sample).reset_index(drop=True), nonfinite,
+                             all(s.equals(schemas[0]) for s in schemas), prep, tolerance)  # fmt: skip
+        (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
+        layout = {
+            "columns": list(schemas[0].names),
+            "dtypes": {f.name: str(f.type) for f in schemas[0]},
+            "splits": {name: c | {"negatives": c["rows"] - c["positives"]} for name, c in split_counts.items()},
+        }  # fmt: skip
+        return build_manifest(
+            config, ingest, split, outliers, prep, layout, stats, staging, fp, gate
+        )
+
+    feature_set = commit_feature_set(config, ingest, write)
+    log.info(
+        "stored feature set %s out of core (%s training rows)", feature_set.fingerprint, n_train
+    )
+    return feature_set

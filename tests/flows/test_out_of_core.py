@@ -1,0 +1,148 @@
+"""The out-of-core data path: data larger than --memory-budget is read, gated, split, filtered
+and turned into features in batches, with the same store layout and the same guarantees."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tasks.stream as stream
+from flows.train import train_flow
+from tasks.errors import GateFailed
+from tasks.stream import RunningMoments, streaming_reason, uncompressed_size
+from tests.conftest import SYNTHETIC, fast_config
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Batches of 64 rows and a 150-row sample, so 400 rows exercise every merge."""
+    monkeypatch.setattr(stream, "BATCH_ROWS", 64)
+    monkeypatch.setattr(stream, "SAMPLE_ROWS", 150)
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    """One out-of-core run on the synthetic CSV, gzipped, with small batches."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(stream, "BATCH_ROWS", 64)
+    mp.setattr(stream, "SAMPLE_ROWS", 150)
+    tmp = tmp_path_factory.mktemp("streamed")
+    data = tmp / "synthetic.csv.gz"
+    data.write_bytes(gzip.compress(SYNTHETIC.read_bytes()))
+    config = fast_config(tmp / "runs", data=str(data), memory_budget="10KB",
+                         strategies=["baseline", "undersample", "smote"])  # fmt: skip
+    try:
+        yield config, train_flow(config)
+    finally:
+        mp.undo()
+
+
+def test_the_run_streams_and_says_why(streamed):
+    config, result = streamed
+    run = json.loads((Path(result.run_dir) / "run.json").read_text())
+    notes = " ".join(run["ingest"]["notes"])
+    assert "out of core, in batches of 64 rows" in notes and "over --memory-budget 10KB" in notes
+    manifest = result.feature_set.manifest
+    assert manifest["out_of_core"] is True
+    assert manifest["split_method"] == "stratified, rows sharing an id kept together"
+    assert run["ingest"]["n_rows"] == 400
+
+
+def test_strategies_that_copy_are_skipped_and_the_rest_train(streamed):
+    _, result = streamed
+    records = {
+        r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]
+    }
+    assert records["smote"]["status"] == "skipped"
+    assert records["baseline"]["status"] == records["undersample"]["status"] == "ok"
+    assert result.selected in ("baseline", "undersample")
+
+
+def test_scaler_statistics_are_exact_on_training_rows(streamed):
+    """Merged batch moments give the same means and scales as the whole training split at once."""
+    _, result = streamed
+    store = Path(result.feature_set.path)
+    train = pd.read_parquet(store / "train.parquet")
+    prep = result.feature_set.preprocessing()
+    for column in prep.numeric:
+        assert abs(train[column].astype("float64").mean()) < 1e-6
+        assert train[column].astype("float64").std(ddof=0) == pytest.approx(1.0, abs=1e-5)
+    raw = pd.read_csv(SYNTHETIC).set_index("account_id")
+    kept = raw.loc[train["__id"]]
+    assert prep.categories["segment"] == sorted(kept["segment"].unique())
+    assert prep.means["amount"] == pytest.approx(kept["amount"].mean(), rel=1e-12)
+
+
+def test_splits_are_stratified_disjoint_and_only_training_majority_rows_removed(streamed):
+    _, result = streamed
+    store = Path(result.feature_set.path)
+    ids = pd.read_parquet(store / "ids.parquet")
+    assert ids["__id"].is_unique  # each id in exactly one split
+    rates = ids.groupby("split")["y"].mean()
+    assert (rates - ids["y"].mean()).abs().max() < 0.05
+    manifest = result.feature_set.manifest
+    removed = manifest["outliers"]["removed"]
+    assert removed["yes"] == 0  # the rare class is never filtered
+    assert sum(manifest["splits"][s]["rows"] for s in manifest["splits"]) == 400 - removed["no"]
+    for name in ("validation", "test"):
+        assert manifest["splits"][name]["rows"] == (ids["split"] == name).sum()
+
+
+def test_drift_reference_statistics_are_complete(streamed):
+    _, result = streamed
+    stats = result.feature_set.manifest["feature_stats"]
+    amount = stats["amount"]
+    assert len(amount["percentiles"]) == 101 and amount["approximate"] is True
+    assert sum(amount["bins"]["shares"]) == pytest.approx(1.0)
+    assert sum(stats["segment"]["frequencies"].values()) == pytest.approx(1.0)
+
+
+def test_report_says_the_seed_rule_was_not_computed(streamed):
+    _, result = streamed
+    assert "not computed (out-of-core path)" in Path(result.report_path).read_text()
+
+
+def test_a_bad_value_in_a_later_batch_fails_the_gate_naming_rows_and_column(
+    tmp_path, small_batches, synthetic_frame
+):
+    bad = synthetic_frame.astype({"amount": "object"})
+    bad.loc[300, "amount"] = "twelve"
+    data = tmp_path / "bad.csv"
+    bad.to_csv(data, index=False)
+    config = fast_config(
+        tmp_path / "runs", data=str(data), memory_budget="10KB", strategies=["baseline"]
+    )
+    with pytest.raises(GateFailed, match=r"raw \(rows 256-319\) gate failed:\n.*amount.*type"):
+        train_flow(config)
+    assert not list((tmp_path / "runs" / "store").glob("*/manifest.json"))  # nothing stored
+
+
+def test_running_moments_match_numpy_with_missing_values():
+    rng = np.random.default_rng(0)
+    values = rng.normal(30_000, 500, size=(1000, 3))
+    values[rng.random((1000, 3)) < 0.1] = np.nan
+    moments = RunningMoments(3)
+    for start in range(0, 1000, 97):
+        moments.update(values[start : start + 97])
+    assert np.allclose(moments.mean, np.nanmean(values, axis=0), rtol=1e-12)
+    assert np.allclose(moments.std, np.nanstd(values, axis=0), rtol=1e-9)
+    assert moments.n.tolist() == (~np.isnan(values)).sum(axis=0).tolist()
+
+
+def test_only_files_over_the_budget_stream(tmp_path):
+    data = tmp_path / "d.csv.gz"
+    data.write_bytes(gzip.compress(SYNTHETIC.read_bytes()))
+    assert uncompressed_size(data) == SYNTHETIC.stat().st_size
+    assert streaming_reason(fast_config(tmp_path, data=str(data))) is None  # no budget
+    assert streaming_reason(fast_config(tmp_path, data=str(data), memory_budget="1GB")) is None
+    assert "over --memory-budget 1KB" in streaming_reason(
+        fast_config(tmp_path, data=str(data), memory_budget="1KB")
+    )
+    assert (
+        streaming_reason(fast_config(tmp_path, data="breast_cancer", memory_budget="1KB")) is None
+    )

@@ -230,7 +230,11 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
         return gates.validate(stage, "raw", frame, row_bindings, {"min_rows": 1})
 
     # missing columns and wrong types fail on the first batch, before any full pass
-    first_report = gate_rows(next(source.batches()), 0)
+    first = next(source.batches(), None)
+    if first is None:
+        raise DataInputError(f"data file {path} has a header but no rows")
+    first_report = gate_rows(first, 0)
+    del first
 
     key_columns = list(dict.fromkeys([roles.target, *([roles.id] if roles.id else [])]))
     keys = pd.concat(list(source.batches(key_columns)), ignore_index=True)
@@ -243,7 +247,6 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     table_report = gates.validate("raw", "raw", {"data": keys, "facts": facts}, table_bindings,
                                   {"min_class_count": config.min_class_count})  # fmt: skip
     positive, negative, y = resolve_positive(target, config.positive)
-    labels = target.astype(str).to_numpy()
     target_dtype = str(target.dtype)
     del keys, target
 
@@ -269,7 +272,7 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
         finally:
             if writer is not None:
                 writer.close()
-    exact, conflicting = duplicates_from_hashes(np.concatenate(hashes), labels)
+    exact, conflicting = duplicates_from_hashes(np.concatenate(hashes), y.to_numpy())
     checked = table_report.checked + first_report.checked
     report = gates.GateReport(stage="raw", success=True, checked=checked)
     return IngestResult(
@@ -384,6 +387,8 @@ def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
                 counts[name]["rows"] += len(part)
                 counts[name]["positives"] += int(part[TARGET_COLUMN].sum())
             for name, out in outputs.items():
+                if out.empty:  # an empty batch part carries no reliable types
+                    continue
                 table = pa.Table.from_pandas(out, preserve_index=False)
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(directory / f"{name}.parquet", table.schema)
@@ -391,6 +396,9 @@ def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
     finally:
         for writer in writers.values():
             writer.close()
+    missing = [name for name in ("ids", *names) if name not in writers]
+    if missing:  # the split gate guarantees rows in every split; this is a bug, not bad input
+        raise RuntimeError(f"no rows were written for {', '.join(missing)}")
     return counts
 
 

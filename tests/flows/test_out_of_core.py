@@ -13,7 +13,7 @@ import pytest
 
 import tasks.stream as stream
 from flows.train import train_flow
-from tasks.errors import GateFailed
+from tasks.errors import DataInputError, GateFailed
 from tasks.stream import RunningMoments, streaming_reason, uncompressed_size
 from tests.conftest import SYNTHETIC, fast_config
 
@@ -146,3 +146,13 @@ def test_only_files_over_the_budget_stream(tmp_path):
     assert (
         streaming_reason(fast_config(tmp_path, data="breast_cancer", memory_budget="1KB")) is None
     )
+
+
+def test_a_header_without_rows_is_bad_input(tmp_path):
+    data = tmp_path / "empty.csv"
+    data.write_text("a,b,churned\n")
+    config = fast_config(
+        tmp_path / "runs", data=str(data), id=None, categorical=[], memory_budget="1B"
+    )
+    with pytest.raises(DataInputError, match="header but no rows"):
+        stream.ingest_streaming.fn(config, tmp_path, "test")

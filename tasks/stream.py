@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000
 SAMPLE_ROWS = 200_000  # training rows behind the approximate quantiles
 WORKING_COPIES = 5  # the in-memory path holds about this many copies of the raw table at its peak
+READ_ERRORS = (pa.ArrowInvalid, OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError)
 
 
 # --- deciding ---------------------------------------------------------------------------------
@@ -115,13 +116,7 @@ class BatchSource:
                 self.sep = sep or detect_separator(path)
                 self.columns = list(pd.read_csv(path, sep=self.sep, nrows=0).columns)
                 self.notes.append(f"delimiter {self.sep!r}")
-        except (
-            pa.ArrowInvalid,
-            OSError,
-            pd.errors.ParserError,
-            UnicodeDecodeError,
-            EOFError,
-        ) as exc:
+        except READ_ERRORS as exc:
             raise DataInputError(f"could not read {path}: {exc}") from exc
         except pd.errors.EmptyDataError as exc:
             raise DataInputError(f"data file {path} is empty") from exc
@@ -140,13 +135,7 @@ class BatchSource:
             with reader:
                 for frame in reader:
                     yield frame[wanted]
-        except (
-            pa.ArrowInvalid,
-            OSError,
-            pd.errors.ParserError,
-            UnicodeDecodeError,
-            EOFError,
-        ) as exc:
+        except READ_ERRORS as exc:
             raise DataInputError(f"could not read {self.path}: {exc}") from exc
 
     def drop_empty_trailing_columns(self) -> None:
@@ -231,7 +220,7 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
 
     # missing columns and wrong types fail on the first batch, before any full pass
     first = next(source.batches(), None)
-    if first is None:
+    if first is None or first.empty:
         raise DataInputError(f"data file {path} has a header but no rows")
     first_report = gate_rows(first, 0)
     del first

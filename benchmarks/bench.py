@@ -150,9 +150,12 @@ SCALING_BUDGET = (
 )
 
 
+SCALING_ROWS = [100_000, 1_000_000, 5_000_000]
+
+
 def section_scaling(work: Path, quick: bool) -> dict[str, Any]:
     results = {}
-    for rows in (100_000, 1_000_000) if quick else (100_000, 1_000_000, 5_000_000):
+    for rows in [r for r in SCALING_ROWS if not (quick and r > 1_000_000)]:
         data = work / f"generated_{rows}.parquet"
         generate(data, rows)
         results[f"generated {rows:,} rows, all strategies, 2 epochs"] = train(
@@ -285,7 +288,11 @@ def main() -> None:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS)
     )
+    parser.add_argument("--scaling-rows", help="comma-separated row counts for the scaling section "
+                        "(default 100000,1000000,5000000)")  # fmt: skip
     args = parser.parse_args()
+    if args.scaling_rows:
+        SCALING_ROWS[:] = [int(r) for r in args.scaling_rows.split(",")]
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(chosen) - set(SECTIONS)
     if unknown:

@@ -16,7 +16,13 @@ from tasks.config import TrainConfig
 from tasks.ingest import ID_COLUMN
 from tasks.thresholds import Objective, objective_values, parse_objective
 
-BOOTSTRAP_CHUNK = 64  # resamples evaluated at once: memory is CHUNK x n_rows float64
+BOOTSTRAP_CELLS = 4_000_000  # resamples x rows evaluated at once: ~32 MB per float64 matrix
+
+
+def bootstrap_chunk(n_rows: int) -> int:
+    """Resamples per chunk: 64 on small test sets, fewer on large ones, so the few (chunk, n)
+    matrices alive at once stay near BOOTSTRAP_CELLS cells (at 1M test rows, 4 per chunk)."""
+    return int(min(64, max(1, BOOTSTRAP_CELLS // max(n_rows, 1))))
 
 
 def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -70,8 +76,9 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
         SortedScores(y, np.asarray(scores_b)),
     )
     objective_diff, pr_diff = [], []
-    for start in range(0, n_boot, BOOTSTRAP_CHUNK):
-        weights = resample_counts(rng, len(y), min(BOOTSTRAP_CHUNK, n_boot - start))
+    chunk = bootstrap_chunk(len(y))
+    for start in range(0, n_boot, chunk):
+        weights = resample_counts(rng, len(y), min(chunk, n_boot - start))
         objective_diff.append(
             weighted_objective(weights, y, pred_a, objective)
             - weighted_objective(weights, y, pred_b, objective)

@@ -146,6 +146,9 @@ def test_only_files_over_the_budget_stream(tmp_path):
     assert (
         streaming_reason(fast_config(tmp_path, data="breast_cancer", memory_budget="1KB")) is None
     )
+    table = tmp_path / "d.parquet"
+    pd.DataFrame({"a": np.zeros(1000), "b": ["x"] * 1000}).to_parquet(table)
+    assert uncompressed_size(table) == 1000 * 2 * 8  # not the few bytes of its encoded pages
 
 
 def test_a_header_without_rows_is_bad_input(tmp_path):

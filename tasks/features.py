@@ -68,12 +68,9 @@ class Preprocessing(BaseModel):
         """Raw feature columns -> scaled float32 numerics and int32 category codes."""
         out: dict[str, Any] = {}
         for column in self.numeric:
-            values = frame[column].astype("float64")
-            if column in self.impute_values:
-                values = values.fillna(self.impute_values[column])
-            if column in self.clip_bounds:
-                low, high = self.clip_bounds[column]
-                values = values.clip(low, high)
+            values = impute_and_clip(
+                frame[column].astype("float64"), self.impute_values, self.clip_bounds
+            )
             out[column] = ((values - self.means[column]) / self.scales[column]).astype("float32")
         for column in self.categorical:
             values = frame[column].astype("string")
@@ -82,6 +79,17 @@ class Preprocessing(BaseModel):
             lookup = {category: code for code, category in enumerate(self.categories[column])}
             out[column] = values.map(lookup).fillna(-1).astype("int32")
         return pd.DataFrame(out, index=frame.index)
+
+
+def impute_and_clip(values: pd.Series, impute_values: dict[str, Any],
+                    clip_bounds: dict[str, tuple[float, float]]) -> pd.Series:  # fmt: skip
+    """A numeric column (named `values.name`) with its imputed value filled in, then clipped to
+    its bounds: what the scaler is fitted on and applied to."""
+    if values.name in impute_values:
+        values = values.fillna(impute_values[values.name])
+    if values.name in clip_bounds:
+        values = values.clip(*clip_bounds[values.name])
+    return values
 
 
 def code_matrix(frame: pd.DataFrame, categorical: list[str]) -> np.ndarray:
@@ -132,10 +140,7 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
 
     prepared = train[numeric].astype("float64")
     for column in numeric:
-        if column in impute_values:
-            prepared[column] = prepared[column].fillna(impute_values[column])
-        if column in clip_bounds:
-            prepared[column] = prepared[column].clip(*clip_bounds[column])
+        prepared[column] = impute_and_clip(prepared[column], impute_values, clip_bounds)
     stds = prepared.std(ddof=0)
     constant = [c for c in numeric if not stds[c] > 0]
     if constant:

@@ -307,8 +307,12 @@ class RowLookup:
         if removed_path is not None:
             self.removed[pd.read_parquet(removed_path)[ROW_COLUMN].to_numpy()] = True
 
+    def kept_train(self, rows: np.ndarray) -> np.ndarray:
+        """Which of these `__row` values are training rows not removed as outliers."""
+        return (self.split[rows] == "train") & ~self.removed[rows]
+
     def train_rows(self) -> np.ndarray:
-        return np.flatnonzero((self.split == "train") & ~self.removed)
+        return np.flatnonzero(self.kept_train(np.arange(len(self.split))))
 
 
 def training_sample(raw_path: str, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
@@ -320,23 +324,27 @@ def training_sample(raw_path: str, rows: np.ndarray, columns: list[str]) -> pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-def train_moments(raw_path: str, lookup: RowLookup, columns: list[str],
-                  prepare=None) -> tuple[RunningMoments, dict[str, set], int]:  # fmt: skip
-    """Moments of `columns` over training rows (after `prepare`), up to 3 distinct values per
-    column (to tell 0/1 flags from continuous columns) and the training row count."""
-    moments, distinct, n = RunningMoments(len(columns)), {c: set() for c in columns}, 0
+def train_moments(raw_path: str, lookup: RowLookup, columns: list[str], prepare=None
+                  ) -> tuple[RunningMoments, RunningMoments | None, dict[str, set], int]:  # fmt: skip
+    """In one pass over training rows: moments of `columns` as stored and, with `prepare`, as
+    prepared; up to 3 distinct stored values per column (to tell 0/1 flags from continuous
+    columns); the training row count."""
+    stored, prepared = (
+        RunningMoments(len(columns)),
+        RunningMoments(len(columns)) if prepare else None,
+    )
+    distinct, n = {c: set() for c in columns}, 0
     for frame in raw_batches(raw_path, columns):
-        mask = lookup.split[frame[ROW_COLUMN].to_numpy()] == "train"
-        mask &= ~lookup.removed[frame[ROW_COLUMN].to_numpy()]
+        mask = lookup.kept_train(frame[ROW_COLUMN].to_numpy())
         train = frame.loc[mask, columns].astype("float64")
-        if prepare is not None:
-            train = prepare(train)
-        moments.update(train.to_numpy())
+        stored.update(train.to_numpy())
+        if prepared is not None:
+            prepared.update(prepare(train).to_numpy())
         for c in columns:
             if len(distinct[c]) <= 2:
                 distinct[c].update(train[c].dropna().unique()[:3].tolist())
         n += int(mask.sum())
-    return moments, distinct, n
+    return stored, prepared, distinct, n
 
 
 def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dict[str, Counter]:
@@ -345,20 +353,20 @@ def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dic
     if not columns:
         return counts
     for frame in raw_batches(raw_path, columns):
-        rows = frame[ROW_COLUMN].to_numpy()
-        train = frame.loc[(lookup.split[rows] == "train") & ~lookup.removed[rows], columns]
+        train = frame.loc[lookup.kept_train(frame[ROW_COLUMN].to_numpy()), columns]
         for c in columns:
             for value, count in train[c].value_counts(dropna=False).items():
                 counts[c][None if pd.isna(value) else str(value)] += int(count)
     return counts
 
 
-def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
-                 names: tuple[str, ...]) -> dict[str, dict[str, int]]:  # fmt: skip
+def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path,
+                 names: tuple[str, ...]) -> tuple[dict[str, dict[str, int]], int]:  # fmt: skip
     """Transform every kept row batch by batch into `<directory>/<split>.parquet` (and ids.parquet);
-    returns rows and positives per split."""
+    returns rows and positives per split, and how many stored numeric values are not finite."""
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {name: {"rows": 0, "positives": 0} for name in names}
+    nonfinite = 0
     try:
         for frame in raw_batches(raw_path):
             rows = frame[ROW_COLUMN].to_numpy()
@@ -370,7 +378,8 @@ def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
             outputs = {"ids": ids}
             for name in names:
                 part = frame[split == name]
-                out = transform(part)
+                out = prep.transform(part)
+                nonfinite += int((~np.isfinite(out[prep.numeric].to_numpy(dtype="float64"))).sum())
                 out[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
                 out[ID_COLUMN] = part[ID_COLUMN].to_numpy()
                 outputs[name] = out.reset_index(drop=True)
@@ -389,7 +398,7 @@ def write_splits(raw_path: str, lookup: RowLookup, transform, directory: Path,
     missing = [name for name in ("ids", *names) if name not in writers]
     if missing:  # the split gate guarantees rows in every split; this is a bug, not bad input
         raise RuntimeError(f"no rows were written for {', '.join(missing)}")
-    return counts
+    return counts, nonfinite
 
 
 def histogram_shares(
@@ -399,23 +408,11 @@ def histogram_shares(
     searchsorted(edges, v, side='right')), missing values excluded."""
     counts = {c: np.zeros(len(e) + 1) for c, e in edges.items()}
     for frame in raw_batches(raw_path, list(edges)):
-        rows = frame[ROW_COLUMN].to_numpy()
-        train = frame.loc[(lookup.split[rows] == "train") & ~lookup.removed[rows]]
+        train = frame.loc[lookup.kept_train(frame[ROW_COLUMN].to_numpy())]
         for c, e in edges.items():
             values = train[c].dropna().to_numpy(dtype="float64")
             counts[c] += np.bincount(np.searchsorted(e, values, side="right"), minlength=len(e) + 1)
     return {c: (k / max(k.sum(), 1)).tolist() for c, k in counts.items()}
-
-
-def nonfinite_count(directory: Path, names: tuple[str, ...], numeric: list[str]) -> int:
-    total = 0
-    for name in names:
-        for batch in pq.ParquetFile(directory / f"{name}.parquet").iter_batches(
-            BATCH_ROWS, columns=numeric
-        ):
-            values = batch.to_pandas().to_numpy(dtype="float64")
-            total += int((~np.isfinite(values)).sum())
-    return total
 
 
 def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_dir: Path):
@@ -427,7 +424,7 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     raw, numeric, method = ingest.raw_path, ingest.roles.numeric, config.outlier
     positive, negative = ingest.positive_label, ingest.negative_label
     lookup = RowLookup(split.assignment_path, ingest.n_rows)
-    moments, distinct, _ = train_moments(raw, lookup, numeric)
+    moments, _, distinct, _ = train_moments(raw, lookup, numeric)
     columns = [c for c in numeric if len(distinct[c]) > 2]
     if method == "none":
         bounds = {}
@@ -443,7 +440,7 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     name = {1: positive, 0: negative}
     removed, clipped, removed_rows = {positive: 0, negative: 0}, {positive: 0, negative: 0}, []
     for frame in raw_batches(raw, [*columns, TARGET_COLUMN]):
-        is_train = lookup.split[frame[ROW_COLUMN].to_numpy()] == "train"
+        is_train = lookup.kept_train(frame[ROW_COLUMN].to_numpy())  # nothing removed yet
         y = frame[TARGET_COLUMN].to_numpy()
         if method in ("zscore", "iqr"):
             drop = is_train & (y == majority) & outside_bounds(frame, bounds).to_numpy()
@@ -483,6 +480,7 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
         commit_feature_set,
         features_gate,  # fmt: skip
         histogram_bins,
+        impute_and_clip,
     )
     from tasks.split import SPLITS
 
@@ -507,15 +505,9 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
     clip_bounds = outliers.bounds if outliers.method == "clip" else {}
 
     def prepare(values: pd.DataFrame) -> pd.DataFrame:
-        for column in values.columns:
-            if column in impute_values:
-                values[column] = values[column].fillna(impute_values[column])
-            if column in clip_bounds:
-                values[column] = values[column].clip(*clip_bounds[column])
-        return values
+        return values.apply(impute_and_clip, args=(impute_values, clip_bounds))
 
-    prepared, _, n_train = train_moments(raw, lookup, numeric, prepare)
-    raw_moments, _, _ = train_moments(raw, lookup, numeric)
+    raw_moments, prepared, _, n_train = train_moments(raw, lookup, numeric, prepare)
     stds = dict(zip(numeric, prepared.std, strict=True))
     constant = [c for c in numeric if not stds[c] > 0]
     kept = [c for c in numeric if c not in constant]
@@ -551,9 +543,8 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
     tolerance = max(config.scale_tolerance, 6 / np.sqrt(max(len(sample), 1)))
 
     def write(staging: Path, fp: str) -> dict[str, Any]:
-        split_counts = write_splits(raw, lookup, prep.transform, staging, SPLITS)
+        split_counts, nonfinite = write_splits(raw, lookup, prep, staging, SPLITS)
         schemas = [pq.ParquetFile(staging / f"{name}.parquet").schema_arrow for name in SPLITS]
-        nonfinite = nonfinite_count(staging, SPLITS, prep.numeric)
         gate = features_gate(prep.transform(sample).reset_index(drop=True), nonfinite,
                              all(s.equals(schemas[0]) for s in schemas), prep, tolerance)  # fmt: skip
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))

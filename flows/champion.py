@@ -12,38 +12,35 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from upath import UPath
 
 from tasks.errors import ConfigError, ImbalanceFlowError
-from tasks.export import MODEL_FILE, locked, read_registry
-from tasks.io import write_json
+from tasks.export import MODEL_FILE, read_registry, registered_names
+from tasks.storage import location, locked, read_parquet, write_json
 from tasks.thresholds import parse_objective, tune_threshold
 
 
-def _registry(registry_dir: Path, name: str) -> dict[str, Any]:
+def _registry(registry_dir: UPath, name: str) -> dict[str, Any]:
     registry = read_registry(registry_dir, name)
     if registry is None:
-        known = sorted(p.stem for p in registry_dir.glob("*.json")) if registry_dir.is_dir() else []
-        raise ConfigError(
-            f"no registered model {name!r} in {registry_dir} (registered: {', '.join(known) or 'none'})"
-        )
+        known = ", ".join(registered_names(registry_dir)) or "none"
+        raise ConfigError(f"no registered model {name!r} in {registry_dir} (registered: {known})")
     return registry
 
 
-def list_models(registry_dir: Path) -> list[dict[str, Any]]:
+def list_models(registry_dir: UPath) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(registry_dir.glob("*.json")) if registry_dir.is_dir() else []:
-        registry = json.loads(path.read_text())
+    for name in registered_names(registry_dir):
+        registry = read_registry(registry_dir, name)
         champion = registry.get("champion") or {}
         rows.append({"name": registry["name"], "champion": champion.get("run_id"), "strategy": champion.get("strategy"),
                      "pr_auc": (champion.get("metrics") or {}).get("pr_auc"), "events": len(registry["history"])})  # fmt: skip
     return rows
 
 
-def rollback(registry_dir: Path, name: str, to: str | None = None) -> dict[str, Any]:
+def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str, Any]:
     """Make an earlier promoted model champion again (default: the one before the current)."""
     path = registry_dir / f"{name}.json"
     with locked(path):
@@ -65,7 +62,7 @@ def rollback(registry_dir: Path, name: str, to: str | None = None) -> dict[str, 
                     f"{name}: run {to!r} is not in the registry's history (runs: {runs})"
                 )
             target = matches[-1]
-        if not (Path(target["model_dir"]) / MODEL_FILE).is_file():
+        if not (location(target["model_dir"]) / MODEL_FILE).is_file():
             raise ConfigError(
                 f"{name}: the model of run {target['run_id']} is gone ({target['model_dir']})"
             )
@@ -78,21 +75,21 @@ def rollback(registry_dir: Path, name: str, to: str | None = None) -> dict[str, 
     return {"name": name, "champion": entry["run_id"], "previous": current}
 
 
-def set_threshold(registry_dir: Path, name: str, objective_text: str) -> dict[str, Any]:
+def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[str, Any]:
     """Re-tune the champion's threshold on its stored tuning-half predictions (no retraining)."""
     objective = parse_objective(objective_text)
     path = registry_dir / f"{name}.json"
     with locked(path):
         registry = _registry(registry_dir, name)
         champion = registry["champion"]
-        model_dir = Path(champion["model_dir"])
+        model_dir = location(champion["model_dir"])
         meta = json.loads((model_dir / MODEL_FILE).read_text())
         predictions_file = model_dir.parent / "branches" / meta["strategy"] / "predictions.parquet"
         if not predictions_file.is_file():
             raise ConfigError(
                 f"{name}: the champion's tuning-half predictions are gone ({predictions_file})"
             )
-        tune = pd.read_parquet(predictions_file).query("part == 'tune'")
+        tune = read_parquet(predictions_file).query("part == 'tune'")
         threshold, value = tune_threshold(tune.y.to_numpy(), tune.probability.to_numpy(), objective)
         old = {"threshold": meta["threshold"], "objective": meta["threshold_objective"]}
         meta |= {"threshold": threshold, "threshold_objective": objective.label,
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "--objective", required=True, help="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P"
     )
     args = parser.parse_args(argv)
-    registry_dir = Path(args.output) / "registry"
+    registry_dir = location(args.output) / "registry"
     try:
         if args.command == "list":
             result: Any = list_models(registry_dir)

@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -17,6 +16,7 @@ from tasks.drift import DriftSettings
 from tasks.errors import ImbalanceFlowError
 from tasks.export import resolve_model
 from tasks.predict import predict_file
+from tasks.storage import location
 
 DEFAULT_DRIFT = DriftSettings()
 
@@ -32,8 +32,8 @@ def predict_flow(
 ) -> dict[str, Any]:
     """Score `data` with a model directory or the champion of a registered name; write parquet
     with `probability`, `label`, `is_positive` (and the id column when present)."""
-    model_dir = resolve_model(model, Path(output) / "registry")
-    return predict_file(model_dir, data, Path(out), sep, drift) | {"model": str(model_dir)}
+    model_dir = resolve_model(model, location(output) / "registry")
+    return predict_file(model_dir, data, location(out), sep, drift) | {"model": str(model_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,21 @@ from prefect import flow, tags
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
+from upath import UPath
 
 from tasks.champion import challenge, record_decision
 from tasks.compare import compare_with_baseline, summarize_repeats
 from tasks.config import TrainConfig, load_config_file
 from tasks.errors import ImbalanceFlowError, StrategyError
-from tasks.export import export_model, locked
+from tasks.export import export_model
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import ingest
-from tasks.io import write_json
 from tasks.model import configure_tensorflow
 from tasks.outliers import handle_outliers
 from tasks.report import publish_artifacts, write_report
 from tasks.runs import RunRecord
 from tasks.split import split
+from tasks.storage import locked, write_json
 from tasks.strategies import REFERENCE, STRATEGIES, resolve_strategies
 from tasks.stream import ingest_streaming, streaming_reason
 from tasks.train import (
@@ -106,7 +107,7 @@ def releasing_parts() -> Iterator[None]:
 
 
 def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfig,
-                   out_dir: Path) -> list[dict[str, Any]]:  # fmt: skip
+                   out_dir: UPath) -> list[dict[str, Any]]:  # fmt: skip
     """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
     becomes a `failed` record instead of failing the run. Repeat r uses seed + 1000*r."""
     # longest first (the ensemble trains k members), so no long branch starts last and runs alone
@@ -125,7 +126,7 @@ def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfi
             futures.append((name, repeat, runner.submit(
                 train_branch.with_options(task_run_name=f"train-{label}"),
                 {"name": name, "feature_set": feature_set, "config": branch_config,
-                 "out_dir": str(out_dir / ("" if repeat == 0 else f"repeat-{repeat}"))},
+                 "out_dir": str(out_dir if repeat == 0 else out_dir / f"repeat-{repeat}")},
             )))  # fmt: skip
         for name, repeat, future in futures:
             future.wait()
@@ -241,7 +242,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         run_id=run.run_id,
         run_dir=str(run_dir),
         feature_set=feature_set,
-        preprocessing_path=str(Path(feature_set.path) / "preprocessing.json"),
+        preprocessing_path=str(feature_set.location / "preprocessing.json"),
         selected=selected,
         metrics_path=str(run_dir / "metrics.json"),
         model_dir=str(run_dir / "model"),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from upath import UPath
 
 from tasks.compare import paired_bootstrap
 from tasks.config import TrainConfig
@@ -27,8 +27,9 @@ from tasks.errors import DriftError, GateFailed
 from tasks.export import MODEL_FILE, read_registry
 from tasks.features import FeatureSet
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
-from tasks.io import io_task_options, write_json
+from tasks.io import io_task_options
 from tasks.predict import LoadedModel, input_gate, reference_positive_rate, score
+from tasks.storage import address, location, read_parquet, write_json
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
@@ -66,23 +67,23 @@ def check_drift(train_rows: pd.DataFrame, champion: LoadedModel, config: TrainCo
 
 @task(name="champion-challenger", cache_policy=NO_CACHE)
 def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw_path: str,
-              branches_dir: Path, selected: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+              branches_dir: UPath, selected: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     registry = read_registry(config.registry_dir, model_name)
     champion = (registry or {}).get("champion")
     if champion is None:
         return _decision("promote", "first model of this name", None)
-    champion_dir = Path(champion["model_dir"])
+    champion_dir = location(champion["model_dir"])
     if not (champion_dir / MODEL_FILE).is_file():
         return _decision("promote", f"champion model missing at {champion_dir}", champion)
     model = LoadedModel(champion_dir)
 
     raw = pd.read_parquet(raw_path)
-    ids = pd.read_parquet(Path(feature_set.path) / "ids.parquet", columns=[ID_COLUMN, "split"])
+    ids = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "split"])
     test_ids = set(ids.loc[ids.split == "test", ID_COLUMN])
     excluded, note = set(), None
-    champion_ids_file = Path(model.meta["training"]["ids_file"])
+    champion_ids_file = location(model.meta["training"]["ids_file"])
     if champion_ids_file.is_file():
-        champion_ids = pd.read_parquet(champion_ids_file, columns=[ID_COLUMN, "split"])
+        champion_ids = read_parquet(champion_ids_file, columns=[ID_COLUMN, "split"])
         excluded = set(champion_ids.loc[champion_ids.split == "train", ID_COLUMN])
     else:
         note = (
@@ -116,7 +117,7 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
             "promote", "schema_changed", champion, details=schema_problems, drift=drift_summary
         )
 
-    predictions = pd.read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
+    predictions = read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
     challenger = (
         predictions[predictions.part == "test"]
         .set_index(ID_COLUMN)
@@ -145,7 +146,7 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
 
 
 @task(name="record-decision", **io_task_options())
-def record_decision(registry_dir: Path, model_name: str, run_id: str, model_dir: Path, strategy: str,
+def record_decision(registry_dir: UPath, model_name: str, run_id: str, model_dir: UPath, strategy: str,
                     metrics: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Append this run to the registry's history; make it champion when promoted. The caller
     holds the registry lock."""
@@ -156,7 +157,7 @@ def record_decision(registry_dir: Path, model_name: str, run_id: str, model_dir:
         "candidates": [],
         "history": [],
     }
-    entry = {"run_id": run_id, "model_dir": str(model_dir.resolve()), "strategy": strategy, "metrics": metrics,
+    entry = {"run_id": run_id, "model_dir": address(model_dir), "strategy": strategy, "metrics": metrics,
              "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
     event = {**entry, "event": "promoted" if decision["action"] == "promote" else "kept_champion",
              "reason": decision["reason"], "champion_before": decision.get("champion_run_id"),

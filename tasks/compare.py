@@ -3,17 +3,17 @@ of the selected model, and mean ± sd over repeated seeds."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import average_precision_score
+from upath import UPath
 
 from tasks.config import TrainConfig
 from tasks.ingest import ID_COLUMN
+from tasks.storage import read_parquet
 from tasks.thresholds import Objective, objective_values, parse_objective
 
 BOOTSTRAP_CELLS = 4_000_000  # resamples x rows evaluated at once: ~32 MB per float64 matrix
@@ -178,19 +178,17 @@ def summarize_repeats(
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare_with_baseline(branches_dir: Path, ranked: list[dict[str, Any]], selected: str,
+def compare_with_baseline(branches_dir: UPath, ranked: list[dict[str, Any]], selected: str,
                           config: TrainConfig) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:  # fmt: skip
     """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
     operating points."""
     by_name = {r["strategy"]: r for r in ranked}
-    chosen = pd.read_parquet(branches_dir / selected / "predictions.parquet").query(
-        "part == 'test'"
-    )
+    chosen = read_parquet(branches_dir / selected / "predictions.parquet").query("part == 'test'")
     y, scores = chosen.y.to_numpy(), chosen.probability.to_numpy()
     comparison = None
     baseline = by_name.get("baseline")
     if baseline and baseline["status"] == "ok" and selected != "baseline":
-        other = pd.read_parquet(branches_dir / "baseline" / "predictions.parquet").query(
+        other = read_parquet(branches_dir / "baseline" / "predictions.parquet").query(
             "part == 'test'"
         )
         if not np.array_equal(other[ID_COLUMN].to_numpy(), chosen[ID_COLUMN].to_numpy()):

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from upath import UPath
 
 from tasks.errors import ConfigError
+from tasks.storage import PROCESS_LOCAL_PROTOCOLS, check_location, location, protocol_of
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
 FEATURE_CODE_VERSION = 5
@@ -117,8 +119,13 @@ class TrainConfig(BaseModel):
 
     # --- seeds and paths ----------------------------------------------------------------
     seed: int = 42
-    output: str = "runs"
-    store: str | None = Field(None, description="feature store; default <output>/store")
+    output: str = Field(
+        "runs",
+        description="where runs and the registry go: a path or fsspec URL (file://, s3://, memory://)",
+    )
+    store: str | None = Field(
+        None, description="feature store path or fsspec URL; default <output>/store"
+    )
 
     @field_validator("drop", "categorical", "strategies", "hidden", mode="before")
     @classmethod
@@ -175,10 +182,28 @@ class TrainConfig(BaseModel):
 
         return None if value is None else resolve_strategies(value)
 
+    @field_validator("output", "store")
+    @classmethod
+    def _storage_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            check_location(value, f"--{info.field_name}")
+        return value
+
     @model_validator(mode="after")
     def _exclusive_split_modes(self) -> TrainConfig:
         if self.split_by and self.group:
             raise ValueError("--split-by and --group cannot be combined")
+        return self
+
+    @model_validator(mode="after")
+    def _storage_reachable_from_workers(self) -> TrainConfig:
+        if self.runner == "dask":
+            for name, url in (("output", self.output), ("store", self.store)):
+                if url is not None and protocol_of(url) in PROCESS_LOCAL_PROTOCOLS:
+                    raise ValueError(
+                        f"--{name} {url!r} lives in this process's memory, which Dask worker "
+                        "processes cannot see; use --runner threads or a shared location"
+                    )
         return self
 
     # --- derived values -------------------------------------------------------------------
@@ -187,8 +212,12 @@ class TrainConfig(BaseModel):
         return self.split_by[5:] if self.split_by else None
 
     @property
-    def store_dir(self) -> Path:
-        return Path(self.store) if self.store else Path(self.output) / "store"
+    def output_dir(self) -> UPath:
+        return location(self.output)
+
+    @property
+    def store_dir(self) -> UPath:
+        return location(self.store) if self.store else self.output_dir / "store"
 
     def drift_settings(self):
         from tasks.drift import DriftSettings
@@ -201,8 +230,8 @@ class TrainConfig(BaseModel):
         return None if self.memory_budget is None else parse_size(self.memory_budget)
 
     @property
-    def registry_dir(self) -> Path:
-        return Path(self.output) / "registry"
+    def registry_dir(self) -> UPath:
+        return self.output_dir / "registry"
 
     def resolved_model_name(self, target: str) -> str:
         if self.model_name:

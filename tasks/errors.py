@@ -41,3 +41,9 @@ class StrategyError(ImbalanceFlowError):
     """A strategy branch could not produce a usable model (it is recorded as failed)."""
 
     stage = "train"
+
+
+class StorageError(ImbalanceFlowError):
+    """The output or store location cannot do what a run needs (e.g. an exclusive lock)."""
+
+    stage = "storage"

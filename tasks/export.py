@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import task
+from upath import UPath
 
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
-from tasks.io import io_task_options, write_json
+from tasks.io import io_task_options
+from tasks.storage import copy_file, location, read_pointer, write_json, write_text
 
 MODEL_FILE = "model.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -23,14 +20,14 @@ CARD_FILE = "MODEL_CARD.md"
 
 @task(name="export-model", **io_task_options())
 def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: TrainConfig,
-                 branches_dir: Path, model_dir: Path, run_id: str) -> Path:  # fmt: skip
+                 branches_dir: UPath, model_dir: UPath, run_id: str) -> UPath:  # fmt: skip
     """Copy the selected branch's Keras members and write everything needed to score new rows."""
     manifest = feature_set.manifest
-    model_dir.mkdir(parents=True, exist_ok=True)
-    members = sorted((branches_dir / selected["strategy"] / "model").glob("member_*.keras"))
+    members = sorted((branches_dir / selected["strategy"] / "model").glob("member_*.keras"),
+                     key=lambda member: member.name)  # fmt: skip
     for member in members:
-        shutil.copy2(member, model_dir / member.name)
-    shutil.copy2(Path(feature_set.path) / PREPROCESSING, model_dir / PREPROCESSING)
+        copy_file(member, model_dir / member.name)
+    copy_file(feature_set.location / PREPROCESSING, model_dir / PREPROCESSING)
     metadata = {
         "model_name": config.resolved_model_name(manifest["target"]),
         "run_id": run_id,
@@ -90,12 +87,12 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
             "outliers": {
                 k: manifest["outliers"][k] for k in ("method", "removed", "clipped_values")
             },
-            "ids_file": str(Path(feature_set.path) / "ids.parquet"),
+            "ids_file": str(feature_set.location / "ids.parquet"),
         },  # fmt: skip
         "versions": manifest["versions"],
     }
     write_json(model_dir / MODEL_FILE, metadata)
-    (model_dir.parent / CARD_FILE).write_text(model_card(metadata, manifest))
+    write_text(model_dir.parent / CARD_FILE, model_card(metadata, manifest))
     return model_dir
 
 
@@ -170,37 +167,33 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
 # --- registry -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path.lock`, so concurrent runs update the registry in turn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_registry(registry_dir: Path, name: str) -> dict[str, Any] | None:
+def read_registry(registry_dir: UPath, name: str) -> dict[str, Any] | None:
     path = registry_dir / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def resolve_model(model: str, registry_dir: Path) -> Path:
-    """A model directory, or a registry name resolved to its champion's directory."""
-    path = Path(model)
+def registered_names(registry_dir: UPath) -> list[str]:
+    return sorted(p.stem for p in registry_dir.glob("*.json")) if registry_dir.is_dir() else []
+
+
+def resolve_model(model: str, registry_dir: UPath) -> UPath:
+    """A model directory, a run directory (`<output>/latest` included, also on stores that
+    have its pointer file instead of a symlink), or a registry name resolved to its champion."""
+    path = location(model)
+    if path.name == "model" and path.parent.name == "latest":
+        path = path.parent
+    if path.name == "latest" and not path.is_dir():
+        path = read_pointer(path.parent, "latest") or path
     if (path / MODEL_FILE).is_file():
         return path
     if (path / "model" / MODEL_FILE).is_file():  # a run directory
         return path / "model"
     registry = read_registry(registry_dir, model)
     if registry and registry.get("champion"):
-        return Path(registry["champion"]["model_dir"])
+        return location(registry["champion"]["model_dir"])
     from tasks.errors import DataInputError
 
-    known = sorted(p.stem for p in registry_dir.glob("*.json")) if registry_dir.is_dir() else []
     raise DataInputError(
         f"no model at {model!r}: not a model directory and not a registered name "
-        f"(registered in {registry_dir}: {', '.join(known) or 'none'})"
+        f"(registered in {registry_dir}: {', '.join(registered_names(registry_dir)) or 'none'})"
     )

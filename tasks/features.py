@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,20 +21,23 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from pydantic import BaseModel
+from upath import UPath
 
 from tasks import gates
 from tasks.config import FEATURE_CODE_VERSION, TrainConfig
 from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
-from tasks.io import (
-    io_task_options,
-    make_temp_dir,
+from tasks.io import io_task_options
+from tasks.outliers import OutlierResult
+from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
+from tasks.storage import (
+    location,
+    publish_dir,
     remove_tree,
-    sha256_file,
+    scratch_dir,
+    sha256_of,
     write_json,
     write_parquet,
 )
-from tasks.outliers import OutlierResult
-from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -107,11 +109,15 @@ class FeatureSet(BaseModel):
     reused: bool
     manifest: dict[str, Any]
 
-    def split_path(self, name: str) -> Path:
-        return Path(self.path) / f"{name}.parquet"
+    @property
+    def location(self) -> UPath:
+        return location(self.path)
+
+    def split_path(self, name: str) -> UPath:
+        return self.location / f"{name}.parquet"
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.model_validate_json((Path(self.path) / PREPROCESSING).read_text())
+        return Preprocessing.model_validate_json((self.location / PREPROCESSING).read_text())
 
 
 def fingerprint(config: TrainConfig, source_sha256: str, out_of_core: bool = False) -> str:
@@ -226,7 +232,7 @@ def build_manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult
               prep: Preprocessing, layout: dict[str, Any], feature_stats: dict[str, Any],
               directory: Path, fp: str, gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """`layout`: the stored columns, their dtypes and rows/positives/negatives per split."""
-    files = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+    files = {name: {"sha256": sha256_of(directory / name), "bytes": (directory / name).stat().st_size}
              for name in DATA_FILES}  # fmt: skip
     return {
         "fingerprint": fp,
@@ -281,7 +287,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
+def load_valid_feature_set(store: UPath, fp: str) -> FeatureSet | None:
     """Return the stored feature set if its manifest exists and every file's hash matches."""
     directory = store / fp
     manifest_path = directory / MANIFEST
@@ -291,7 +297,7 @@ def load_valid_feature_set(store: Path, fp: str) -> FeatureSet | None:
         manifest = json.loads(manifest_path.read_text())
         for name, info in manifest["files"].items():
             path = directory / name
-            if not path.is_file() or sha256_file(path) != info["sha256"]:
+            if not path.is_file() or sha256_of(path) != info["sha256"]:
                 log.warning(
                     "feature set %s is invalid: %s is missing or changed; rebuilding", fp, name
                 )
@@ -344,12 +350,13 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
 
 
 def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> FeatureSet:
-    """Build a feature set in a temporary directory with `write(staging, fingerprint)`, which
-    returns the manifest, written last; then rename the directory into the store. A set a
-    concurrent run finished first is kept."""
+    """Build a feature set in a local scratch directory with `write(staging, fingerprint)`,
+    which returns the manifest, written last; then publish the directory into the store (one
+    rename on a local disk, the manifest uploaded last elsewhere). A set a concurrent run
+    finished first is kept."""
     fp = fingerprint(config, ingest.source_sha256, ingest.streaming)
     store = config.store_dir
-    staging = make_temp_dir(store, f".{fp}.tmp-")
+    staging = scratch_dir(store, f".{fp}.tmp-")
     try:
         manifest = write(staging, fp)
         write_json(staging / MANIFEST, manifest)  # last: its presence means the set is complete
@@ -359,7 +366,7 @@ def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> Feat
             if existing is not None:  # a concurrent run finished the same set first
                 return existing.model_copy(update={"reused": False})
             remove_tree(target)
-        os.rename(staging, target)
+        publish_dir(staging, target, MANIFEST)
     finally:
         remove_tree(staging)
     return FeatureSet(fingerprint=fp, path=str(target), reused=False, manifest=manifest)

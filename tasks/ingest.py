@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
-from tasks.io import io_task_options, load_source, write_parquet
+from tasks.io import io_task_options, load_source
+from tasks.storage import write_parquet
 
 ROW_COLUMN = "__row"  # 0-based position in the source file
 TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other

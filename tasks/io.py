@@ -1,4 +1,5 @@
-"""Reading user data and writing files atomically (temp path, then rename)."""
+"""Reading user data (CSV, gzipped CSV, parquet, built-in datasets); the I/O retry policy.
+Writing, and every path a run writes to, is `tasks.storage`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,50 +161,3 @@ def io_task_options() -> dict[str, Any]:
 
     return {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": [2, 10],
             "retry_condition_fn": retry_on_io_errors, "tags": ["io"]}  # fmt: skip
-
-
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: str | Path, payload: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    return Path(path)
-
-
-def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return Path(path)
-
-
-def make_temp_dir(parent: Path, prefix: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o755)  # mkdtemp makes it private; stores are often shared
-    return path
-
-
-def replace_symlink(link: Path, target_name: str) -> None:
-    """Point `link` at `target_name` atomically (a new link renamed over the old one)."""
-    tmp = link.with_name(f".{link.name}.tmp-{uuid.uuid4().hex[:8]}")
-    os.symlink(target_name, tmp)
-    os.replace(tmp, link)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.ingest import ROW_COLUMN, TARGET_COLUMN, IngestResult
-from tasks.io import write_parquet
 from tasks.split import SPLIT_COLUMN, SplitResult
+from tasks.storage import write_parquet
 
 
 class OutlierResult(BaseModel):

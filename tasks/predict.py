@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
+from upath import UPath
 
 from tasks import gates
 from tasks.drift import DriftSettings, drift_table, overall_status, publish_drift
@@ -18,16 +18,17 @@ from tasks.evaluate import prior_correct
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing, code_matrix
 from tasks.ingest import NUMERIC_DTYPES
-from tasks.io import io_task_options, load_source, write_parquet
+from tasks.io import io_task_options, load_source
+from tasks.storage import local_copy, location, write_parquet
 
 log = logging.getLogger(__name__)
 
 
 class LoadedModel:
-    def __init__(self, model_dir: Path):
-        self.dir = model_dir
-        self.meta: dict[str, Any] = json.loads((model_dir / MODEL_FILE).read_text())
-        self.prep = Preprocessing.model_validate_json((model_dir / PREPROCESSING).read_text())
+    def __init__(self, model_dir: UPath):
+        self.dir = location(model_dir)
+        self.meta: dict[str, Any] = json.loads((self.dir / MODEL_FILE).read_text())
+        self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
         self._members: list[Any] | None = None
 
     @property
@@ -35,10 +36,10 @@ class LoadedModel:
         if self._members is None:
             import keras
 
-            self._members = [
-                keras.models.load_model(self.dir / name, compile=False)
-                for name in self.meta["members"]
-            ]
+            self._members = []
+            for name in self.meta["members"]:
+                with local_copy(self.dir / name) as member:  # Keras reads local files only
+                    self._members.append(keras.models.load_model(member, compile=False))
         return self._members
 
 
@@ -108,7 +109,7 @@ def reference_positive_rate(meta: dict[str, Any]) -> float:
 
 
 @task(name="predict", **io_task_options())
-def predict_file(model_dir: Path, data: str, out: Path, sep: str | None = None,
+def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None,
                  drift: DriftSettings | None = None) -> dict[str, Any]:  # fmt: skip
     """Gate the rows against the training schema, score them, check drift, write parquet."""
     drift = drift or DriftSettings()

@@ -6,15 +6,16 @@ import base64
 import html
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from upath import UPath
 
 from tasks.io import io_task_options
+from tasks.storage import is_local, local_path, read_parquet, write_text
 from tasks.thresholds import (
     Objective,
     confusion_at_each_threshold,
@@ -205,12 +206,12 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
 
 
 @task(name="report", **io_task_options())
-def write_report(path: Path, run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any],
-                 branches_dir: Path, comparison: dict[str, Any] | None, verdict: str,
+def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any],
+                 branches_dir: UPath, comparison: dict[str, Any] | None, verdict: str,
                  operating: list[dict[str, float]], repeats: dict[str, Any] | None,
-                 decision: dict[str, Any] | None = None) -> Path:  # fmt: skip
+                 decision: dict[str, Any] | None = None) -> UPath:  # fmt: skip
     records = metrics["strategies"]
-    predictions = {r["strategy"]: pd.read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
+    predictions = {r["strategy"]: read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
                    for r in records if r["status"] == "ok"}  # fmt: skip
     histories = {}
     for r in records:
@@ -311,8 +312,7 @@ Split: {html.escape(manifest["split_method"])}.</p>
 <h3>Effective configuration</h3><pre>{config_json}</pre>
 <h3>Library versions</h3>{_table(versions, ["package", "version"], "versions")}
 </body></html>"""
-    path.write_text(body)
-    return path
+    return write_text(path, body)
 
 
 def _md_bold(text: str) -> str:
@@ -321,7 +321,7 @@ def _md_bold(text: str) -> str:
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: Path, registry: dict[str, Any],
+def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: UPath, registry: dict[str, Any],
                       decision: dict[str, Any]) -> None:  # fmt: skip
     """Leaderboard table, verdict markdown and a link to the HTML report on the flow run."""
     from prefect.artifacts import (
@@ -356,7 +356,8 @@ def publish_artifacts(metrics: dict[str, Any], verdict: str, report_path: Path, 
         f"Report: `{report_path}`\n",
         description="Which strategy and threshold to ship",
     )
-    create_link_artifact(key="report", link=report_path.resolve().as_uri(), link_text="HTML report",
+    link = local_path(report_path).resolve().as_uri() if is_local(report_path) else str(report_path)
+    create_link_artifact(key="report", link=link, link_text="HTML report",
                          description=f"Comparison report of run {metrics['run_id']}")  # fmt: skip
 
 

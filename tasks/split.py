@@ -22,7 +22,7 @@ from tasks import gates
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
 from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
-from tasks.io import write_parquet
+from tasks.storage import write_parquet
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "__split"

@@ -47,11 +47,11 @@ from tasks.ingest import (
 from tasks.io import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
-    atomic_path,
     detect_separator,
     io_task_options,
     sha256_file,
 )
+from tasks.storage import atomic_path
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000

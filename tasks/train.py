@@ -8,21 +8,21 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from upath import UPath
 
 from tasks import gates
 from tasks.config import TrainConfig
 from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
-from tasks.io import write_json, write_parquet
 from tasks.model import configure_tensorflow, one_hot_inputs
+from tasks.storage import atomic_path, location, read_parquet, write_json, write_parquet
 from tasks.strategies import REFERENCE, STRATEGIES, Strategy
 from tasks.thresholds import parse_objective, tune_threshold
 
@@ -89,7 +89,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     """train, stop (early stopping), tune (thresholds, selection) and test arrays."""
     manifest = feature_set.manifest
     numeric, categorical = manifest["features"]["numeric"], manifest["features"]["categorical"]
-    halves = pd.read_parquet(Path(feature_set.path) / "ids.parquet", columns=[ID_COLUMN, "half"])
+    halves = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "half"])
     halves = halves[halves["half"] != ""].set_index(ID_COLUMN)["half"]
 
     categories = feature_set.preprocessing().categories
@@ -100,13 +100,13 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
         return Part(numeric=values, codes=codes, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
                     ids=frame[ID_COLUMN].to_numpy(), inputs=one_hot_inputs(values, codes, cardinalities))  # fmt: skip
 
-    validation = pd.read_parquet(feature_set.split_path("validation"))
+    validation = read_parquet(feature_set.split_path("validation"))
     half = validation[ID_COLUMN].map(halves)
     return {
-        "train": part(pd.read_parquet(feature_set.split_path("train"))),
+        "train": part(read_parquet(feature_set.split_path("train"))),
         "stop": part(validation[half == "stop"]),
         "tune": part(validation[half == "tune"]),
-        "test": part(pd.read_parquet(feature_set.split_path("test"))),
+        "test": part(read_parquet(feature_set.split_path("test"))),
     }
 
 
@@ -156,7 +156,7 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
 
 
 def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
-               cardinalities: list[int], labels: tuple[str, str], model_dir: Path) -> Scores:  # fmt: skip
+               cardinalities: list[int], labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
     from tasks.model import (
         TrainSettings,
         auto_batch_size,
@@ -189,8 +189,8 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
             loss=strategy.loss, focal_alpha=strategy.focal_alpha(seen),
             class_weight=strategy.class_weights(seen), balanced_batches=strategy.batches == "balanced",
         )  # fmt: skip
-        model_dir.mkdir(parents=True, exist_ok=True)
-        model.save(model_dir / f"member_{member}.keras")
+        with atomic_path(model_dir / f"member_{member}.keras") as tmp:
+            model.save(tmp)
         models.append(model)
         members.append(info | {"train_class_counts": _counts(seen, labels), "trained_prior": prior})
     return Scores(
@@ -242,7 +242,7 @@ def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
 
 
 def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: TrainConfig,
-                  out_dir: Path) -> dict[str, Any]:  # fmt: skip
+                  out_dir: UPath) -> dict[str, Any]:  # fmt: skip
     """Gate the predictions, tune the threshold on the tuning half, evaluate on test."""
     probabilities = scores.probabilities
     _prediction_gate(name, probabilities)
@@ -258,7 +258,6 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
     at_threshold = evaluate(test.y, probabilities["test"], threshold, corrected["test"])
     at_half = evaluate(test.y, probabilities["test"], 0.5, corrected["test"])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = [
         pd.DataFrame({"part": part, ID_COLUMN: parts[part].ids, "y": parts[part].y,
                       "probability": probabilities[part], "probability_corrected": corrected[part]})
@@ -299,7 +298,7 @@ def train_branch(
     when anything goes wrong, so the task shows as failed and the run goes on."""
     record: dict[str, Any] = {"strategy": name, "status": "ok", "error": None, "started_at": _now(),
                               "eligible": name != REFERENCE}  # fmt: skip
-    branch_dir = Path(out_dir) / name
+    branch_dir = location(out_dir) / name
     try:
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
         parts = shared_parts(feature_set)
@@ -356,8 +355,8 @@ LEADERBOARD_COLUMNS = ("rank", "strategy", "status", "eligible", "threshold", "v
                        "f1_at_0_5", "recall_at_0_5", "precision_at_0_5", "epochs_run", "error")  # fmt: skip
 
 
-def write_leaderboard(path: Path, records: list[dict[str, Any]], rank_by: str) -> None:
-    with open(path, "w", newline="") as handle:
+def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LEADERBOARD_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for r in records:

@@ -5,7 +5,8 @@ import pytest
 
 from tasks.datasets import BUILTINS
 from tasks.errors import DataInputError
-from tasks.io import atomic_path, detect_separator, load_source
+from tasks.io import detect_separator, load_source
+from tasks.storage import atomic_path
 
 KAGGLE_SHAPE = (
     "id,diagnosis,radius_mean,texture_mean,\r\n"

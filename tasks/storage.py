@@ -1,0 +1,266 @@
+"""Where runs, feature sets and the registry live: any fsspec location (a local path,
+`file://`, `memory://`, `s3://`, ...), through universal-pathlib's `UPath`.
+
+Writes are all-or-nothing on every kind of store. A file is written to a local temporary path
+and then renamed over its target (local disks) or uploaded in one piece (object stores, where a
+PUT is atomic). A directory is published by a rename where the store has one; elsewhere its
+files are uploaded first and one marker file (a manifest, a `run.json`) last, so a reader that
+finds the marker finds the whole directory. Symlinks become pointer files written last."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from upath import UPath
+
+from tasks.errors import StorageError
+
+#: protocols whose filesystem lives inside one process (not shared with Dask worker processes)
+PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
+LOCK_POLL_SECONDS = 0.2
+LOCK_STALE_SECONDS = 15 * 60  # a lock object older than this was left by a killed run
+
+
+def location(url: str | os.PathLike[str]) -> UPath:
+    """A path on any fsspec filesystem; plain paths (with `~`) stay local `pathlib` paths."""
+    if isinstance(url, UPath):
+        return url
+    text = os.fspath(url)
+    return UPath(text if "://" in text else os.path.expanduser(text))
+
+
+def protocol_of(url: str | os.PathLike[str]) -> str:
+    text = os.fspath(url) if not isinstance(url, UPath) else str(url)
+    return text.split("://", 1)[0].lower() if "://" in text else "file"
+
+
+def check_location(url: str, what: str) -> None:
+    """Fail early, naming the setting, when no fsspec filesystem serves the URL's protocol."""
+    protocol = protocol_of(url)
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        raise ValueError(f"{what} {url!r} needs an extra package: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{what} {url!r}: unknown storage protocol {protocol!r}") from exc
+
+
+def is_local(path: UPath | Path) -> bool:
+    """On this machine's disk: renames are atomic, symlinks and file locks exist."""
+    return not isinstance(path, UPath) or isinstance(path.fs, LocalFileSystem)
+
+
+def local_path(path: UPath | Path) -> Path:
+    return Path(os.fspath(path))
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a local temporary path with `target`'s name as its suffix; when the block succeeds,
+    rename it over `target` (local) or upload it in one piece (other stores)."""
+    target = location(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f".tmp-{uuid.uuid4().hex[:8]}-"
+    if is_local(target):
+        tmp = local_path(target).with_name(tag + target.name)  # same directory: rename is atomic
+        try:
+            yield tmp
+            os.replace(tmp, local_path(target))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="imbalance-upload-") as scratch:
+        tmp = Path(scratch) / (tag + target.name)
+        yield tmp
+        target.fs.put_file(str(tmp), target.path)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> UPath:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return location(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> UPath:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> UPath:
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(location(path).read_text())
+
+
+def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame) -> UPath:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return location(path)
+
+
+def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet file from any store; only `columns` are fetched when given."""
+    path = location(path)
+    if is_local(path):
+        return pd.read_parquet(local_path(path), columns=columns)
+    return pq.read_table(path.path, columns=columns, filesystem=path.fs).to_pandas()
+
+
+def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with location(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> UPath:
+    """Copy between any two stores (e.g. a feature set on S3 into a local model directory)."""
+    with location(source).open("rb") as reader, atomic_path(target) as tmp, open(tmp, "wb") as out:
+        shutil.copyfileobj(reader, out, 1 << 20)
+    return location(target)
+
+
+@contextmanager
+def local_copy(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local file with `path`'s content and name, for libraries that need one (Keras)."""
+    path = location(path)
+    if is_local(path):
+        yield local_path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="imbalance-download-") as scratch:
+        local = Path(scratch) / path.name
+        path.fs.get_file(path.path, str(local))
+        yield local
+
+
+# --- directories -----------------------------------------------------------------------------
+
+
+def scratch_dir(beside: UPath | Path, prefix: str) -> Path:
+    """A local directory to build something in before publishing it to `beside`'s parent: on
+    the same disk when that is local (so publishing is one rename), else in the temp dir."""
+    if is_local(beside):
+        parent = local_path(beside)
+        parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    else:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)  # mkdtemp makes it private; stores are often shared
+    return path
+
+
+def publish_dir(source: Path, target: UPath | Path, marker: str) -> None:
+    """Move the local directory `source` to `target`, all at once for readers that look for
+    `target/marker`: one rename on a local disk; elsewhere every other file is uploaded first
+    and `marker` last. `target` must not hold a complete directory already."""
+    if is_local(target):
+        os.rename(source, local_path(target))
+        return
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p != source / marker)
+    for file in [*files, source / marker]:
+        destination = target.joinpath(*file.relative_to(source).parts)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        target.fs.put_file(str(file), destination.path)
+    remove_tree(source)
+
+
+def remove_tree(path: UPath | Path) -> None:
+    """Delete a directory and everything in it, if it exists."""
+    if is_local(path):
+        shutil.rmtree(local_path(path), ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
+
+
+def set_pointer(directory: UPath | Path, name: str, target: str) -> None:
+    """Point `directory/name` at the sibling `target`: a symlink swapped atomically where the
+    store has symlinks, and always `directory/name.json` ({"target": ...}) written last, which
+    readers on any store can follow."""
+    directory = location(directory)
+    write_json(directory / f"{name}.json", {"target": target})
+    if is_local(directory):
+        link = local_path(directory) / name
+        tmp = link.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+
+
+def read_pointer(directory: UPath | Path, name: str) -> UPath | None:
+    pointer = location(directory) / f"{name}.json"
+    if not pointer.is_file():
+        return None
+    return location(directory) / read_json(pointer)["target"]
+
+
+@contextmanager
+def locked(path: UPath | Path) -> Iterator[None]:
+    """Hold an exclusive lock named after `path` (e.g. a registry file) while the block runs.
+
+    Local disks use `flock` on `path.lock`. Other stores use a lock object created with
+    exclusive-create (`xb`), polled until free; one older than `LOCK_STALE_SECONDS` was left
+    by a killed run and is taken over."""
+    path = location(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if is_local(path):
+        with open(local_path(lock), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    token = f"{os.getpid()}-{uuid.uuid4().hex}".encode()
+    while True:
+        try:
+            with lock.fs.open(lock.path, "xb") as handle:
+                handle.write(token)
+            break
+        except (NotImplementedError, ValueError) as exc:  # fsspec's answer to an unknown mode
+            raise StorageError(
+                f"{lock}: this store cannot create a file exclusively, which the registry lock "
+                f"needs ({type(exc).__name__}: {exc}); put --output on a disk or a store with "
+                "conditional writes (S3 through a recent s3fs, a shared mount)"
+            ) from exc
+        except FileExistsError:
+            if _lock_age(lock) > LOCK_STALE_SECONDS:
+                lock.fs.rm(lock.path)
+                continue
+            time.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        lock.fs.rm(lock.path)
+
+
+def _lock_age(lock: UPath) -> float:
+    try:
+        modified = lock.fs.modified(lock.path)
+    except (FileNotFoundError, NotImplementedError):
+        return 0.0
+    return time.time() - modified.timestamp()
+
+
+def address(path: UPath | Path) -> str:
+    """How to find `path` again from any working directory: an absolute local path or a URL."""
+    return str(local_path(path).resolve()) if is_local(path) else str(path)

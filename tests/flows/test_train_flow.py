@@ -11,6 +11,7 @@ import pytest
 
 from flows.train import main, train_flow
 from tasks.evaluate import evaluate, prior_correct
+from tasks.storage import location, read_parquet
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective, tune_threshold
 from tests.conftest import fast_config
@@ -22,7 +23,7 @@ RECORD_KEYS = {"strategy", "status", "error", "threshold", "threshold_objective"
 
 
 def branch_predictions(result, strategy) -> pd.DataFrame:
-    return pd.read_parquet(Path(result.run_dir) / "branches" / strategy / "predictions.parquet")
+    return read_parquet(location(result.run_dir) / "branches" / strategy / "predictions.parquet")
 
 
 def test_run_layout_and_output_contract(full_run):
@@ -360,18 +361,19 @@ def test_a_failed_gate_is_not_retried(tmp_path, monkeypatch, synthetic_frame):
 
 def test_dask_runner_gives_the_same_results_as_threads(full_run, tmp_path):
     """Branches on a local Dask cluster (prefect-dask, worker processes) reproduce the thread
-    runner's results: the shared full run used the same settings and data."""
+    runner's results: the shared full run used the same settings and data. The output is a
+    `file://` URL, which the worker processes write their branches to."""
     _, threads, _ = full_run
     strategies = ["baseline", "undersample"]
-    dask = train_flow(
-        fast_config(tmp_path / "dask", strategies=strategies, runner="dask", max_parallel=2)
-    )
+    output = (tmp_path / "dask").as_uri()
+    dask = train_flow(fast_config(output, strategies=strategies, runner="dask", max_parallel=2))
+    assert dask.run_dir.startswith(output)
     assert dask.feature_set.fingerprint == threads.feature_set.fingerprint
     for name in [*strategies, "reference"]:
         a = branch_predictions(threads, name).probability.to_numpy()
         b = branch_predictions(dask, name).probability.to_numpy()
         np.testing.assert_array_equal(a, b, err_msg=name)
-    records = json.loads(Path(dask.metrics_path).read_text())["strategies"]
+    records = json.loads(location(dask.metrics_path).read_text())["strategies"]
     assert all(r["status"] == "ok" for r in records)
 
 

@@ -89,7 +89,19 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
     return keras.Model(inputs, outputs, name="mlp")
 
 
-class BatchStream:
+class _Stream:
+    """A Python generator of (inputs, labels) batches, fed to Keras through tf.data."""
+
+    width: int
+
+    def dataset(self):
+        import tensorflow as tf
+
+        spec = (tf.TensorSpec((None, self.width), tf.float32), tf.TensorSpec((None,), tf.float32))
+        return tf.data.Dataset.from_generator(self, output_signature=spec).prefetch(2)
+
+
+class BatchStream(_Stream):
     """Endless seeded training batches drawn with numpy, without copying the training arrays.
 
     `shuffled`: a fresh permutation of the rows every pass. `balanced`: every batch is half
@@ -133,14 +145,75 @@ class BatchStream:
             rows = np.sort(rows)  # memory order; the gradient is a mean, order within is moot
             yield self.x[rows], self.y[rows].astype(np.float32)
 
-    def dataset(self):
-        import tensorflow as tf
+    @property
+    def width(self) -> int:
+        return self.x.shape[1]
 
-        spec = (
-            tf.TensorSpec((None, self.x.shape[1]), tf.float32),
-            tf.TensorSpec((None,), tf.float32),
-        )
-        return tf.data.Dataset.from_generator(self, output_signature=spec).prefetch(2)
+
+class RowGroupStream(_Stream):
+    """Endless seeded training batches read from the stored training split a few row groups at
+    a time, for training splits that stay out of memory (the out-of-core path).
+
+    `store` gives the row groups' sizes and reads one as network inputs. Every pass visits the
+    row groups in a new order, `window` at a time; the pool rows (`rows`, may repeat) inside a
+    window are shuffled and cut into batches; the few left over are carried into the next
+    window, so every pool row is used once per pass. Memory: a window of inputs plus, for
+    `balanced` batches, the inputs of the positive pool rows (the rare class), which are drawn
+    like BatchStream's while the negatives stream."""
+
+    def __init__(self, store: Any, y: np.ndarray, batch: int, seed: int, balanced: bool,
+                 rows: np.ndarray | None = None, window: int = 2):  # fmt: skip
+        self.store, self.y, self.batch, self.seed, self.balanced = store, y, batch, seed, balanced
+        self.rows = np.arange(len(y)) if rows is None else rows
+        self.window = max(1, window)
+        self.starts = np.concatenate([[0], np.cumsum(store.sizes)]).astype(np.int64)
+
+    @property
+    def width(self) -> int:
+        return self.store.width
+
+    def _windows(self, pool: np.ndarray, rng: np.random.Generator, take: int):
+        """Endless batches of `take` pool rows: (inputs, labels)."""
+        pool = np.sort(pool)
+        bounds = np.searchsorted(pool, self.starts)  # pool rows of group g: bounds[g]:bounds[g+1]
+        groups = [g for g in range(len(self.store.sizes)) if bounds[g + 1] > bounds[g]]
+        carry_x = np.empty((0, self.width), dtype=np.float32)
+        carry_y = np.empty(0, dtype=np.float32)
+        while True:
+            order = rng.permutation(groups)
+            for i in range(0, len(order), self.window):
+                chosen = sorted(order[i : i + self.window])
+                blocks, local, members, offset = [], [], [], 0
+                for g in chosen:  # read in file order; the rows are shuffled below
+                    inside = pool[bounds[g] : bounds[g + 1]]
+                    blocks.append(self.store.inputs(g))
+                    local.append(inside - self.starts[g] + offset)
+                    members.append(inside)
+                    offset += self.store.sizes[g]
+                x = np.concatenate(blocks)
+                local, members = np.concatenate(local), np.concatenate(members)
+                shuffle = rng.permutation(len(local))
+                xs = np.concatenate([carry_x, x[local[shuffle]]])
+                ys = np.concatenate([carry_y, self.y[members[shuffle]].astype(np.float32)])
+                full = len(ys) - len(ys) % take
+                for start in range(0, full, take):
+                    yield xs[start : start + take], ys[start : start + take]
+                carry_x, carry_y = xs[full:], ys[full:]
+
+    def __call__(self):
+        rng = np.random.default_rng(self.seed)
+        if not self.balanced:
+            yield from self._windows(self.rows, rng, self.batch)
+            return
+        half = self.batch // 2
+        positive = self.y[self.rows] == 1
+        kept = np.unique(self.rows[positive])
+        positive_x = self.store.gather(kept)  # the rare class's inputs, once
+        cycle = BatchStream._cycle(np.searchsorted(kept, self.rows[positive]), rng, half)
+        negatives = self._windows(self.rows[~positive], rng, self.batch - half)
+        for x_neg, y_neg in negatives:
+            x = np.concatenate([positive_x[next(cycle)], x_neg])
+            yield x, np.concatenate([np.ones(half, dtype=np.float32), y_neg])
 
 
 def _stop_half_scorer(x_stop: np.ndarray, y_stop: np.ndarray):
@@ -163,16 +236,15 @@ def _stop_half_scorer(x_stop: np.ndarray, y_stop: np.ndarray):
     return StopHalfScore()
 
 
-def fit_member(x: np.ndarray, y: np.ndarray, x_stop: np.ndarray, y_stop: np.ndarray,
+def fit_member(stream: BatchStream | RowGroupStream, x_stop: np.ndarray, y_stop: np.ndarray,
                settings: TrainSettings, *, seed: int, output_bias: float, loss: str,
-               focal_alpha: float, class_weight: dict[int, float] | None, balanced_batches: bool,
-               rows: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """Train one model on the rows `rows` of x (default all; may repeat) for `settings.epochs`
-    epochs of `settings.steps_per_epoch` steps, stopping early on the stop half's PR-AUC and
-    restoring the best weights."""
+               focal_alpha: float, class_weight: dict[int, float] | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Train one model on the batches of `stream` for `settings.epochs` epochs of
+    `settings.steps_per_epoch` steps, stopping early on the stop half's PR-AUC and restoring
+    the best weights."""
     import keras
 
-    model = build_mlp(x.shape[1], settings, seed, output_bias)
+    model = build_mlp(stream.width, settings, seed, output_bias)
     if loss == "focal":
         loss_fn = keras.losses.BinaryFocalCrossentropy(
             apply_class_balancing=True, alpha=focal_alpha, gamma=2.0
@@ -188,7 +260,7 @@ def fit_member(x: np.ndarray, y: np.ndarray, x_stop: np.ndarray, y_stop: np.ndar
         monitor="val_pr_auc", mode="max", patience=settings.patience, restore_best_weights=True
     )
     history = model.fit(
-        BatchStream(x, y, settings.batch_size, seed, balanced_batches, rows).dataset(),
+        stream.dataset(),
         steps_per_epoch=settings.steps_per_epoch,
         epochs=settings.epochs,
         class_weight=class_weight,

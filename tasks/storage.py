@@ -125,6 +125,14 @@ def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None)
     return pq.read_table(path.path, columns=columns, filesystem=path.fs).to_pandas()
 
 
+def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """A parquet file on any store, for reading one row group at a time."""
+    path = location(path)
+    if is_local(path):
+        return pq.ParquetFile(local_path(path))
+    return pq.ParquetFile(path.fs.open(path.path, "rb"))
+
+
 def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with location(path).open("rb") as handle:

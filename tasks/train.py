@@ -22,7 +22,14 @@ from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.model import configure_tensorflow, one_hot_inputs
-from tasks.storage import atomic_path, location, read_parquet, write_json, write_parquet
+from tasks.storage import (
+    atomic_path,
+    location,
+    open_parquet,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from tasks.strategies import REFERENCE, STRATEGIES, Strategy
 from tasks.thresholds import parse_objective, tune_threshold
 
@@ -34,11 +41,67 @@ METRIC_KEYS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balance
 
 @dataclass
 class Part:
-    numeric: np.ndarray
-    codes: np.ndarray
+    """One split's arrays. An out-of-core training split keeps only labels and ids in memory;
+    its features stay in the store (`store`) and are streamed."""
+
+    numeric: np.ndarray | None
+    codes: np.ndarray | None
     y: np.ndarray
     ids: np.ndarray
-    inputs: np.ndarray  # the network's input: scaled numerics, then one-hot categoricals
+    inputs: np.ndarray | None  # the network's input: scaled numerics, then one-hot categoricals
+    store: StoreRows | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.store is not None
+
+    def widths(self) -> tuple[int, int, int]:
+        """(numeric columns, category code columns, network inputs)."""
+        if self.store is not None:
+            return len(self.store.numeric), len(self.store.categorical), self.store.width
+        return self.numeric.shape[1], self.codes.shape[1], self.inputs.shape[1]
+
+
+class StoreRows:
+    """A stored split read one parquet row group at a time (any fsspec store)."""
+
+    def __init__(self, path: UPath, numeric: list[str], categorical: list[str],
+                 cardinalities: list[int]):  # fmt: skip
+        self.path, self.numeric, self.categorical = path, numeric, categorical
+        self.cardinalities = cardinalities
+        metadata = open_parquet(path).metadata
+        self.sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        self.width = len(numeric) + sum(cardinalities)
+
+    def features(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled numerics (float32) and integer category codes of one row group."""
+        frame = open_parquet(self.path).read_row_group(
+            group, columns=[*self.numeric, *self.categorical]
+        ).to_pandas()  # fmt: skip
+        return frame[self.numeric].to_numpy(dtype=np.float32), code_matrix(frame, self.categorical)
+
+    def inputs(self, group: int) -> np.ndarray:
+        from tasks.model import one_hot_inputs
+
+        return one_hot_inputs(*self.features(group), self.cardinalities)
+
+    def gather(self, rows: np.ndarray, one_hot: bool = True) -> Any:
+        """The given rows (sorted positions in the split), in one pass over the row groups:
+        network inputs, or (numerics, codes) when `one_hot` is false."""
+        starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        pieces = []
+        for g in range(len(self.sizes)):
+            inside = rows[(rows >= starts[g]) & (rows < starts[g + 1])] - starts[g]
+            if len(inside):
+                numeric, codes = self.features(g)
+                pieces.append((numeric[inside], codes[inside]))
+        numeric = np.concatenate([p[0] for p in pieces])
+        codes = np.concatenate([p[1] for p in pieces])
+        if not one_hot:
+            return numeric, codes
+        from tasks.model import one_hot_inputs
+
+        return one_hot_inputs(numeric, codes, self.cardinalities)
 
 
 @dataclass
@@ -75,7 +138,8 @@ def shared_parts(feature_set: FeatureSet) -> dict[str, Part]:
             parts = load_parts(feature_set)
             for part in parts.values():
                 for array in (part.numeric, part.codes, part.y, part.ids, part.inputs):
-                    array.flags.writeable = False
+                    if array is not None:
+                        array.flags.writeable = False
             _PARTS_CACHE[feature_set.fingerprint] = parts
         return _PARTS_CACHE[feature_set.fingerprint]
 
@@ -86,7 +150,8 @@ def release_parts() -> None:
 
 
 def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
-    """train, stop (early stopping), tune (thresholds, selection) and test arrays."""
+    """train, stop (early stopping), tune (thresholds, selection) and test arrays. The training
+    split of an out-of-core feature set stays in the store: only its labels and ids are read."""
     manifest = feature_set.manifest
     numeric, categorical = manifest["features"]["numeric"], manifest["features"]["categorical"]
     halves = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "half"])
@@ -100,10 +165,19 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
         return Part(numeric=values, codes=codes, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
                     ids=frame[ID_COLUMN].to_numpy(), inputs=one_hot_inputs(values, codes, cardinalities))  # fmt: skip
 
+    def streamed(path: UPath) -> Part:
+        frame = read_parquet(path, columns=[TARGET_COLUMN, ID_COLUMN])
+        return Part(numeric=None, codes=None, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
+                    ids=frame[ID_COLUMN].to_numpy(), inputs=None,
+                    store=StoreRows(path, numeric, categorical, cardinalities))  # fmt: skip
+
     validation = read_parquet(feature_set.split_path("validation"))
     half = validation[ID_COLUMN].map(halves)
+    train_path = feature_set.split_path("train")
     return {
-        "train": part(read_parquet(feature_set.split_path("train"))),
+        "train": streamed(train_path)
+        if manifest.get("out_of_core")
+        else part(read_parquet(train_path)),
         "stop": part(validation[half == "stop"]),
         "tune": part(validation[half == "tune"]),
         "test": part(read_parquet(feature_set.split_path("test"))),
@@ -132,12 +206,12 @@ def resample(strategy: Strategy, part: Part, seed: int) -> Resampled:
     synthesising samplers (SMOTE) get numerics and integer codes together."""
     if strategy.sampler is None:
         return Resampled(rows=np.arange(len(part.y)))
-    n_numeric = part.numeric.shape[1]
     if not strategy.synthetic:
         positions, _ = strategy.sampler(seed, []).fit_resample(
             np.arange(len(part.y))[:, None], part.y
         )
         return Resampled(rows=np.asarray(positions[:, 0]))
+    n_numeric = part.numeric.shape[1]
     stacked = np.hstack([part.numeric.astype(np.float64), part.codes.astype(np.float64)])
     categorical = list(range(n_numeric, stacked.shape[1]))
     x_res, y_res = strategy.sampler(seed, categorical).fit_resample(stacked, part.y)
@@ -151,13 +225,15 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     if not strategy.synthetic:
         return 0
     rows = 2 * max(int(part.y.sum()), int(len(part.y) - part.y.sum()))
-    width = part.numeric.shape[1] + part.codes.shape[1]
-    return rows * (2 * 8 * width + 4 * part.inputs.shape[1])
+    n_numeric, n_codes, n_inputs = part.widths()
+    return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs)
 
 
 def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
                cardinalities: list[int], labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
     from tasks.model import (
+        BatchStream,
+        RowGroupStream,
         TrainSettings,
         auto_batch_size,
         fit_member,
@@ -176,18 +252,22 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     models, members = [], []
     for member in range(strategy.members(config)):
-        sample = resample(strategy, train, config.seed + member)
-        if sample.rows is not None:  # positions into the shared arrays
-            x, y, rows = train.inputs, train.y, sample.rows
-        else:  # synthesised rows: their own (budget-checked) copy
-            x, y, rows = one_hot_inputs(sample.numeric, sample.codes, cardinalities), sample.y, None
-        seen = y if rows is None else y[rows]
+        seed, balanced = config.seed + member, strategy.batches == "balanced"
+        sample = resample(strategy, train, seed)
+        if sample.rows is None:  # synthesised rows: their own (budget-checked) copy
+            x = one_hot_inputs(sample.numeric, sample.codes, cardinalities)
+            stream, seen = BatchStream(x, sample.y, batch, seed, balanced), sample.y
+        elif train.streamed:  # out of core: positions into the stored split, read by row group
+            stream = RowGroupStream(train.store, train.y, batch, seed, balanced, sample.rows)
+            seen = train.y[sample.rows]
+        else:  # positions into the shared arrays
+            stream = BatchStream(train.inputs, train.y, batch, seed, balanced, sample.rows)
+            seen = train.y[sample.rows]
         prior = strategy.effective_prior(seen)
         model, info = fit_member(
-            x, y, inputs["stop"], parts["stop"].y, settings, rows=rows,
-            seed=config.seed + member, output_bias=float(np.log(prior / (1 - prior))),
-            loss=strategy.loss, focal_alpha=strategy.focal_alpha(seen),
-            class_weight=strategy.class_weights(seen), balanced_batches=strategy.batches == "balanced",
+            stream, inputs["stop"], parts["stop"].y, settings, seed=seed,
+            output_bias=float(np.log(prior / (1 - prior))), loss=strategy.loss,
+            focal_alpha=strategy.focal_alpha(seen), class_weight=strategy.class_weights(seen),
         )  # fmt: skip
         with atomic_path(model_dir / f"member_{member}.keras") as tmp:
             model.save(tmp)
@@ -204,33 +284,51 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
             "history": [m["history"] for m in members],
             "steps_per_epoch": settings.steps_per_epoch,
             "batch_size": batch,
+            "training_data": "streamed from the store by row group"
+            if train.streamed
+            else "in memory",
         },
     )
 
 
+REFERENCE_STREAMED_ROWS = 500_000  # out of core: the reference fits on a sample this large
+
+
 def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str, str]) -> Scores:
-    """scikit-learn HistGradientBoosting on the same rows, unbalanced; codes as categoricals."""
+    """scikit-learn HistGradientBoosting on the same rows, unbalanced; codes as categoricals. An
+    out-of-core training split is sampled (seeded, at most REFERENCE_STREAMED_ROWS rows)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    n_numeric = parts["train"].numeric.shape[1]
+    def matrix(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return np.hstack([numeric.astype(np.float64), codes.astype(np.float64)])
 
-    def matrix(p: Part) -> np.ndarray:
-        return np.hstack([p.numeric.astype(np.float64), p.codes.astype(np.float64)])
-
-    n_codes = parts["train"].codes.shape[1]
+    train = parts["train"]
+    info: dict[str, Any] = {}
+    if train.streamed:
+        rows = np.arange(len(train.y))
+        if len(rows) > REFERENCE_STREAMED_ROWS:
+            rng = np.random.default_rng(config.seed)
+            rows = np.sort(rng.choice(rows, REFERENCE_STREAMED_ROWS, replace=False))
+        x, y = matrix(*train.store.gather(rows, one_hot=False)), train.y[rows]
+        info["trained_on"] = (
+            f"{len(rows)} of {len(train.y)} training rows (seeded sample, out of core)"
+        )
+    else:
+        x, y = matrix(train.numeric, train.codes), train.y
+    n_numeric, n_codes, _ = train.widths()
     categorical = [n_numeric + j for j in range(n_codes)] or None
     model = HistGradientBoostingClassifier(
         categorical_features=categorical, random_state=config.seed
     )
-    model.fit(matrix(parts["train"]), parts["train"].y)
-    train_y = parts["train"].y
+    model.fit(x, y)
     return Scores(
         probabilities={
-            n: model.predict_proba(matrix(parts[n]))[:, 1] for n in ("stop", "tune", "test")
+            n: model.predict_proba(matrix(parts[n].numeric, parts[n].codes))[:, 1]
+            for n in ("stop", "tune", "test")
         },
-        trained_prior=float(train_y.mean()),
-        train_class_counts=_counts(train_y, labels),
-        info={"epochs_run": int(model.n_iter_), "best_epoch": int(model.n_iter_)},
+        trained_prior=float(train.y.mean()),
+        train_class_counts=_counts(train.y, labels),
+        info={"epochs_run": int(model.n_iter_), "best_epoch": int(model.n_iter_), **info},
     )
 
 
@@ -283,6 +381,7 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
         "validation": validation,
         **({k: scores.info[k] for k in ("members", "steps_per_epoch", "batch_size")}
            if "members" in scores.info else {}),
+        **{k: scores.info[k] for k in ("training_data", "trained_on") if k in scores.info},
     }  # fmt: skip
 
 
@@ -304,11 +403,17 @@ def train_branch(
         parts = shared_parts(feature_set)
         manifest = feature_set.manifest
         labels = (manifest["positive_label"], manifest["negative_label"])
-        needed = 0 if name == REFERENCE else synthetic_copy_bytes(STRATEGIES[name], parts["train"])
+        synthetic = name != REFERENCE and STRATEGIES[name].synthetic
+        needed = synthetic_copy_bytes(STRATEGIES[name], parts["train"]) if synthetic else 0
         budget = config.memory_budget_bytes
-        if budget is not None and needed > budget:
+        reason = None
+        if synthetic and parts["train"].streamed:
+            reason = (f"skipped: it synthesises rows from the whole training split in memory "
+                      f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store")  # fmt: skip
+        elif budget is not None and needed > budget:
             reason = (f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} GiB, "
                       f"over --memory-budget {config.memory_budget}")  # fmt: skip
+        if reason:
             log.warning("strategy %s %s", name, reason)
             return record | {"status": "skipped", "error": reason, "finished_at": _now()}
         if name == REFERENCE:

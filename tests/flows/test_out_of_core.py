@@ -59,8 +59,30 @@ def test_strategies_that_copy_are_skipped_and_the_rest_train(streamed):
         r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]
     }
     assert records["smote"]["status"] == "skipped"
+    assert "synthesises rows from the whole training split" in records["smote"]["error"]
     assert records["baseline"]["status"] == records["undersample"]["status"] == "ok"
     assert result.selected in ("baseline", "undersample")
+
+
+def test_networks_train_from_the_store_by_row_group(streamed):
+    """The training split is never loaded whole: the networks stream it (the stored split has
+    many row groups here), the reference fits on a sample, and every training row is counted."""
+    import pyarrow.parquet as pq
+
+    _, result = streamed
+    records = {
+        r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]
+    }
+    train_rows = result.feature_set.manifest["splits"]["train"]["rows"]
+    assert pq.ParquetFile(result.feature_set.split_path("train")).metadata.num_row_groups > 3
+    for name in ("baseline", "undersample"):
+        assert records[name]["training_data"] == "streamed from the store by row group"
+    assert sum(records["baseline"]["train_class_counts"].values()) == train_rows
+    counts = records["undersample"]["train_class_counts"]
+    assert len(set(counts.values())) == 1  # balanced by position, without a copy
+    assert records["reference"]["trained_on"].startswith(
+        f"{train_rows} of {train_rows} training rows"
+    )
 
 
 def test_scaler_statistics_are_exact_on_training_rows(streamed):

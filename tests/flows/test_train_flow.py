@@ -226,12 +226,18 @@ def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
     assert board.set_index("strategy").loc["smote", "status"] == "failed"
 
 
-def test_memory_budget_skips_only_the_copying_strategy_with_its_reason(tmp_path):
-    """SMOTE must copy the training split; undersampling picks rows and never needs the budget."""
+def test_memory_budget_skips_only_the_copying_strategy_with_its_reason(tmp_path, monkeypatch):
+    """SMOTE must copy the training split; undersampling picks rows and never needs the budget.
+    (The data path is held in memory here: on data this small, a budget below SMOTE's copy also
+    sends the data out of core, tested in test_out_of_core.)"""
+    import flows.train as train_module
+
+    monkeypatch.setattr(train_module, "streaming_reason", lambda config: None)
     config = fast_config(
         tmp_path / "runs", strategies=["undersample", "smote"], memory_budget="10KB"
     )
     result = train_flow(config)
+    assert result.feature_set.manifest["out_of_core"] is False
     metrics = json.loads(Path(result.metrics_path).read_text())
     records = {r["strategy"]: r for r in metrics["strategies"]}
     assert records["smote"]["status"] == "skipped" and records["smote"]["rank"] is None

@@ -85,8 +85,8 @@ def test_early_stopping_score_is_the_stop_half_average_precision():
     settings = TrainSettings(hidden=(8,), dropout=0.0, learning_rate=0.01, batch_size=64,
                              epochs=8, patience=3, steps_per_epoch=5)  # fmt: skip
     model, info = fit_member(
-        x[:300], y[:300], x_stop, y_stop, settings, seed=1, output_bias=-1.0, loss="bce",
-        focal_alpha=0.5, class_weight=None, balanced_batches=False,
+        BatchStream(x[:300], y[:300], 64, 1, False), x_stop, y_stop, settings, seed=1,
+        output_bias=-1.0, loss="bce", focal_alpha=0.5, class_weight=None,
     )  # fmt: skip
     logged = info["history"]["val_pr_auc"]
     assert len(logged) == info["epochs_run"] and info["best_epoch"] == int(np.argmax(logged)) + 1
@@ -116,8 +116,8 @@ def test_several_steps_per_execution_train_exactly_like_one(monkeypatch):
     def train(limit: int):
         monkeypatch.setattr(model_module, "MAX_STEPS_PER_EXECUTION", limit)
         return fit_member(
-            x[:500], y[:500], x[500:], y[500:], settings, seed=3, output_bias=-1.0, loss="bce",
-            focal_alpha=0.5, class_weight={0: 1.0, 1: 3.0}, balanced_batches=False,
+            BatchStream(x[:500], y[:500], 32, 3, False), x[500:], y[500:], settings, seed=3,
+            output_bias=-1.0, loss="bce", focal_alpha=0.5, class_weight={0: 1.0, 1: 3.0},
         )  # fmt: skip
 
     one_model, one_info = train(1)

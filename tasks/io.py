@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from tasks.datasets import BUILTINS, BuiltinDataset
 from tasks.errors import DataInputError
+from tasks.storage import sha256_of
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
@@ -31,14 +32,6 @@ class LoadedData:
     source_sha256: str
     builtin: BuiltinDataset | None
     notes: tuple[str, ...]
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_frame(frame: pd.DataFrame) -> str:
@@ -135,7 +128,7 @@ def load_source(data: str, sep: str | None = None) -> LoadedData:
         )
     if frame.columns.empty:
         raise DataInputError(f"data file {path} has no columns")
-    return LoadedData(frame, str(path), sha256_file(path), None, tuple(notes))
+    return LoadedData(frame, str(path), sha256_of(path), None, tuple(notes))
 
 
 def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:

@@ -49,9 +49,8 @@ from tasks.io import (
     PARQUET_SUFFIXES,
     detect_separator,
     io_task_options,
-    sha256_file,
 )
-from tasks.storage import atomic_path
+from tasks.storage import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000
@@ -266,7 +265,7 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     checked = table_report.checked + first_report.checked
     report = gates.GateReport(stage="raw", success=True, checked=checked)
     return IngestResult(
-        raw_path=str(work_dir / "raw.parquet"), source=str(path), source_sha256=sha256_file(path),
+        raw_path=str(work_dir / "raw.parquet"), source=str(path), source_sha256=sha256_of(path),
         notes=[*source.notes, f"out of core, in batches of {BATCH_ROWS:,} rows: {reason}"],
         roles=roles, positive_label=positive, negative_label=negative, target_dtype=target_dtype,
         n_rows=start, class_counts={positive: int(y.sum()), negative: int(len(y) - y.sum())},

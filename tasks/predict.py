@@ -36,10 +36,11 @@ class LoadedModel:
         if self._members is None:
             import keras
 
-            self._members = []
+            members = []
             for name in self.meta["members"]:
                 with local_copy(self.dir / name) as member:  # Keras reads local files only
-                    self._members.append(keras.models.load_model(member, compile=False))
+                    members.append(keras.models.load_model(member, compile=False))
+            self._members = members  # all or none, if a member cannot be read
         return self._members
 
 

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,19 @@ def detect_separator(path: Path) -> str:
         return best if counts[best] else ","
 
 
+def unnamed_columns(columns: Iterable[Any]) -> list[Any]:
+    """Columns pandas named 'Unnamed: N' for an empty header field. A header ending in a
+    delimiter (the Kaggle breast cancer file) yields one, empty in every row; only such columns
+    are dropped, and any other empty column is the gate's business."""
+    return [c for c in columns if str(c).startswith("Unnamed: ")]
+
+
+def trailing_delimiter_note(dropped: list[Any]) -> str:
+    return f"dropped all-empty column(s) from a trailing delimiter: {', '.join(map(str, dropped))}"
+
+
 def _drop_trailing_empty_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """A header ending in a delimiter (the Kaggle breast cancer file) yields an all-empty
-    'Unnamed: N' column. Drop only such columns; any other empty column is the gate's business."""
-    empty = [
-        c for c in frame.columns
-        if str(c).startswith("Unnamed: ") and frame[c].isna().all()
-    ]  # fmt: skip
+    empty = [c for c in unnamed_columns(frame.columns) if frame[c].isna().all()]
     return frame.drop(columns=empty), empty
 
 
@@ -90,7 +97,7 @@ def read_csv(path: Path, sep: str | None) -> tuple[pd.DataFrame, list[str]]:
     frame, dropped = _drop_trailing_empty_columns(frame)
     notes = [f"delimiter {separator!r}"]
     if dropped:
-        notes.append(f"dropped all-empty column(s) from a trailing delimiter: {', '.join(dropped)}")
+        notes.append(trailing_delimiter_note(dropped))
     return frame, notes
 
 

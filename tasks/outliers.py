@@ -54,11 +54,15 @@ def fit_bounds(
         if method == "iqr":
             q1, q3 = values.quantile(0.25), values.quantile(0.75)
             low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
-        else:  # zscore and clip share the mean +- z*std bounds (population std, like scipy's zscore)
-            mean, std = values.mean(), values.std(ddof=0)
-            low, high = mean - z * std, mean + z * std
+        else:
+            low, high = zscore_bounds(values.mean(), values.std(ddof=0), z)
         bounds[column] = (float(low), float(high))
     return bounds
+
+
+def zscore_bounds(mean: float, std: float, z: float) -> tuple[float, float]:
+    """zscore and clip share the mean +- z*std bounds (population std, like scipy's zscore)."""
+    return float(mean - z * std), float(mean + z * std)
 
 
 def outside_bounds(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.Series:

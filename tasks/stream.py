@@ -49,6 +49,8 @@ from tasks.io import (
     PARQUET_SUFFIXES,
     detect_separator,
     io_task_options,
+    trailing_delimiter_note,
+    unnamed_columns,
 )
 from tasks.storage import atomic_path, sha256_of
 
@@ -140,7 +142,7 @@ class BatchSource:
 
     def drop_empty_trailing_columns(self) -> None:
         """Drop 'Unnamed: N' columns empty in every row (a header ending in a delimiter)."""
-        candidates = [c for c in self.columns if str(c).startswith("Unnamed: ")]
+        candidates = unnamed_columns(self.columns)
         if not candidates or self.parquet:
             return
         filled = {c: False for c in candidates}
@@ -150,9 +152,7 @@ class BatchSource:
         self.dropped = [c for c, any_value in filled.items() if not any_value]
         self.columns = [c for c in self.columns if c not in self.dropped]
         if self.dropped:
-            self.notes.append(
-                f"dropped all-empty column(s) from a trailing delimiter: {', '.join(self.dropped)}"
-            )
+            self.notes.append(trailing_delimiter_note(self.dropped))
 
 
 # --- incremental statistics -------------------------------------------------------------------
@@ -418,7 +418,13 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     """`tasks.outliers.handle_outliers` over batches: mean/std bounds from merged moments, IQR
     bounds from the training sample's quartiles; majority-class training rows outside the bounds
     are removed (zscore, iqr) or their values counted as clipped (clip)."""
-    from tasks.outliers import OutlierResult, fit_bounds, outlier_gate, outside_bounds
+    from tasks.outliers import (
+        OutlierResult,
+        fit_bounds,
+        outlier_gate,
+        outside_bounds,
+        zscore_bounds,
+    )
 
     raw, numeric, method = ingest.raw_path, ingest.roles.numeric, config.outlier
     positive, negative = ingest.positive_label, ingest.negative_label
@@ -430,10 +436,10 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     elif method == "iqr":
         sample = training_sample(raw, sample_rows(lookup.train_rows(), config.seed), columns)
         bounds = fit_bounds(sample, columns, "iqr", config.outlier_z, config.outlier_iqr_k)
-    else:  # zscore, clip: training mean +- z population std
-        z, where = config.outlier_z, {c: i for i, c in enumerate(numeric)}
-        bounds = {c: (float(moments.mean[where[c]] - z * moments.std[where[c]]),
-                      float(moments.mean[where[c]] + z * moments.std[where[c]])) for c in columns}  # fmt: skip
+    else:  # zscore, clip: from the merged training moments
+        where = {c: i for i, c in enumerate(numeric)}
+        bounds = {c: zscore_bounds(moments.mean[where[c]], moments.std[where[c]], config.outlier_z)
+                  for c in columns}  # fmt: skip
     train_counts = split.counts["train"]
     majority = 1 if train_counts["positives"] / max(train_counts["rows"], 1) > 0.5 else 0
     name = {1: positive, 0: negative}

@@ -21,7 +21,17 @@ from tasks.config import TrainConfig
 from tasks.evaluate import evaluate, prior_correct
 from tasks.features import FeatureSet, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
-from tasks.model import configure_tensorflow, one_hot_inputs
+from tasks.model import (
+    BatchStream,
+    RowGroupStream,
+    TrainSettings,
+    auto_batch_size,
+    configure_tensorflow,
+    fit_member,
+    one_hot_inputs,
+    predict,
+    steps_per_epoch,
+)
 from tasks.storage import (
     atomic_path,
     location,
@@ -81,8 +91,6 @@ class StoreRows:
         return frame[self.numeric].to_numpy(dtype=np.float32), code_matrix(frame, self.categorical)
 
     def inputs(self, group: int) -> np.ndarray:
-        from tasks.model import one_hot_inputs
-
         return one_hot_inputs(*self.features(group), self.cardinalities)
 
     def gather(self, rows: np.ndarray, one_hot: bool = True) -> Any:
@@ -99,8 +107,6 @@ class StoreRows:
         codes = np.concatenate([p[1] for p in pieces])
         if not one_hot:
             return numeric, codes
-        from tasks.model import one_hot_inputs
-
         return one_hot_inputs(numeric, codes, self.cardinalities)
 
 
@@ -231,17 +237,6 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
 
 def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
                cardinalities: list[int], labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
-    from tasks.model import (
-        BatchStream,
-        RowGroupStream,
-        TrainSettings,
-        auto_batch_size,
-        fit_member,
-        one_hot_inputs,
-        predict,
-        steps_per_epoch,
-    )
-
     train = parts["train"]
     batch = config.batch_size or auto_batch_size(len(train.y))
     settings = TrainSettings(

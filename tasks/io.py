@@ -108,6 +108,18 @@ def read_parquet(path: Path) -> pd.DataFrame:
         raise DataInputError(f"could not read parquet file {path}: {exc}") from exc
 
 
+def file_kind(path: Path) -> str:
+    """'parquet' or 'csv' (also gzipped, and names without a suffix), from the file name."""
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES) or "." not in name:
+        return "csv"
+    raise DataInputError(
+        f"unsupported data file type: {path.name} (expected .csv, .csv.gz or .parquet)"
+    )
+
+
 def load_source(data: str, sep: str | None = None) -> LoadedData:
     """Load a built-in dataset by name, or a CSV (optionally gzipped) or parquet file."""
     if data in BUILTINS:
@@ -124,15 +136,10 @@ def load_source(data: str, sep: str | None = None) -> LoadedData:
         raise DataInputError(f"data path is not a file: {path}")
     if path.stat().st_size == 0:
         raise DataInputError(f"data file {path} is empty")
-    name = path.name.lower()
-    if name.endswith(PARQUET_SUFFIXES):
+    if file_kind(path) == "parquet":
         frame, notes = read_parquet(path), []
-    elif name.endswith(CSV_SUFFIXES) or "." not in name:
-        frame, notes = read_csv(path, sep)
     else:
-        raise DataInputError(
-            f"unsupported data file type: {path.name} (expected .csv, .csv.gz or .parquet)"
-        )
+        frame, notes = read_csv(path, sep)
     if frame.columns.empty:
         raise DataInputError(f"data file {path} has no columns")
     return LoadedData(frame, str(path), sha256_of(path), None, tuple(notes))

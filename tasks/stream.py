@@ -45,9 +45,9 @@ from tasks.ingest import (
     resolve_roles,
 )
 from tasks.io import (
-    CSV_SUFFIXES,
     PARQUET_SUFFIXES,
     detect_separator,
+    file_kind,
     io_task_options,
     trailing_delimiter_note,
     unnamed_columns,
@@ -104,12 +104,7 @@ class BatchSource:
 
     def __init__(self, path: Path, sep: str | None):
         self.path = path
-        name = path.name.lower()
-        self.parquet = name.endswith(PARQUET_SUFFIXES)
-        if not (self.parquet or name.endswith(CSV_SUFFIXES) or "." not in name):
-            raise DataInputError(
-                f"unsupported data file type: {path.name} (expected .csv, .csv.gz or .parquet)"
-            )
+        self.parquet = file_kind(path) == "parquet"
         self.notes: list[str] = []
         try:
             if self.parquet:

@@ -92,7 +92,7 @@ def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> 
         "out_of_core": any("out of core" in note for note in run["ingest"]["notes"]),
         "skipped": [r["strategy"] for r in metrics["strategies"] if r["status"] == "skipped"],
         "batch_size": next(
-            (r["batch_size"] for r in metrics["strategies"] if r.get("batch_size")), None
+            (r["schedule"]["batch_size"] for r in metrics["strategies"] if r.get("schedule")), None
         ),
     }
 

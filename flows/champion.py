@@ -3,6 +3,7 @@
 python -m flows.champion list
 python -m flows.champion show breast_cancer-diagnosis
 python -m flows.champion rollback breast_cancer-diagnosis [--to RUN_ID]
+python -m flows.champion promote breast_cancer-diagnosis RUN_ID
 python -m flows.champion set-threshold breast_cancer-diagnosis --objective recall@precision:0.9
 """
 
@@ -17,8 +18,15 @@ from typing import Any
 from upath import UPath
 
 from tasks.errors import ConfigError, ImbalanceFlowError
-from tasks.export import MODEL_FILE, read_registry, registered_names
-from tasks.storage import location, locked, read_parquet, write_json
+from tasks.evaluate import evaluate
+from tasks.export import (
+    EVALUATION_FILE,
+    MODEL_FILE,
+    read_registry,
+    registered_names,
+    write_model_files,
+)
+from tasks.storage import address, copy_file, location, locked, read_parquet, write_json
 from tasks.thresholds import parse_objective, tune_threshold
 
 
@@ -40,43 +48,85 @@ def list_models(registry_dir: UPath) -> list[dict[str, Any]]:
     return rows
 
 
+CHAMPION_EVENTS = ("promoted", "promoted_manually", "rolled_back_to", "threshold_changed")
+ENTRY_KEYS = ("run_id", "model_dir", "strategy", "metrics", "seen_rows", "version")
+
+
+def _entry(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: event[k] for k in ENTRY_KEYS if k in event} | {
+        "recorded_at": datetime.now(UTC).isoformat()
+    }
+
+
+def _make_champion(
+    registry: dict[str, Any], target: dict[str, Any], event: str, reason: str
+) -> dict[str, Any]:
+    if not (location(target["model_dir"]) / MODEL_FILE).is_file():
+        raise ConfigError(
+            f"{registry['name']}: the model of run {target['run_id']} is gone ({target['model_dir']})"
+        )
+    entry = _entry(target)
+    before = (registry.get("champion") or {}).get("run_id")
+    registry["champion"] = entry
+    registry["history"].append(
+        {**entry, "event": event, "reason": reason, "champion_before": before}
+    )
+    return entry
+
+
 def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str, Any]:
-    """Make an earlier promoted model champion again (default: the one before the current)."""
+    """Make an earlier champion model again (default: the one before the current; a threshold
+    change made a model version of its own, so it rolls back too)."""
     path = registry_dir / f"{name}.json"
     with locked(path):
         registry = _registry(registry_dir, name)
-        current = registry["champion"]["run_id"]
-        promoted = [e for e in registry["history"] if e["event"] in ("promoted", "rolled_back_to")]
+        current = registry["champion"]
         if to is None:
-            earlier = [e for e in promoted if e["run_id"] != current]
+            earlier = [e for e in registry["history"]
+                       if e["event"] in CHAMPION_EVENTS and e["model_dir"] != current["model_dir"]]  # fmt: skip
             if not earlier:
                 raise ConfigError(
-                    f"{name}: no earlier champion to roll back to (champion is {current})"
+                    f"{name}: no earlier champion to roll back to (champion is {current['run_id']})"
                 )
             target = earlier[-1]
         else:
-            matches = [e for e in registry["history"] if e["run_id"] == to]
-            if not matches:
-                runs = ", ".join(dict.fromkeys(e["run_id"] for e in registry["history"]))
-                raise ConfigError(
-                    f"{name}: run {to!r} is not in the registry's history (runs: {runs})"
-                )
-            target = matches[-1]
-        if not (location(target["model_dir"]) / MODEL_FILE).is_file():
-            raise ConfigError(
-                f"{name}: the model of run {target['run_id']} is gone ({target['model_dir']})"
-            )
-        entry = {k: target[k] for k in ("run_id", "model_dir", "strategy", "metrics")} | {
-            "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
-        registry["champion"] = entry
-        registry["history"].append({**entry, "event": "rolled_back_to", "reason": f"rollback from {current}",
-                                    "champion_before": current})  # fmt: skip
+            target = _history_entry(registry, to)
+        entry = _make_champion(
+            registry, target, "rolled_back_to", f"rollback from {current['run_id']}"
+        )
         write_json(path, registry)
-    return {"name": name, "champion": entry["run_id"], "previous": current}
+    return {"name": name, "champion": entry["run_id"], "model_dir": entry["model_dir"],
+            "previous": current["run_id"]}  # fmt: skip
+
+
+def _history_entry(registry: dict[str, Any], run_id: str) -> dict[str, Any]:
+    matches = [e for e in registry["history"] if e["run_id"] == run_id]
+    if not matches:
+        runs = ", ".join(dict.fromkeys(e["run_id"] for e in registry["history"]))
+        raise ConfigError(
+            f"{registry['name']}: run {run_id!r} is not in the registry's history (runs: {runs})"
+        )
+    return matches[-1]
+
+
+def promote(registry_dir: UPath, name: str, run_id: str) -> dict[str, Any]:
+    """Make a recorded run's model champion by hand, recorded as a manual promotion."""
+    path = registry_dir / f"{name}.json"
+    with locked(path):
+        registry = _registry(registry_dir, name)
+        before = (registry.get("champion") or {}).get("run_id")
+        entry = _make_champion(registry, _history_entry(registry, run_id), "promoted_manually",
+                               f"manual promotion (champion was {before})")  # fmt: skip
+        write_json(path, registry)
+    return {"name": name, "champion": entry["run_id"], "previous": before}
 
 
 def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[str, Any]:
-    """Re-tune the champion's threshold on its stored tuning-half predictions (no retraining)."""
+    """Re-tune the champion's threshold on its tuning-half predictions (no retraining) and
+    register the result as a new model version beside it: the old version stays for rollback.
+    Everything the threshold touches is recomputed from the predictions that travel with the
+    model (test confusion matrix and metrics, tuning-half metrics, hence the reference
+    predicted-positive rate drift compares against, and the model card)."""
     objective = parse_objective(objective_text)
     path = registry_dir / f"{name}.json"
     with locked(path):
@@ -84,24 +134,42 @@ def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[s
         champion = registry["champion"]
         model_dir = location(champion["model_dir"])
         meta = json.loads((model_dir / MODEL_FILE).read_text())
-        predictions_file = model_dir.parent / "branches" / meta["strategy"] / "predictions.parquet"
-        if not predictions_file.is_file():
+        evaluation_file = model_dir / EVALUATION_FILE
+        if not evaluation_file.is_file():
             raise ConfigError(
-                f"{name}: the champion's tuning-half predictions are gone ({predictions_file})"
+                f"{name}: the champion carries no validation predictions ({evaluation_file}); "
+                "it was exported by an older version: retrain to re-tune its threshold"
             )
-        tune = read_parquet(predictions_file).query("part == 'tune'")
+        rows = read_parquet(evaluation_file)
+        tune, test = (rows[rows.part == part] for part in ("tune", "test"))
         threshold, value = tune_threshold(tune.y.to_numpy(), tune.probability.to_numpy(), objective)
         old = {"threshold": meta["threshold"], "objective": meta["threshold_objective"]}
-        meta |= {"threshold": threshold, "threshold_objective": objective.label,
-                 "threshold_history": [*meta.get("threshold_history", []), {**old, "replaced_at": datetime.now(UTC).isoformat()}]}  # fmt: skip
-        write_json(model_dir / MODEL_FILE, meta)
-        registry["history"].append({**{k: champion[k] for k in ("run_id", "model_dir", "strategy", "metrics")},
-                                    "event": "threshold_changed", "recorded_at": datetime.now(UTC).isoformat(),
-                                    "reason": f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
-                                              f"(tuning-half value {value:.4f})"})  # fmt: skip
+        version = int(meta.get("version", 1)) + 1
+        new_dir = model_dir.parent / f"model-v{version}"
+        for member in model_dir.iterdir():
+            if member.name != MODEL_FILE:
+                copy_file(member, new_dir / member.name)
+        validation = evaluate(tune.y.to_numpy(), tune.probability.to_numpy(), threshold,
+                              tune.probability_corrected.to_numpy()) | {"objective": value}  # fmt: skip
+        at_threshold = evaluate(test.y.to_numpy(), test.probability.to_numpy(), threshold,
+                                test.probability_corrected.to_numpy())  # fmt: skip
+        meta |= {
+            "threshold": threshold, "threshold_objective": objective.label, "version": version,
+            "derived_from": address(model_dir), "created_at": datetime.now(UTC).isoformat(),
+            "threshold_history": [*meta.get("threshold_history", []),
+                                  {**old, "replaced_at": datetime.now(UTC).isoformat()}],
+        }  # fmt: skip
+        meta["metrics"]["test"] |= {k: at_threshold[k] for k in meta["metrics"]["test"]}
+        meta["metrics"]["validation_tuning_half"] = validation
+        write_model_files(new_dir, meta)
+        metrics = {k: meta["metrics"]["test"][k] for k in champion["metrics"]}
+        target = {**champion, "model_dir": address(new_dir), "metrics": metrics, "version": version}
+        reason = (f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
+                  f"(tuning-half value {value:.4f}); new version {version}")  # fmt: skip
+        _make_champion(registry, target, "threshold_changed", reason)
         write_json(path, registry)
     return {"name": name, "run_id": champion["run_id"], "threshold": threshold, "objective": objective.label,
-            "tuning_half_value": value, "previous": old}  # fmt: skip
+            "tuning_half_value": value, "previous": old, "version": version, "model_dir": address(new_dir)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     back = commands.add_parser("rollback", help="make an earlier model champion again")
     back.add_argument("name")
     back.add_argument("--to", help="run id to restore (default: the previous champion)")
+    manual = commands.add_parser("promote", help="make a recorded run's model champion by hand")
+    manual.add_argument("name")
+    manual.add_argument("run_id")
     thresh = commands.add_parser(
         "set-threshold", help="re-tune the champion's threshold without retraining"
     )
@@ -131,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _registry(registry_dir, args.name)
         elif args.command == "rollback":
             result = rollback(registry_dir, args.name, args.to)
+        elif args.command == "promote":
+            result = promote(registry_dir, args.name, args.run_id)
         else:
             result = set_threshold(registry_dir, args.name, args.objective)
     except ImbalanceFlowError as exc:

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ValidationError
 from upath import UPath
 
-from tasks.champion import challenge, record_decision
+from tasks.champion import challenge, record_decision, seen_rows
 from tasks.compare import compare_with_baseline, summarize_repeats
 from tasks.config import TrainConfig, load_config_file
 from tasks.errors import ImbalanceFlowError, StrategyError
@@ -106,10 +106,41 @@ def releasing_parts() -> Iterator[None]:
         release_parts()  # the arrays the thread branches shared
 
 
-def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfig,
+def repeat_config(config: TrainConfig, repeat: int) -> TrainConfig:
+    """Repeat r draws a new split and new training seeds: seed + 1000*r."""
+    return (
+        config if repeat == 0 else config.model_copy(update={"seed": config.seed + 1000 * repeat})
+    )
+
+
+def prepare_features(
+    config: TrainConfig, ingested: Any, run: RunRecord, repeat: int = 0
+) -> FeatureSet:
+    """The stored feature set for these settings: reused when valid, else split, outliers and
+    features are run (each behind its gate)."""
+    suffix = "" if repeat == 0 else f" (repeat {repeat})"
+    run.enter("feature-store" + suffix)
+    feature_set = load_valid_feature_set(
+        config.store_dir, fingerprint(config, ingested.source_sha256, ingested.streaming)
+    )
+    if feature_set is not None:
+        log.info("reusing feature set %s", feature_set.fingerprint)
+        return feature_set
+    work = run.work_dir if repeat == 0 else run.work_dir / f"repeat-{repeat}"
+    work.mkdir(exist_ok=True)
+    run.enter("split" + suffix)
+    splits = split(config, ingested, work)
+    run.enter("outliers" + suffix)
+    outliers = handle_outliers(config, ingested, splits, work)
+    run.enter("features" + suffix)
+    return build_features(config, ingested, splits, outliers)
+
+
+def train_branches(names: list[str], feature_sets: list[FeatureSet], config: TrainConfig,
                    out_dir: UPath) -> list[dict[str, Any]]:  # fmt: skip
     """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
-    becomes a `failed` record instead of failing the run. Repeat r uses seed + 1000*r."""
+    becomes a `failed` record instead of failing the run. Repeat r trains on its own split
+    (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
     # longest first (the ensemble trains k members), so no long branch starts last and runs alone
     by_cost = sorted(names, key=lambda n: -STRATEGIES[n].members(config) if n in STRATEGIES else 0)
     jobs = [(name, repeat) for repeat in range(config.repeats) for name in by_cost]
@@ -118,14 +149,9 @@ def train_branches(names: list[str], feature_set: FeatureSet, config: TrainConfi
         futures = []
         for name, repeat in jobs:
             label = name if repeat == 0 else f"{name}-r{repeat}"
-            branch_config = (
-                config
-                if repeat == 0
-                else config.model_copy(update={"seed": config.seed + 1000 * repeat})
-            )
             futures.append((name, repeat, runner.submit(
                 train_branch.with_options(task_run_name=f"train-{label}"),
-                {"name": name, "feature_set": feature_set, "config": branch_config,
+                {"name": name, "feature_set": feature_sets[repeat], "config": repeat_config(config, repeat),
                  "out_dir": str(out_dir if repeat == 0 else out_dir / f"repeat-{repeat}")},
             )))  # fmt: skip
         for name, repeat, future in futures:
@@ -166,22 +192,14 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             log.info("out-of-core data path: %s", reason)
         ingested = (ingest_streaming(config, run.work_dir, reason) if reason
                     else ingest(config, run.work_dir))  # fmt: skip
-        run.enter("feature-store")
-        feature_set = load_valid_feature_set(
-            config.store_dir, fingerprint(config, ingested.source_sha256, ingested.streaming)
-        )
-        if feature_set is None:
-            run.enter("split")
-            splits = split(config, ingested, run.work_dir)
-            run.enter("outliers")
-            outliers = handle_outliers(config, ingested, splits, run.work_dir)
-            run.enter("features")
-            feature_set = build_features(config, ingested, splits, outliers)
-        else:
-            log.info("reusing feature set %s", feature_set.fingerprint)
+        feature_sets = [
+            prepare_features(repeat_config(config, r), ingested, run, r)
+            for r in range(config.repeats)
+        ]
+        feature_set = feature_sets[0]
         run.enter("train")
         records = train_branches(
-            [*strategies, REFERENCE], feature_set, config, run.staging / "branches"
+            [*strategies, REFERENCE], feature_sets, config, run.staging / "branches"
         )
         run.enter("select")
         primary = [r for r in records if r["repeat"] == 0]
@@ -204,16 +222,22 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         )
         run.enter("compare")
         branches = run.staging / "branches"
-        comparison, verdict, operating = compare_with_baseline(branches, ranked, selected, config)
+        comparison, verdict, operating = compare_with_baseline(
+            branches, ranked, selected, config, ingested.raw_path
+        )
         chosen = next(r for r in ranked if r["strategy"] == selected)
+        run.enter("export")
         export_model(chosen, feature_set, config, branches, run.staging / "model", run.run_id)
+        seen = seen_rows(ingested.raw_path, feature_set, feature_set.preprocessing(),
+                         run.staging / "seen_rows.parquet")  # fmt: skip
         log.info(verdict.replace("**", ""))
         model_name = config.resolved_model_name(feature_set.manifest["target"])
         with locked(config.registry_dir / f"{model_name}.json"):  # concurrent runs decide in turn
             run.enter("champion")
             decision = challenge(
-                config, model_name, feature_set, ingested.raw_path, branches, chosen
-            )
+                config, model_name, feature_set, ingested.raw_path, branches, chosen,
+                ingested.roles.id,
+            )  # fmt: skip
             log.info("champion/challenger: %s (%s)", decision["action"], decision["reason"])
             run.enter("report")
             write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"})),
@@ -231,7 +255,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             )
             registry = record_decision(config.registry_dir, model_name, run.run_id, run_dir / "model", selected,
                                        {k: chosen[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")},
-                                       decision)  # fmt: skip
+                                       decision, run_dir / seen.name)  # fmt: skip
     except BaseException as exc:
         if run.completed:
             raise  # the run's files are in place; the registry write failed

@@ -1,12 +1,20 @@
 """Champion / challenger: should this run's model replace the registered champion?
 
 The challenger (this run's selected model) and the champion are scored on rows neither trained
-on: this run's test rows minus the ids in the champion's training split. Each uses its own
-preprocessing and threshold. The challenger is promoted only when the lower bound of the 95%
-paired-bootstrap interval of the metric difference exceeds `promote_margin`. When the champion
-cannot score the new data (columns, types or categories changed) it is promoted with reason
-`schema_changed`. Callers hold the registry lock (`tasks.export.locked`) from the comparison to
-the registry write, so concurrent runs of one model name decide in turn."""
+or tuned on: this run's test rows minus every row the champion saw (its training split and both
+validation halves). Those rows are kept with the champion's registry entry (`seen_rows`: ids,
+and the hash of each row's normalised feature values), so they match however the new file is
+sorted or typed; when the data has no id column the hash decides. When the champion's rows are
+unknown, or the champion cannot be read, it is kept, never replaced on a possibly leaked
+comparison. Each model uses its own preprocessing and threshold; rows the champion cannot score
+(a missing value it has no imputation for) are dropped from both sides and counted; category
+levels it never saw get its unseen code. The challenger is promoted only when the lower bound of
+the 95% paired-bootstrap interval of the metric difference exceeds `promote_margin` (at least
+PROMOTION_BOOTSTRAP resamples; with --group, groups are resampled). Only a real schema break (a
+column the champion needs is missing, or a numeric column is no longer numeric) promotes without
+a comparison, with reason `schema_changed`. Callers hold the registry lock
+(`tasks.storage.locked`) from the comparison to the registry write, so concurrent runs of one
+model name decide in turn."""
 
 from __future__ import annotations
 
@@ -20,19 +28,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks.compare import paired_bootstrap
+from tasks.compare import paired_bootstrap, row_groups
 from tasks.config import TrainConfig
 from tasks.drift import drift_table, overall_status, table_records
-from tasks.errors import DriftError, GateFailed
-from tasks.export import MODEL_FILE, read_registry
-from tasks.features import FeatureSet
-from tasks.ingest import ID_COLUMN, TARGET_COLUMN
+from tasks.errors import DriftError
+from tasks.export import read_registry
+from tasks.features import FeatureSet, Preprocessing
+from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN, row_hashes
 from tasks.io import io_task_options
-from tasks.predict import LoadedModel, input_gate, reference_positive_rate, score
-from tasks.storage import address, location, read_parquet, write_json
+from tasks.predict import LoadedModel, reference_positive_rate, score
+from tasks.storage import address, copy_file, location, read_parquet, write_json, write_parquet
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
+PROMOTION_BOOTSTRAP = 2000  # a promotion decision never rests on fewer resamples
 
 
 def _decision(
@@ -40,6 +49,48 @@ def _decision(
 ) -> dict[str, Any]:
     return {"action": action, "reason": reason,
             "champion_run_id": champion["run_id"] if champion else None, **extra}  # fmt: skip
+
+
+def seen_rows(raw_path: str, feature_set: FeatureSet, prep: Preprocessing, path: UPath) -> UPath:
+    """Write the id and feature-row hash (over the model's own feature columns, schema order) of
+    every row the model trained or tuned on: every row outside the test split."""
+    ids = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "split"])
+    seen_ids = ids.loc[ids.split != "test", ID_COLUMN]
+    raw = pd.read_parquet(raw_path, columns=[ID_COLUMN, *prep.feature_columns])
+    raw = raw[raw[ID_COLUMN].isin(seen_ids)]
+    hashes = row_hashes(raw, prep.numeric, prep.categorical)
+    return write_parquet(
+        path, pd.DataFrame({ID_COLUMN: raw[ID_COLUMN].to_numpy(), HASH_COLUMN: hashes})
+    )
+
+
+def schema_breaks(frame: pd.DataFrame, prep: Preprocessing) -> list[str]:
+    """What stops the champion from scoring these rows at all: a column it needs is missing, or
+    one it reads as a number is not numeric any more."""
+    problems = [f"column '{c}' is missing" for c in prep.feature_columns if c not in frame.columns]
+    problems += [f"column '{c}' is no longer numeric ({frame[c].dtype})" for c in prep.numeric
+                 if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])]  # fmt: skip
+    return problems
+
+
+def unscorable(frame: pd.DataFrame, prep: Preprocessing) -> pd.Series:
+    """Rows the champion cannot score: a missing value where it fitted no imputation, or a
+    numeric value that is not finite."""
+    bad = pd.Series(False, index=frame.index)
+    for column in prep.feature_columns:
+        if column not in prep.impute_values:
+            bad |= frame[column].isna()
+    for column in prep.numeric:
+        values = frame[column].to_numpy(dtype="float64")
+        bad |= ~np.isfinite(values) & ~np.isnan(values)
+    return bad
+
+
+def _champion_rows(entry: dict[str, Any]) -> pd.DataFrame | None:
+    path = entry.get("seen_rows")
+    if not path or not location(path).is_file():
+        return None
+    return read_parquet(location(path))
 
 
 def check_drift(train_rows: pd.DataFrame, champion: LoadedModel, config: TrainConfig,
@@ -67,55 +118,55 @@ def check_drift(train_rows: pd.DataFrame, champion: LoadedModel, config: TrainCo
 
 @task(name="champion-challenger", cache_policy=NO_CACHE)
 def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw_path: str,
-              branches_dir: UPath, selected: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+              branches_dir: UPath, selected: dict[str, Any], id_column: str | None) -> dict[str, Any]:  # fmt: skip
     registry = read_registry(config.registry_dir, model_name)
     champion = (registry or {}).get("champion")
     if champion is None:
         return _decision("promote", "first model of this name", None)
-    champion_dir = location(champion["model_dir"])
-    if not (champion_dir / MODEL_FILE).is_file():
-        return _decision("promote", f"champion model missing at {champion_dir}", champion)
-    model = LoadedModel(champion_dir)
+    try:
+        model = LoadedModel(location(champion["model_dir"]))
+    except Exception as exc:  # a missing or unreadable champion is never replaced blindly
+        log.warning("champion %s cannot be read (%s); keeping it", champion["run_id"], exc)
+        return _decision(
+            "keep", "champion_unreadable", champion, details=[f"{type(exc).__name__}: {exc}"]
+        )
+    prep = model.prep
 
     raw = pd.read_parquet(raw_path)
     ids = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "split"])
-    test_ids = set(ids.loc[ids.split == "test", ID_COLUMN])
-    excluded, note = set(), None
-    champion_ids_file = location(model.meta["training"]["ids_file"])
-    if champion_ids_file.is_file():
-        champion_ids = read_parquet(champion_ids_file, columns=[ID_COLUMN, "split"])
-        excluded = set(champion_ids.loc[champion_ids.split == "train", ID_COLUMN])
-    else:
-        note = (
-            f"champion's training ids unavailable ({champion_ids_file}); compared on all test rows"
-        )
-    rows = raw[raw[ID_COLUMN].isin(test_ids - excluded)]
+    rows = raw[raw[ID_COLUMN].isin(set(ids.loc[ids.split == "test", ID_COLUMN]))]
     train_rows = raw[raw[ID_COLUMN].isin(set(ids.loc[ids.split == "train", ID_COLUMN]))]
-    try:
-        input_gate(rows, model.prep)
-        schema_problems = None
-    except GateFailed as exc:
-        schema_problems = exc.failures
-    champion_scores = (
-        score(model, rows)["probability"].to_numpy()
-        if schema_problems is None and len(rows)
-        else None
-    )
-    # the champion's predicted-positive rate on new rows (when it can score them), against its
-    # rate when it was trained; computed once, with the feature drift
-    rate = (
-        None
-        if champion_scores is None
-        else float(np.mean(champion_scores >= model.meta["threshold"]))
-    )
+    problems = schema_breaks(raw, prep)
+    if problems:
+        return _decision("promote", "schema_changed", champion, details=problems,
+                         drift=check_drift(train_rows, model, config))  # fmt: skip
+
+    seen = _champion_rows(champion)
+    if seen is None:
+        return _decision("keep", "champion_rows_unknown", champion, drift=check_drift(train_rows, model, config),
+                         details=["the rows the champion trained and tuned on are not recorded with its registry "
+                                  "entry, so a comparison could score it on its own training rows"])  # fmt: skip
+    by_id = prep.id is not None and prep.id == id_column
+    if by_id:
+        excluded = rows[ID_COLUMN].isin(set(seen[ID_COLUMN]))
+        matched_by = f"id column {id_column}"
+    else:
+        excluded = pd.Series(
+            np.isin(row_hashes(rows, prep.numeric, prep.categorical), seen[HASH_COLUMN].to_numpy()),
+            index=rows.index,
+        )
+        matched_by = "feature-row hash"
+    rows = rows[~excluded.to_numpy()]
+    cannot = unscorable(rows, prep)
+    rows = rows[~cannot.to_numpy()]
+    counts = {"test_rows_excluded_as_seen_by_champion": int(excluded.sum()), "matched_by": matched_by,
+              "rows_the_champion_cannot_score": int(cannot.sum()), "rows": len(rows)}  # fmt: skip
+    champion_scores = score(model, rows)["probability"].to_numpy() if len(rows) else np.zeros(0)
+    rate = float(np.mean(champion_scores >= model.meta["threshold"])) if len(rows) else None
     drift_summary = check_drift(train_rows, model, config, rate)
     if rows[TARGET_COLUMN].nunique() < 2:
         return _decision("keep", "fewer than two classes among rows neither model trained on", champion,
-                         rows=len(rows), drift=drift_summary)  # fmt: skip
-    if schema_problems is not None:
-        return _decision(
-            "promote", "schema_changed", champion, details=schema_problems, drift=drift_summary
-        )
+                         drift=drift_summary, **counts)  # fmt: skip
 
     predictions = read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
     challenger = (
@@ -124,30 +175,30 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
         .loc[rows[ID_COLUMN], "probability"]
     )
     objective = parse_objective(config.objective)
+    key, note = ("pr_auc" if config.promote_metric == "pr_auc" else "objective"), None
+    if key == "objective" and model.meta["threshold_objective"] != objective.label:
+        key = "pr_auc"
+        note = (f"the champion's threshold was tuned for {model.meta['threshold_objective']}, not "
+                f"{objective.label}: compared on PR-AUC")  # fmt: skip
+    groups = row_groups(raw_path, config.group, rows[ID_COLUMN].to_numpy())
+    n_boot = max(config.bootstrap, PROMOTION_BOOTSTRAP)
     comparison = paired_bootstrap(
         rows[TARGET_COLUMN].to_numpy(), challenger.to_numpy(), champion_scores, selected["threshold"],
-        model.meta["threshold"], objective, config.bootstrap, config.seed,
+        model.meta["threshold"], objective, n_boot, config.seed, groups,
     )  # fmt: skip
-    key = "pr_auc" if config.promote_metric == "pr_auc" else "objective"
     low = comparison[f"{key}_interval"]["low"]
     metric = "pr_auc" if key == "pr_auc" else objective.label
-    if low > config.promote_margin:
-        action, reason = (
-            "promote",
-            f"{metric} better: 95% interval lower bound {low:+.4f} > margin {config.promote_margin:g}",
-        )
-    else:
-        action, reason = (
-            "keep",
-            f"{metric} not reliably better: 95% interval lower bound {low:+.4f} <= margin {config.promote_margin:g}",
-        )
-    return _decision(action, reason, champion, metric=metric, comparison=comparison, rows=len(rows),
-                     note=note, drift=drift_summary)  # fmt: skip
+    better = low > config.promote_margin
+    action = "promote" if better else "keep"
+    reason = (f"{metric} {'better' if better else 'not reliably better'}: 95% interval lower bound "
+              f"{low:+.4f} {'>' if better else '<='} margin {config.promote_margin:g}")  # fmt: skip
+    return _decision(action, reason, champion, metric=metric, comparison=comparison, note=note,
+                     drift=drift_summary, **counts)  # fmt: skip
 
 
 @task(name="record-decision", **io_task_options())
 def record_decision(registry_dir: UPath, model_name: str, run_id: str, model_dir: UPath, strategy: str,
-                    metrics: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                    metrics: dict[str, Any], decision: dict[str, Any], seen_rows_file: UPath) -> dict[str, Any]:  # fmt: skip
     """Append this run to the registry's history; make it champion when promoted. The caller
     holds the registry lock."""
     path = registry_dir / f"{model_name}.json"
@@ -157,8 +208,10 @@ def record_decision(registry_dir: UPath, model_name: str, run_id: str, model_dir
         "candidates": [],
         "history": [],
     }
+    seen_copy = registry_dir / model_name / "seen" / f"{run_id}.parquet"
+    copy_file(seen_rows_file, seen_copy)  # kept with the registry: stores and runs may be cleaned
     entry = {"run_id": run_id, "model_dir": address(model_dir), "strategy": strategy, "metrics": metrics,
-             "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
+             "seen_rows": address(seen_copy), "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
     event = {**entry, "event": "promoted" if decision["action"] == "promote" else "kept_champion",
              "reason": decision["reason"], "champion_before": decision.get("champion_run_id"),
              "interval": (decision.get("comparison") or {}).get(

@@ -31,6 +31,16 @@ def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)
 
 
+def row_groups(raw_path: str, group: str | None, ids: np.ndarray) -> np.ndarray | None:
+    """The --group value of each of these rows (by id), or None without --group."""
+    if group is None:
+        return None
+    import pandas as pd
+
+    raw = pd.read_parquet(raw_path, columns=[ID_COLUMN, f"__{group}"]).set_index(ID_COLUMN)
+    return raw[f"__{group}"].reindex(ids).to_numpy()
+
+
 def weighted_objective(
     weights: np.ndarray, y: np.ndarray, predicted: np.ndarray, objective: Objective
 ) -> np.ndarray:
@@ -64,9 +74,12 @@ class SortedScores:
 
 
 def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
-                     threshold_b: float, objective: Objective, n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
+                     threshold_b: float, objective: Objective, n_boot: int, seed: int,
+                     groups: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """95% intervals of (a - b) on the same resampled test rows, for the threshold objective at
-    each model's own tuned threshold and for PR-AUC (resamples without positives are skipped)."""
+    each model's own tuned threshold and for PR-AUC (resamples without positives are skipped).
+    With `groups` (one value per row), whole groups are resampled: rows of a group are not
+    independent, and resampling them one by one would make the interval too narrow."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype=np.float64)
     pred_a = (np.asarray(scores_a) >= threshold_a).astype(np.float64)
@@ -76,9 +89,13 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
         SortedScores(y, np.asarray(scores_b)),
     )
     objective_diff, pr_diff = [], []
+    codes = None if groups is None else group_codes(groups)
+    units = len(y) if codes is None else int(codes.max()) + 1
     chunk = bootstrap_chunk(len(y))
     for start in range(0, n_boot, chunk):
-        weights = resample_counts(rng, len(y), min(chunk, n_boot - start))
+        weights = resample_counts(rng, units, min(chunk, n_boot - start))
+        if codes is not None:
+            weights = weights[:, codes]  # a group's draw count weighs each of its rows
         objective_diff.append(
             weighted_objective(weights, y, pred_a, objective)
             - weighted_objective(weights, y, pred_b, objective)
@@ -107,7 +124,18 @@ def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
         "pr_auc_interval": interval(pr_diff),
         "n_boot": n_boot,
         "n_rows": int(len(y)),
+        "resampled": "rows" if codes is None else f"{units} groups",
     }
+
+
+def group_codes(values: np.ndarray) -> np.ndarray:
+    """Integer codes 0..k-1 of the values (a missing value is a group of its own row)."""
+    import pandas as pd
+
+    codes = pd.factorize(values)[0]
+    missing = codes < 0
+    codes[missing] = codes.max() + 1 + np.arange(int(missing.sum()))
+    return codes
 
 
 def verdict_text(selected: str, comparison: dict[str, Any] | None, rank_by: str) -> str:
@@ -179,7 +207,7 @@ def summarize_repeats(
 
 @task(name="compare", cache_policy=NO_CACHE)
 def compare_with_baseline(branches_dir: UPath, ranked: list[dict[str, Any]], selected: str,
-                          config: TrainConfig) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:  # fmt: skip
+                          config: TrainConfig, raw_path: str) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:  # fmt: skip
     """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
     operating points."""
     by_name = {r["strategy"]: r for r in ranked}
@@ -196,6 +224,7 @@ def compare_with_baseline(branches_dir: UPath, ranked: list[dict[str, Any]], sel
         comparison = paired_bootstrap(
             y, scores, other.probability.to_numpy(), by_name[selected]["threshold"], baseline["threshold"],
             parse_objective(config.objective), config.bootstrap, config.seed,
+            row_groups(raw_path, config.group, chosen[ID_COLUMN].to_numpy()),
         )  # fmt: skip
     tuned = by_name[selected]["threshold"]
     grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})

@@ -15,7 +15,7 @@ from tasks.errors import ConfigError
 from tasks.storage import PROCESS_LOCAL_PROTOCOLS, check_location, location, protocol_of
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
-FEATURE_CODE_VERSION = 5
+FEATURE_CODE_VERSION = 6
 
 OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
 ImputeMethod = Literal["none", "median", "most_frequent"]
@@ -48,13 +48,20 @@ class TrainConfig(BaseModel):
     group: str | None = Field(None, description="no value of this column lands in two splits")
 
     # --- outliers ----------------------------------------------------------------------
-    outlier: OutlierMethod = "zscore"
+    outlier: OutlierMethod = Field(
+        "clip",
+        description="clip: winsorise every split to training bounds; zscore/iqr: drop training rows "
+        "of either class outside them; none",
+    )
     outlier_z: float = Field(3.0, gt=0)
     outlier_iqr_k: float = Field(1.5, gt=0)
 
     # --- gates (limits passed to the Great Expectations suites as parameters) -------------
     min_class_count: int = Field(10, ge=1, description="raw gate: rows each class needs")
     min_positives_per_split: int = Field(5, ge=1, description="split gate: positives per split")
+    min_positives_per_half: int = Field(
+        5, ge=1, description="split gate: positives in each validation half (stop, tune)"
+    )
     split_ratio_tolerance: float = Field(
         0.05, ge=0, description="split gate: |positive rate of a split - overall| allowed"
     )
@@ -95,7 +102,11 @@ class TrainConfig(BaseModel):
 
     # --- reporting and export -------------------------------------------------------------
     repeats: int = Field(1, ge=1, description="train every strategy with N seeds; report mean ± sd")
-    bootstrap: int = Field(1000, ge=100, description="paired-bootstrap resamples for the verdict")
+    bootstrap: int = Field(
+        2000,
+        description="paired-bootstrap resamples for the verdict (at least 1000; promotion decisions "
+        "use at least 2000)",
+    )
     model_name: str | None = Field(None, description="registry name; default <dataset>-<target>")
     promote_metric: Literal["pr_auc", "objective"] = Field(
         "pr_auc", description="metric whose paired-bootstrap difference decides promotion"
@@ -132,6 +143,15 @@ class TrainConfig(BaseModel):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _enough_resamples(cls, value: int) -> int:
+        if value < 1000:
+            raise ValueError(
+                f"{value} bootstrap resamples give unstable 95% interval bounds; use at least 1000"
+            )
         return value
 
     @field_validator("memory_budget")
@@ -244,6 +264,7 @@ class TrainConfig(BaseModel):
         keys = (
             "sep", "target", "positive", "id", "drop", "categorical", "impute", "split",
             "split_by", "group", "outlier", "outlier_z", "outlier_iqr_k", "seed",
+            "min_positives_per_split", "min_positives_per_half",
         )  # fmt: skip
         settings = self.model_dump(include=set(keys), mode="json")
         settings["feature_code_version"] = FEATURE_CODE_VERSION

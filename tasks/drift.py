@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from tasks.ingest import MISSING_LEVEL, canonical_categories
+
 EPS = 1e-4
 
 
@@ -62,7 +64,7 @@ def numeric_drift(values: pd.Series, stats: dict[str, Any]) -> tuple[float, floa
 
 
 def categorical_drift(values: pd.Series, frequencies: dict[str, float]) -> float:
-    shares = values.astype("string").fillna("<NA>").value_counts(normalize=True)
+    shares = canonical_categories(values).fillna(MISSING_LEVEL).value_counts(normalize=True)
     levels = sorted(set(frequencies) | set(shares.index))
     return psi(
         [frequencies.get(level, 0.0) for level in levels],

@@ -1,4 +1,4 @@
-"""Metrics for a binary classifier at a threshold, and prior correction of probabilities."""
+"""Metrics for a binary classifier at a threshold."""
 
 from __future__ import annotations
 
@@ -7,20 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
-EPS = 1e-7
-
-
-def logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
-def prior_correct(p: np.ndarray, trained_prior: float, true_prior: float) -> np.ndarray:
-    """Shift probabilities learned under `trained_prior` back to `true_prior` (logit shift)."""
-    if abs(trained_prior - true_prior) < 1e-12:
-        return np.asarray(p, dtype=np.float64)
-    shifted = logit(p) - logit(trained_prior) + logit(true_prior)
-    return 1.0 / (1.0 + np.exp(-shifted))
+from tasks.calibration import EPS
 
 
 def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -57,7 +44,7 @@ def evaluate(
     y: np.ndarray, p: np.ndarray, threshold: float, p_corrected: np.ndarray
 ) -> dict[str, Any]:
     """All reported metrics: ranking and calibration of the raw scores, counts at `threshold`,
-    and Brier/log loss of the prior-corrected probabilities."""
+    and Brier/log loss of the calibrated probabilities (`probability_corrected`)."""
     result = score_metrics(y, p) | threshold_metrics(y, p, threshold)
     corrected = score_metrics(y, p_corrected)
     result["brier_corrected"] = corrected["brier"]

@@ -15,6 +15,7 @@ from tasks.io import io_task_options
 from tasks.storage import copy_file, location, read_pointer, write_json, write_text
 
 MODEL_FILE = "model.json"
+EVALUATION_FILE = "evaluation.parquet"  # stop, tune and test rows: id, y, probability
 CARD_FILE = "MODEL_CARD.md"
 
 
@@ -28,6 +29,11 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
     for member in members:
         copy_file(member, model_dir / member.name)
     copy_file(feature_set.location / PREPROCESSING, model_dir / PREPROCESSING)
+    # the validation and test predictions travel with the model: re-tuning its threshold later
+    # recomputes everything the threshold touches from them
+    copy_file(
+        branches_dir / selected["strategy"] / "predictions.parquet", model_dir / EVALUATION_FILE
+    )
     metadata = {
         "model_name": config.resolved_model_name(manifest["target"]),
         "run_id": run_id,
@@ -42,12 +48,9 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
         "target_dtype": manifest["target_dtype"],
         "target": manifest["target"],
         "id_column": manifest["id_column"],
-        "probability_is_prior_corrected": False,
-        "prior": {
-            "trained": selected["trained_prior"],
-            "true": selected["true_prior"],
-            "corrected_column": selected["prior_corrected"],
-        },  # fmt: skip
+        "probability_is_calibrated": False,  # `probability_corrected` is
+        "calibration": selected["calibration"],
+        "prior": {"trained": selected["trained_prior"], "true": selected["true_prior"]},
         "metrics": {
             "test": {
                 k: selected[k]
@@ -88,17 +91,27 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
                 k: manifest["outliers"][k] for k in ("method", "removed", "clipped_values")
             },
             "ids_file": str(feature_set.location / "ids.parquet"),
+            "class_counts": manifest["ingest"]["class_counts"],
         },  # fmt: skip
         "versions": manifest["versions"],
     }
-    write_json(model_dir / MODEL_FILE, metadata)
-    write_text(model_dir.parent / CARD_FILE, model_card(metadata, manifest))
+    write_model_files(model_dir, metadata)
     return model_dir
 
 
-def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
+def write_model_files(model_dir: UPath, metadata: dict[str, Any]) -> None:
+    """model.json and the model card, which travels inside the model directory (a copy stays
+    beside it, in the run directory)."""
+    card = model_card(metadata)
+    write_text(model_dir / CARD_FILE, card)
+    write_text(model_dir.parent / CARD_FILE, card)
+    write_json(model_dir / MODEL_FILE, metadata)  # last: a model directory is complete with it
+
+
+def model_card(meta: dict[str, Any]) -> str:
     test, tune = meta["metrics"]["test"], meta["metrics"]["validation_tuning_half"]
-    splits = manifest["splits"]
+    training = meta["training"]
+    splits = training["splits"]
     cm = test["confusion_matrix"]
     removed = meta["training"]["outliers"]["removed"]
     small = [
@@ -117,7 +130,7 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
         "training data (same columns, types and categories); `python -m flows.predict` enforces that.",
         "",
         "## Data",
-        f"- Source: `{manifest['source']}` (sha256 `{manifest['source_sha256'][:16]}…`), fingerprint "
+        f"- Source: `{training['source']}` (sha256 `{training['source_sha256'][:16]}…`), fingerprint "
         f"`{meta['data_fingerprint']}`.",
         *(
             f"- {name}: {s['rows']} rows, {s['positives']} positive ({s['positives'] / max(s['rows'], 1):.1%})"
@@ -140,17 +153,13 @@ def model_card(meta: dict[str, Any], manifest: dict[str, Any]) -> str:
         "",
         "## Threshold and calibration",
         f"- Threshold {meta['threshold']:.6g}, tuned for `{meta['threshold_objective']}` on the validation tuning half.",
-        f"- `probability` is the model's raw score. The strategy trained under a positive prior of "
-        f"{meta['prior']['trained']:.3f} against a true prior of {meta['prior']['true']:.3f}"
-        + (
-            "; `probability_corrected` shifts it back to the true prior "
-            f"(test Brier {test['brier']:.4f} raw vs {test['brier_corrected']:.4f} corrected)."
-            if meta["prior"]["corrected_column"]
-            else "; no correction is needed."
-        ),  # fmt: skip
+        f"- `probability` is the model's raw score; the strategy trained under a positive prior of "
+        f"{meta['prior']['trained']:.3f} against a true prior of {meta['prior']['true']:.3f}. "
+        f"`probability_corrected` is the calibrated probability ({meta['calibration']['summary']}; "
+        f"test Brier {test['brier']:.4f} raw vs {test['brier_corrected']:.4f} calibrated).",
         "",
         "## Known limits",
-        f"- Class balance: {manifest['ingest']['class_counts']}.",
+        f"- Class balance: {training['class_counts']}.",
         *(
             [
                 f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; metrics are noisy."

@@ -25,7 +25,15 @@ from upath import UPath
 
 from tasks import gates
 from tasks.config import FEATURE_CODE_VERSION, TrainConfig
-from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
+from tasks.ingest import (
+    ID_COLUMN,
+    MISSING_LEVEL,
+    ROW_COLUMN,
+    TARGET_COLUMN,
+    IngestResult,
+    canonical_categories,
+    is_whole,
+)
 from tasks.io import io_task_options
 from tasks.outliers import OutlierResult
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
@@ -56,6 +64,7 @@ class Preprocessing(BaseModel):
     means: dict[str, float]
     scales: dict[str, float]
     categories: dict[str, list[str]]  # code = position in the list; unseen -> -1
+    integer_valued: list[str] = []  # numerics whose training values are all whole numbers
     dropped_constant: list[str]
     positive_label: str
     negative_label: str
@@ -75,12 +84,26 @@ class Preprocessing(BaseModel):
             )
             out[column] = ((values - self.means[column]) / self.scales[column]).astype("float32")
         for column in self.categorical:
-            values = frame[column].astype("string")
+            values = canonical_categories(frame[column])
             if column in self.impute_values:
                 values = values.fillna(self.impute_values[column])
             lookup = {category: code for code, category in enumerate(self.categories[column])}
             out[column] = values.map(lookup).fillna(-1).astype("int32")
         return pd.DataFrame(out, index=frame.index)
+
+    def snap_whole(self, numeric: np.ndarray) -> np.ndarray:
+        """Scaled numerics (columns as in `numeric`) with each whole-number column moved to its
+        nearest whole raw value, then clipped like real rows: for synthesised rows (SMOTE
+        interpolates a 0/1 flag or a count to a value no real row has)."""
+        out = np.array(numeric, dtype=np.float64, copy=True)
+        for j, column in enumerate(self.numeric):
+            if column not in self.integer_valued:
+                continue
+            raw = np.round(out[:, j] * self.scales[column] + self.means[column])
+            if column in self.clip_bounds:
+                raw = np.clip(raw, *self.clip_bounds[column])
+            out[:, j] = (raw - self.means[column]) / self.scales[column]
+        return out
 
 
 def impute_and_clip(values: pd.Series, impute_values: dict[str, Any],
@@ -165,6 +188,7 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
         means={c: float(prepared[c].mean()) for c in kept},
         scales={c: float(stds[c]) for c in kept},
         categories=categories, dropped_constant=constant,
+        integer_valued=[c for c in kept if is_whole(train[c].dropna().to_numpy(dtype="float64"))],
         positive_label=ingest.positive_label, negative_label=ingest.negative_label,
         target=ingest.roles.target, id=ingest.roles.id,
     )  # fmt: skip
@@ -191,11 +215,13 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
         percentiles = values.quantile([i / 100 for i in range(101)]).tolist()
         stats[column] = {"kind": "numeric", "dtype": str(train[column].dtype), "mean": float(values.mean()),
                          "std": float(values.std(ddof=0)), "percentiles": [float(q) for q in percentiles],
-                         "bins": histogram_bins(values), "missing_share": float(values.isna().mean())}  # fmt: skip
+                         "bins": histogram_bins(values), "missing_share": float(values.isna().mean()),
+                         "approximate": False}  # fmt: skip
     for column in prep.categorical:
         shares = train[column].astype("string").value_counts(normalize=True, dropna=False)
         stats[column] = {"kind": "categorical", "dtype": "string",
-                         "frequencies": {str(k): float(v) for k, v in shares.items()},
+                         "frequencies": {MISSING_LEVEL if pd.isna(k) else str(k): float(v)
+                                         for k, v in shares.items()},
                          "missing_share": float(train[column].isna().mean())}  # fmt: skip
     return stats
 
@@ -321,6 +347,8 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
     )
     removed = set(pd.read_parquet(outliers.removed_path)[ROW_COLUMN])
     raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
+    # the drift reference describes the raw training values, before any row is filtered
+    reference = raw[raw[SPLIT_COLUMN] == "train"]
     raw = raw[~raw[ROW_COLUMN].isin(removed)]
     parts = {name: raw[raw[SPLIT_COLUMN] == name] for name in SPLITS}
 
@@ -342,7 +370,7 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
         return build_manifest(config, ingest, split, outliers, prep, split_layout(frames),
-                         feature_statistics(parts["train"], prep), staging, fp, gate)  # fmt: skip
+                         feature_statistics(reference, prep), staging, fp, gate)  # fmt: skip
 
     feature_set = commit_feature_set(config, ingest, write)
     log.info("stored feature set %s (%s rows train)", feature_set.fingerprint, len(frames["train"]))

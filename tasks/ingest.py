@@ -19,6 +19,8 @@ from tasks.storage import write_parquet
 ROW_COLUMN = "__row"  # 0-based position in the source file
 TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other
 ID_COLUMN = "__id"  # the --id column's value, or the source row position
+HASH_COLUMN = "__hash"  # 8-byte hash of the row's normalised feature values (row_hashes)
+MISSING_LEVEL = "<NA>"  # how a missing category is keyed in frequencies and drift tables
 NUMERIC_DTYPES = [
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
@@ -96,13 +98,42 @@ def resolve_positive(target: pd.Series, positive: str | None) -> tuple[str, str,
     return positive, negative, (as_text == positive).astype("int8")
 
 
-def duplicate_report(frame: pd.DataFrame, features: list[str], target: str) -> tuple[int, int]:
-    """Rows that repeat another row exactly (features and label), and rows whose features repeat
-    another row's but with a different label."""
-    if frame.empty or not features:
-        return 0, 0
-    keys = pd.util.hash_pandas_object(frame[features], index=False).to_numpy()
-    return duplicates_from_hashes(keys, frame[target].astype(str).to_numpy())
+def canonical_categories(values: pd.Series) -> pd.Series:
+    """Category levels as strings in one form, whatever dtype the reader chose: whole numbers print
+    as integers ('1', not '1.0', which a column of codes becomes once one value is missing),
+    other numbers by their shortest repr, missing stays missing."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = values.astype("float64")
+        finite = np.isfinite(numbers.to_numpy())
+        whole = finite & (numbers.to_numpy() == np.round(numbers.to_numpy()))
+        whole &= np.abs(np.nan_to_num(numbers.to_numpy())) < 2**53
+        text = pd.Series(
+            [repr(float(v)) for v in numbers.to_numpy()], index=values.index, dtype=object
+        )
+        text[whole] = [str(int(v)) for v in numbers.to_numpy()[whole]]
+        return text.where(numbers.notna(), None).astype("string")
+    return values.astype("string")
+
+
+def is_whole(values: np.ndarray) -> bool:
+    """Whether every (non-missing) value is a whole number: counts, flags, integer codes."""
+    return bool(np.all(values == np.round(values)))
+
+
+def row_hashes(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
+    """One 8-byte hash per row of its feature values in normal form (numerics as float64 with
+    -0.0 as 0.0 and one NaN, categories as canonical strings), in the given column order. The same
+    row gives the same hash whichever dtype a reader inferred, batch by batch or whole."""
+    parts: dict[str, Any] = {}
+    for column in numeric:
+        values = frame[column].to_numpy(dtype="float64") + 0.0
+        parts[column] = np.where(np.isnan(values), np.nan, values)
+    for column in categorical:
+        text = canonical_categories(frame[column])
+        parts[column] = text.astype(object).where(text.notna(), "\x00" + MISSING_LEVEL).to_numpy()
+    if not parts:
+        return np.zeros(len(frame), dtype="uint64")
+    return pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
 
 
 def duplicates_from_hashes(keys: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
@@ -117,13 +148,15 @@ def duplicates_from_hashes(keys: np.ndarray, labels: np.ndarray) -> tuple[int, i
 
 def normalise(frame: pd.DataFrame, roles: ColumnRoles, y: np.ndarray, first_row: int,
               config: TrainConfig) -> pd.DataFrame:  # fmt: skip
-    """The raw copy every later stage reads: string categoricals, float64 numerics, `__y`,
-    `__id` (the id column, or the source row position), `__row` and the group/time columns."""
+    """The raw copy every later stage reads: canonical string categoricals, float64 numerics,
+    `__hash` (row_hashes), `__y`, `__id` (the id column, or the source row position), `__row` and
+    the group/time columns."""
     normalised = frame[roles.features].copy()
     for column in roles.categorical:
-        normalised[column] = frame[column].astype("string")
+        normalised[column] = canonical_categories(frame[column])
     for column in roles.numeric:
         normalised[column] = frame[column].astype("float64")
+    normalised[HASH_COLUMN] = row_hashes(normalised, roles.numeric, roles.categorical)
     rows = np.arange(first_row, first_row + len(frame), dtype="int64")
     normalised[TARGET_COLUMN] = y
     normalised[ID_COLUMN] = frame[roles.id].to_numpy() if roles.id else rows
@@ -169,11 +202,9 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
         config.positive if config.positive is not None else (builtin.positive if builtin else None)
     )
     positive, negative, y = resolve_positive(frame[roles.target], positive_default)
-    exact, conflicting = duplicate_report(frame, roles.features, roles.target)
-
-    raw_path = write_parquet(
-        work_dir / "raw.parquet", normalise(frame, roles, y.to_numpy(), 0, config)
-    )
+    normalised = normalise(frame, roles, y.to_numpy(), 0, config)
+    exact, conflicting = duplicates_from_hashes(normalised[HASH_COLUMN].to_numpy(), y.to_numpy())
+    raw_path = write_parquet(work_dir / "raw.parquet", normalised)
 
     counts = {positive: int(y.sum()), negative: int(len(y) - y.sum())}
     return IngestResult(

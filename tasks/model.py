@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,19 @@ def configure_tensorflow(threads: int) -> None:
 
 @dataclass(frozen=True)
 class TrainSettings:
+    """Network and schedule of one training run; the schedule is the same for every strategy:
+    the stop half is scored every `steps_per_check` optimizer steps, at most `max_checks` times,
+    and training stops after `patience` checks without improvement once `warmup_checks` are
+    done; the best-scoring weights are kept."""
+
     hidden: tuple[int, ...]
     dropout: float
     learning_rate: float
     batch_size: int
-    epochs: int
+    steps_per_check: int
+    max_checks: int
     patience: int
-    steps_per_epoch: int
+    warmup_checks: int = 1
 
 
 def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[int]) -> np.ndarray:
@@ -216,73 +223,96 @@ class RowGroupStream(_Stream):
             yield x, np.concatenate([np.ones(half, dtype=np.float32), y_neg])
 
 
-def _stop_half_scorer(x_stop: np.ndarray, y_stop: np.ndarray):
-    """A Keras callback that adds `val_pr_auc` (average precision on the stop half, the same
-    definition the reports use) to each epoch's logs: one forward pass per epoch, in chunks.
-    Keras's validation pass with its interpolated AUC metric, or `model.predict`, rebuild a
-    tf.data pipeline every epoch: ~90 ms each, most of a small model's training time."""
+def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings) -> Any:
+    """A Keras callback that scores the stop half (average precision, as the reports define it) after every check
+    interval (a Keras "epoch" of `steps_per_check` steps), keeps the best weights, stops after
+    `patience` checks without improvement once past the warm-up, and restores the best weights.
+    One forward pass per check, in chunks: Keras's validation pass would rebuild a tf.data
+    pipeline every time."""
     import keras
     from sklearn.metrics import average_precision_score
 
-    class StopHalfScore(keras.callbacks.Callback):
+    class StopHalf(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.best_check, self.best_weights, self.wait = -np.inf, 0, None, 0
+
         def on_epoch_end(self, epoch, logs=None):
             scores = np.concatenate([
                 np.asarray(self.model.predict_on_batch(x_stop[i : i + 65536])).reshape(-1)
                 for i in range(0, len(x_stop), 65536)
             ])  # fmt: skip
+            value = float(average_precision_score(y_stop, scores))
             if logs is not None:
-                logs["val_pr_auc"] = float(average_precision_score(y_stop, scores))
+                logs["val_pr_auc"] = value
+            if value > self.best:
+                self.best, self.best_check, self.wait = value, epoch + 1, 0
+                self.best_weights = self.model.get_weights()
+                return
+            self.wait += 1
+            if self.wait >= settings.patience and epoch + 1 >= settings.warmup_checks:
+                self.model.stop_training = True
 
-    return StopHalfScore()
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return StopHalf()
 
 
 def fit_member(stream: BatchStream | RowGroupStream, x_stop: np.ndarray, y_stop: np.ndarray,
                settings: TrainSettings, *, seed: int, output_bias: float, loss: str,
                focal_alpha: float, class_weight: dict[int, float] | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """Train one model on the batches of `stream` for `settings.epochs` epochs of
-    `settings.steps_per_epoch` steps, stopping early on the stop half's PR-AUC and restoring
-    the best weights."""
+    """Train one model on the batches of `stream` on the shared schedule of `settings`
+    (see TrainSettings), keeping the weights that score best on the stop half."""
     import keras
+
+    from tasks.strategies import FOCAL_GAMMA
 
     model = build_mlp(stream.width, settings, seed, output_bias)
     if loss == "focal":
         loss_fn = keras.losses.BinaryFocalCrossentropy(
-            apply_class_balancing=True, alpha=focal_alpha, gamma=2.0
+            apply_class_balancing=True, alpha=focal_alpha, gamma=FOCAL_GAMMA
         )
     else:
         loss_fn = keras.losses.BinaryCrossentropy()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
         loss=loss_fn,
-        steps_per_execution=steps_per_execution(settings.steps_per_epoch),
+        steps_per_execution=steps_per_execution(settings.steps_per_check),
     )
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_pr_auc", mode="max", patience=settings.patience, restore_best_weights=True
-    )
+    stopper = stop_half_stopping(x_stop, y_stop, settings)
+    started = time.perf_counter()
     history = model.fit(
         stream.dataset(),
-        steps_per_epoch=settings.steps_per_epoch,
-        epochs=settings.epochs,
+        steps_per_epoch=settings.steps_per_check,
+        epochs=settings.max_checks,
         class_weight=class_weight,
-        callbacks=[_stop_half_scorer(x_stop, y_stop), stopper],  # scorer first: it writes the log
+        callbacks=[stopper],
         shuffle=False,  # BatchStream shuffles with its own seed
         verbose=0,
     )
+    seconds = time.perf_counter() - started
     curve = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    val_pr = curve.get("val_pr_auc", [])
-    best_epoch = int(np.argmax(val_pr)) + 1 if val_pr else len(curve.get("loss", []))
+    checks = len(curve.get("loss", []))
     return model, {
-        "epochs_run": len(curve.get("loss", [])),
-        "best_epoch": best_epoch,
+        "checks_run": checks,
+        "best_check": stopper.best_check or checks,
+        "steps": checks * settings.steps_per_check,
+        "best_step": (stopper.best_check or checks) * settings.steps_per_check,
+        "train_seconds": round(seconds, 3),
         "history": curve,
     }
 
 
+def member_scores(models: list[Any], x: np.ndarray) -> list[np.ndarray]:
+    """Each member's probabilities for the rows of `x`."""
+    return [m.predict(x, batch_size=4096, verbose=0).reshape(-1).astype(np.float64) for m in models]
+
+
 def predict(models: list[Any], x: np.ndarray) -> np.ndarray:
-    """Average of the members' probabilities."""
-    return np.mean(
-        [m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models], axis=0
-    ).astype(np.float64)
+    """Average of the members' probabilities (the raw score)."""
+    return np.mean(member_scores(models, x), axis=0)
 
 
 AUTO_BATCH = (256, 4096)  # smallest and largest automatic batch size
@@ -309,5 +339,38 @@ def steps_per_execution(steps: int) -> int:
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Equal budgets: every strategy gets ceil(n_train / batch) steps per epoch."""
+    """Steps of one pass over the whole training split."""
     return max(1, math.ceil(n_train / batch_size))
+
+
+MAX_CHECKS_PER_EPOCH = 32  # the stop half is scored at most this often per pass over the data
+
+
+def check_interval(n_train: int, n_minority: int, batch_size: int) -> int:
+    """Optimizer steps between two scorings of the stop half, the same for every strategy: one
+    pass over the smallest pool a strategy trains on (the undersampled one: twice the minority
+    class), at least 1/MAX_CHECKS_PER_EPOCH of a full pass, rounded up to whole compiled calls.
+    Checking once per full pass instead would let an undersampling strategy cycle its small
+    pool hundreds of times between checks on rare-class data."""
+    full = steps_per_epoch(n_train, batch_size)
+    pool = steps_per_epoch(max(2 * n_minority, 1), batch_size)
+    steps = min(max(pool, math.ceil(full / MAX_CHECKS_PER_EPOCH)), full)
+    if steps > MAX_STEPS_PER_EXECUTION:
+        steps = math.ceil(steps / MAX_STEPS_PER_EXECUTION) * MAX_STEPS_PER_EXECUTION
+    return steps
+
+
+def schedule(n_train: int, n_minority: int, batch_size: int, epochs: int, patience: int
+             ) -> dict[str, int]:  # fmt: skip
+    """The shared training schedule: a cap of `epochs` full passes of optimizer steps, checked
+    every check_interval steps; `patience` full passes without improvement stop it (counted in
+    checks), and no strategy stops before one full pass."""
+    interval = check_interval(n_train, n_minority, batch_size)
+    full = steps_per_epoch(n_train, batch_size)
+    checks_per_pass = max(1, round(full / interval))
+    return {
+        "steps_per_check": interval,
+        "max_checks": max(1, math.ceil(epochs * full / interval)),
+        "patience": patience * checks_per_pass,
+        "warmup_checks": checks_per_pass,
+    }

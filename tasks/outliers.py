@@ -1,13 +1,13 @@
-"""Stage 3: outlier handling, fitted on training rows only.
+"""Stage 3: outlier handling, fitted on training rows only and blind to the label.
 
-- `zscore`: one joint pass; a training row is an outlier when any continuous column is more than
-  `outlier_z` training standard deviations from the training mean. Only majority-class rows are
-  dropped: rare-class extremes are the signal (fraud is extreme by nature).
+- `clip` (default): winsorise every split to the training mean +- z*std bounds; nothing is
+  dropped. The bounds are part of the fitted preprocessing and apply at prediction time too.
+- `zscore`: a training row of either class is dropped when any continuous column is more than
+  `outlier_z` training standard deviations from the training mean (one joint pass).
 - `iqr`: the same with bounds Q1 - k*IQR, Q3 + k*IQR.
-- `clip`: winsorise every split to the training mean +- z*std bounds; nothing is dropped. The
-  bounds are part of the fitted preprocessing and apply at prediction time too.
 - `none`: nothing.
-Validation and test rows are never dropped.
+Validation and test rows are never dropped. The rule never looks at the label: dropping only
+majority-class extremes would teach the model that an extreme value means the rare class.
 """
 
 from __future__ import annotations
@@ -116,12 +116,10 @@ def handle_outliers(
         else fit_bounds(train, columns, method, config.outlier_z, config.outlier_iqr_k)
     )
 
-    majority = 1 if train[TARGET_COLUMN].mean() > 0.5 else 0
     removed_mask = pd.Series(False, index=raw.index)
     clipped = {ingest.positive_label: 0, ingest.negative_label: 0}
     if method in ("zscore", "iqr"):
-        is_train_majority = (raw[SPLIT_COLUMN] == "train") & (raw[TARGET_COLUMN] == majority)
-        removed_mask = is_train_majority & outside_bounds(raw, bounds)
+        removed_mask = (raw[SPLIT_COLUMN] == "train") & outside_bounds(raw, bounds)
     elif method == "clip":
         train_labels = labels[train.index]
         for column, (low, high) in bounds.items():
@@ -137,7 +135,7 @@ def handle_outliers(
     }
     train_totals = {label: int((train_labels == label).sum()) for label in removed}
     outside_train = int((removed_mask & (raw[SPLIT_COLUMN] != "train")).sum())
-    report = outlier_gate(config, ingest, removed, train_totals, outside_train, majority)
+    report = outlier_gate(config, ingest, removed, train_totals, outside_train)
     seed_rule = seed_article_rule(raw, columns or ingest.roles.numeric, labels, config.outlier_z)
     removed_path = write_parquet(work_dir / "removed.parquet", raw.loc[removed_mask, [ROW_COLUMN]])
     return OutlierResult(
@@ -147,16 +145,14 @@ def handle_outliers(
 
 
 def outlier_gate(config: TrainConfig, ingest: IngestResult, removed: dict[str, int],
-                 train_totals: dict[str, int], removed_outside_train: int, majority: int) -> dict[str, Any]:  # fmt: skip
-    """Removal shares per class within the limit, nothing removed outside training, no minority
-    row removed."""
+                 train_totals: dict[str, int], removed_outside_train: int) -> dict[str, Any]:  # fmt: skip
+    """Removal share of each class's training rows within --max-removed-share; nothing removed
+    outside training."""
     positive, negative = ingest.positive_label, ingest.negative_label
-    minority_label = negative if majority == 1 else positive
     facts = pd.DataFrame([{
         "removed_share_positive": removed[positive] / max(train_totals[positive], 1),
         "removed_share_negative": removed[negative] / max(train_totals[negative], 1),
         "rows_removed_outside_train": removed_outside_train,
-        "minority_rows_removed": removed[minority_label],
     }])  # fmt: skip
     report = gates.validate(
         "outliers", "outliers", {"facts": facts}, {"classes": ["positive", "negative"]},

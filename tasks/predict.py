@@ -12,12 +12,12 @@ from prefect import task
 from upath import UPath
 
 from tasks import gates
+from tasks.calibration import Calibration
 from tasks.drift import DriftSettings, drift_table, overall_status, publish_drift
 from tasks.errors import DriftError
-from tasks.evaluate import prior_correct
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing, code_matrix
-from tasks.ingest import NUMERIC_DTYPES
+from tasks.ingest import NUMERIC_DTYPES, canonical_categories
 from tasks.io import io_task_options, load_source
 from tasks.storage import local_copy, location, write_parquet
 
@@ -29,6 +29,7 @@ class LoadedModel:
         self.dir = location(model_dir)
         self.meta: dict[str, Any] = json.loads((self.dir / MODEL_FILE).read_text())
         self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
+        self.calibration = Calibration.model_validate(self.meta["calibration"])
         self._members: list[Any] | None = None
 
     @property
@@ -64,13 +65,13 @@ def input_gate(frame: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
     normalised = frame.copy()
     for column in categorical:  # categories are matched by their string form, as in training
         normalised[column] = (
-            frame[column].astype("string").astype(object).where(frame[column].notna(), None)
+            canonical_categories(frame[column]).astype(object).where(frame[column].notna(), None)
         )
     return gates.validate("predict input", "predict_input", normalised, bindings).as_dict()
 
 
 def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    from tasks.model import one_hot_inputs, predict
+    from tasks.model import member_scores, one_hot_inputs
 
     prep = model.prep
     features = prep.transform(frame)
@@ -80,16 +81,14 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
         codes,
         [len(prep.categories[c]) for c in prep.categorical],
     )
-    probability = predict(model.members, x)
+    members = member_scores(model.members, x)
+    probability = np.mean(members, axis=0)
     is_positive = probability >= model.meta["threshold"]
     out = pd.DataFrame(index=frame.index)
     if prep.id and prep.id in frame.columns:
         out[prep.id] = frame[prep.id].to_numpy()
     out["probability"] = probability
-    if model.meta["prior"]["corrected_column"]:
-        out["probability_corrected"] = prior_correct(
-            probability, model.meta["prior"]["trained"], model.meta["prior"]["true"]
-        )
+    out["probability_corrected"] = model.calibration.apply(members)
     labels = pd.Series(
         np.where(is_positive, model.meta["positive_label"], model.meta["negative_label"])
     )

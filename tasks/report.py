@@ -22,6 +22,7 @@ from tasks.thresholds import (
     objective_values,
     parse_objective,
 )
+from tasks.train import rank_value
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;line-height:1.4}
@@ -112,7 +113,7 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, column, title in (
         (axes[0], "probability", "raw"),
-        (axes[1], "probability_corrected", "prior-corrected"),
+        (axes[1], "probability_corrected", "calibrated"),
     ):
         for r in ok:
             test = predictions[r["strategy"]].query("part == 'test'")
@@ -184,9 +185,9 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
                     alpha=1 if i == 0 else 0.4,
                     label=name if i == 0 else None,
                 )
-        ax_loss.set(title="Training loss per epoch", xlabel="epoch", ylabel="loss")
+        ax_loss.set(title="Training loss per check interval", xlabel="check", ylabel="loss")
         ax_val.set(
-            title="Stop-half PR-AUC per epoch (early stopping)", xlabel="epoch", ylabel="PR-AUC"
+            title="Stop-half PR-AUC at each check (early stopping)", xlabel="check", ylabel="PR-AUC"
         )
         ax_val.legend(fontsize=7)
         plots["training"] = _figure_to_img(fig, "training curves")
@@ -226,15 +227,16 @@ def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], mani
         row = {"strategy": r["strategy"], "rank": r.get("rank") or "", "status": r["status"],
                "eligible": "yes" if r.get("eligible") else "no (reference)" if r["strategy"] == "reference" else "no"}  # fmt: skip
         if r["status"] == "ok":
-            row |= {f"tune {metrics['rank_by']}": r["validation"][metrics["rank_by"]], "threshold": r["threshold"],
+            row |= {f"validation {metrics['rank_by']}": rank_value(r, metrics["rank_by"]), "threshold": r["threshold"],
                     **{k: r[k] for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "g_mean", "brier_corrected")},
-                    "f1 @0.5": r["at_0_5"]["f1"], "recall @0.5": r["at_0_5"]["recall"]}  # fmt: skip
+                    "f1 @0.5": r["at_0_5"]["f1"], "recall @0.5": r["at_0_5"]["recall"], "steps": r["steps"],
+                    "train seconds": r["train_seconds"], "calibration": r["calibration"]["method"]}  # fmt: skip
         else:
             row["error"] = r.get("error") or ""
         leaderboard.append(row)
-    board_columns = ["strategy", "rank", "status", "eligible", f"tune {metrics['rank_by']}", "threshold", "pr_auc",
+    board_columns = ["strategy", "rank", "status", "eligible", f"validation {metrics['rank_by']}", "threshold", "pr_auc",
                      "roc_auc", "f1", "precision", "recall", "mcc", "g_mean", "brier_corrected", "f1 @0.5",
-                     "recall @0.5", "error"]  # fmt: skip
+                     "recall @0.5", "steps", "train seconds", "calibration", "error"]  # fmt: skip
 
     def row_class(row):
         return (
@@ -260,7 +262,11 @@ def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], mani
         repeat_rows = [{"strategy": name, "repeats ok": f"{e['repeats_ok']}/{e['repeats']}",
                         **{k: (f"{e[k]['mean']:.4f} ± {e[k]['sd']:.4f}" if e.get(k) else "") for k in ("pr_auc", "f1", "recall", "precision")}}
                        for name, e in repeats.items()]  # fmt: skip
-        repeat_html = "<h2>Repeated seeds (test, mean ± sd)</h2>" + _table(
+        repeat_html = (
+            "<h2>Repeats (test, mean ± sd)</h2><p>Each repeat draws a new train/validation/test "
+            "split and new training seeds, so the spread includes the split's variance, not only "
+            "the optimiser's.</p>"
+        ) + _table(
             repeat_rows,
             ["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"],
             "repeats",
@@ -285,8 +291,12 @@ def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], mani
 <h1>Imbalanced training run {html.escape(metrics["run_id"])}</h1>
 <p class="verdict" id="verdict">{_md_bold(html.escape(verdict))}</p>
 <h2>Leaderboard</h2>
-<p>Ranked by {html.escape(metrics["rank_by"])} on the validation tuning half (selection never looks at test).
-Test metrics at each strategy's tuned threshold and at 0.5.</p>
+<p>Ranked by {html.escape(metrics["rank_by"])} on the validation split (selection never looks at test):
+threshold-free metrics on the tuning half, threshold-dependent ones cross-fitted (threshold tuned on one
+validation half, scored on the other, both ways). Test metrics at each strategy's tuned threshold and at
+0.5. Every strategy trains on the same schedule: the stop half is scored every same number of optimizer
+steps under the same cap; <em>steps</em> and <em>train seconds</em> are what each actually used (all
+members of an ensemble). <code>brier_corrected</code> scores the calibrated probabilities.</p>
 {_table(leaderboard, board_columns, "leaderboard", row_class)}
 {comparison_html}
 {champion_html}

@@ -12,31 +12,37 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from tasks.calibration import Calibration
 from tasks.errors import ConfigError
 
 if TYPE_CHECKING:
     from tasks.config import TrainConfig
 
 REFERENCE = "reference"  # HistGradientBoosting on the same splits; ranked, never champion
+FOCAL_GAMMA = 2.0
 
 
-def _undersampler(seed: int, categorical: list[int]):
+def _undersampler(seed: int, categorical: list[int], n_columns: int):
     from imblearn.under_sampling import RandomUnderSampler
 
     return RandomUnderSampler(random_state=seed)
 
 
-def _oversampler(seed: int, categorical: list[int]):
+def _oversampler(seed: int, categorical: list[int], n_columns: int):
     from imblearn.over_sampling import RandomOverSampler
 
     return RandomOverSampler(random_state=seed)
 
 
-def _smote(seed: int, categorical: list[int]):
+def _smote(seed: int, categorical: list[int], n_columns: int):
     # SMOTENC resamples the stored integer codes: a synthetic row takes one real level per
-    # categorical (the most frequent among its neighbours), never an interpolated dummy.
-    from imblearn.over_sampling import SMOTE, SMOTENC
+    # categorical (the most frequent among its neighbours), never an interpolated dummy. With
+    # nothing but categoricals SMOTENC has no distance to interpolate on: SMOTEN is its form
+    # for that case. Whole-number numerics are snapped back to whole numbers by the caller.
+    from imblearn.over_sampling import SMOTE, SMOTEN, SMOTENC
 
+    if categorical and len(categorical) == n_columns:
+        return SMOTEN(random_state=seed)
     if categorical:
         return SMOTENC(categorical_features=categorical, random_state=seed)
     return SMOTE(random_state=seed)
@@ -46,7 +52,7 @@ def _smote(seed: int, categorical: list[int]):
 class Strategy:
     name: str
     summary: str
-    sampler: Callable[[int, list[int]], object] | None = None  # (seed, categorical indices)
+    sampler: Callable[[int, list[int], int], object] | None = None  # (seed, categorical, width)
     synthetic: bool = False  # the sampler creates new rows (a copy), rather than picking rows
     class_weighted: bool = False
     loss: Literal["bce", "focal"] = "bce"
@@ -69,6 +75,19 @@ class Strategy:
         """Weight of the positive class in the focal loss: the share of negatives in training
         (Keras's default 0.25 would down-weight a rare positive class)."""
         return float(1.0 - np.mean(y))
+
+    def calibration(self, y: np.ndarray, true_prior: float) -> Calibration | None:
+        """The exact map from this strategy's scores to calibrated probabilities, given the
+        labels its loss saw; None when there is none in closed form (a calibrator is fitted on
+        the stop half instead)."""
+        if self.synthetic:
+            return None
+        if self.loss == "focal":
+            return Calibration(method="focal", alpha=self.focal_alpha(y), gamma=FOCAL_GAMMA)
+        prior = self.effective_prior(y)
+        if abs(prior - true_prior) < 1e-12:
+            return Calibration(method="identity")
+        return Calibration(method="prior", trained_prior=prior, true_prior=true_prior)
 
     def effective_prior(self, y: np.ndarray) -> float:
         """The positive share the loss actually sees (after resampling, weights, batching)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,15 @@ from tasks.config import TrainConfig
 from tasks.datasets import BUILTINS
 from tasks.errors import DataInputError
 from tasks.ingest import (
+    HASH_COLUMN,
     ID_COLUMN,
+    MISSING_LEVEL,
     NUMERIC_DTYPES,
     ROW_COLUMN,
     TARGET_COLUMN,
     IngestResult,
     duplicates_from_hashes,
+    is_whole,
     normalise,
     resolve_positive,
     resolve_roles,
@@ -241,12 +245,10 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
             for frame in source.batches():
                 if start:
                     gate_rows(frame, start)
-                hashes.append(
-                    pd.util.hash_pandas_object(frame[roles.features], index=False).to_numpy()
-                )
                 rows = normalise(
                     frame, roles, y.iloc[start : start + len(frame)].to_numpy(), start, config
                 )
+                hashes.append(rows[HASH_COLUMN].to_numpy())
                 table = pa.Table.from_pandas(rows, preserve_index=False)
                 if writer is None:
                     schema = table.schema
@@ -318,27 +320,36 @@ def training_sample(raw_path: str, rows: np.ndarray, columns: list[str]) -> pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-def train_moments(raw_path: str, lookup: RowLookup, columns: list[str], prepare=None
-                  ) -> tuple[RunningMoments, RunningMoments | None, dict[str, set], int]:  # fmt: skip
-    """In one pass over training rows: moments of `columns` as stored and, with `prepare`, as
-    prepared; up to 3 distinct stored values per column (to tell 0/1 flags from continuous
-    columns); the training row count."""
-    stored, prepared = (
-        RunningMoments(len(columns)),
-        RunningMoments(len(columns)) if prepare else None,
-    )
-    distinct, n = {c: set() for c in columns}, 0
+@dataclass
+class TrainingPass:
+    """What one pass over the training rows learns (train_moments)."""
+
+    stored: RunningMoments  # moments of the values as stored
+    prepared: RunningMoments | None  # moments after `prepare` (imputed, clipped), when given
+    distinct: dict[str, set]  # up to 3 distinct stored values (0/1 flags are not continuous)
+    whole: dict[str, bool]  # every stored value is a whole number
+    rows: int
+
+
+def train_moments(
+    raw_path: str, lookup: RowLookup, columns: list[str], prepare=None
+) -> TrainingPass:
+    """One pass over the training rows `lookup` keeps (see TrainingPass)."""
+    result = TrainingPass(RunningMoments(len(columns)), RunningMoments(len(columns)) if prepare else None,
+                          {c: set() for c in columns}, dict.fromkeys(columns, True), 0)  # fmt: skip
     for frame in raw_batches(raw_path, columns):
         mask = lookup.kept_train(frame[ROW_COLUMN].to_numpy())
         train = frame.loc[mask, columns].astype("float64")
-        stored.update(train.to_numpy())
-        if prepared is not None:
-            prepared.update(prepare(train).to_numpy())
+        result.stored.update(train.to_numpy())
+        if result.prepared is not None:
+            result.prepared.update(prepare(train).to_numpy())
         for c in columns:
-            if len(distinct[c]) <= 2:
-                distinct[c].update(train[c].dropna().unique()[:3].tolist())
-        n += int(mask.sum())
-    return stored, prepared, distinct, n
+            values = train[c].dropna().to_numpy()
+            result.whole[c] = result.whole[c] and is_whole(values)
+            if len(result.distinct[c]) <= 2:
+                result.distinct[c].update(np.unique(values)[:3].tolist())
+        result.rows += int(mask.sum())
+    return result
 
 
 def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dict[str, Counter]:
@@ -354,13 +365,28 @@ def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dic
     return counts
 
 
-def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path,
-                 names: tuple[str, ...]) -> tuple[dict[str, dict[str, int]], int]:  # fmt: skip
+def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path, names: tuple[str, ...],
+                 seed: int) -> tuple[dict[str, dict[str, int]], int]:  # fmt: skip
     """Transform every kept row batch by batch into `<directory>/<split>.parquet` (and ids.parquet);
-    returns rows and positives per split, and how many stored numeric values are not finite."""
+    returns rows and positives per split, and how many stored numeric values are not finite.
+
+    The training split is written in a seeded random row order (an external shuffle: rows go to
+    random buckets of about BATCH_ROWS rows, then each bucket is shuffled and appended), so a
+    source sorted by time or label still streams i.i.d. batches row group by row group."""
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {name: {"rows": 0, "positives": 0} for name in names}
     nonfinite = 0
+    rng = np.random.default_rng(seed)
+    n_buckets = max(1, -(-len(lookup.train_rows()) // BATCH_ROWS))
+    buckets = directory / ".train-buckets"
+    buckets.mkdir()
+
+    def append(name: str, out: pd.DataFrame, path: Path) -> None:
+        table = pa.Table.from_pandas(out, preserve_index=False)
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(path, table.schema)
+        writers[name].write_table(table.cast(writers[name].schema))
+
     try:
         for frame in raw_batches(raw_path):
             rows = frame[ROW_COLUMN].to_numpy()
@@ -369,26 +395,41 @@ def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path,
             split = lookup.split[rows]
             ids = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(), "split": split.astype(str),
                                 "half": lookup.half[rows].astype(str), "y": frame[TARGET_COLUMN].to_numpy()})  # fmt: skip
-            outputs = {"ids": ids}
+            append("ids", ids, directory / "ids.parquet")
             for name in names:
                 part = frame[split == name]
+                if part.empty:  # an empty batch part carries no reliable types
+                    continue
                 out = prep.transform(part)
                 nonfinite += int((~np.isfinite(out[prep.numeric].to_numpy(dtype="float64"))).sum())
                 out[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
                 out[ID_COLUMN] = part[ID_COLUMN].to_numpy()
-                outputs[name] = out.reset_index(drop=True)
+                out = out.reset_index(drop=True)
                 counts[name]["rows"] += len(part)
                 counts[name]["positives"] += int(part[TARGET_COLUMN].sum())
-            for name, out in outputs.items():
-                if out.empty:  # an empty batch part carries no reliable types
+                if name != "train":
+                    append(name, out, directory / f"{name}.parquet")
                     continue
-                table = pa.Table.from_pandas(out, preserve_index=False)
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(directory / f"{name}.parquet", table.schema)
-                writers[name].write_table(table.cast(writers[name].schema))
+                bucket = rng.integers(n_buckets, size=len(out))
+                for b in np.unique(bucket):
+                    append(f"bucket-{b}", out[bucket == b], buckets / f"{b}.parquet")
+        for b in range(n_buckets):
+            writer = writers.pop(f"bucket-{b}", None)
+            if writer is None:
+                continue
+            writer.close()
+            rows = pq.read_table(buckets / f"{b}.parquet")
+            append(
+                "train",
+                rows.take(rng.permutation(rows.num_rows)).to_pandas(),
+                directory / "train.parquet",
+            )
     finally:
         for writer in writers.values():
             writer.close()
+        for path in buckets.glob("*"):
+            path.unlink()
+        buckets.rmdir()
     missing = [name for name in ("ids", *names) if name not in writers]
     if missing:  # the split gate guarantees rows in every split; this is a bug, not bad input
         raise RuntimeError(f"no rows were written for {', '.join(missing)}")
@@ -411,8 +452,8 @@ def histogram_shares(
 
 def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_dir: Path):
     """`tasks.outliers.handle_outliers` over batches: mean/std bounds from merged moments, IQR
-    bounds from the training sample's quartiles; majority-class training rows outside the bounds
-    are removed (zscore, iqr) or their values counted as clipped (clip)."""
+    bounds from the training sample's quartiles; training rows of either class outside the
+    bounds are removed (zscore, iqr) or their values counted as clipped (clip)."""
     from tasks.outliers import (
         OutlierResult,
         fit_bounds,
@@ -424,8 +465,8 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     raw, numeric, method = ingest.raw_path, ingest.roles.numeric, config.outlier
     positive, negative = ingest.positive_label, ingest.negative_label
     lookup = RowLookup(split.assignment_path, ingest.n_rows)
-    moments, _, distinct, _ = train_moments(raw, lookup, numeric)
-    columns = [c for c in numeric if len(distinct[c]) > 2]
+    moments = train_moments(raw, lookup, numeric)
+    columns = [c for c in numeric if len(moments.distinct[c]) > 2]
     if method == "none":
         bounds = {}
     elif method == "iqr":
@@ -433,19 +474,19 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
         bounds = fit_bounds(sample, columns, "iqr", config.outlier_z, config.outlier_iqr_k)
     else:  # zscore, clip: from the merged training moments
         where = {c: i for i, c in enumerate(numeric)}
-        bounds = {c: zscore_bounds(moments.mean[where[c]], moments.std[where[c]], config.outlier_z)
-                  for c in columns}  # fmt: skip
+        bounds = {c: zscore_bounds(moments.stored.mean[where[c]], moments.stored.std[where[c]],
+                                   config.outlier_z) for c in columns}  # fmt: skip
     train_counts = split.counts["train"]
-    majority = 1 if train_counts["positives"] / max(train_counts["rows"], 1) > 0.5 else 0
     name = {1: positive, 0: negative}
     removed, clipped, removed_rows = {positive: 0, negative: 0}, {positive: 0, negative: 0}, []
     for frame in raw_batches(raw, [*columns, TARGET_COLUMN]):
         is_train = lookup.kept_train(frame[ROW_COLUMN].to_numpy())  # nothing removed yet
         y = frame[TARGET_COLUMN].to_numpy()
         if method in ("zscore", "iqr"):
-            drop = is_train & (y == majority) & outside_bounds(frame, bounds).to_numpy()
+            drop = is_train & outside_bounds(frame, bounds).to_numpy()
             removed_rows.append(frame.loc[drop, ROW_COLUMN].to_numpy())
-            removed[name[majority]] += int(drop.sum())
+            for label in (0, 1):
+                removed[name[label]] += int((drop & (y == label)).sum())
         elif method == "clip":
             for column, (low, high) in bounds.items():
                 hit = is_train & ((frame[column] < low) | (frame[column] > high)).to_numpy()
@@ -455,7 +496,7 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
         positive: train_counts["positives"],
         negative: train_counts["rows"] - train_counts["positives"],
     }
-    report = outlier_gate(config, ingest, removed, totals, 0, majority)
+    report = outlier_gate(config, ingest, removed, totals, 0)
     rows = np.concatenate(removed_rows) if removed_rows else np.zeros(0, dtype="int64")
     removed_path = work_dir / "removed.parquet"
     with atomic_path(removed_path) as tmp:
@@ -507,8 +548,8 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
     def prepare(values: pd.DataFrame) -> pd.DataFrame:
         return values.apply(impute_and_clip, args=(impute_values, clip_bounds))
 
-    raw_moments, prepared, _, n_train = train_moments(raw, lookup, numeric, prepare)
-    stds = dict(zip(numeric, prepared.std, strict=True))
+    fit = train_moments(raw, lookup, numeric, prepare)
+    stds = dict(zip(numeric, fit.prepared.std, strict=True))
     constant = [c for c in numeric if not stds[c] > 0]
     kept = [c for c in numeric if c not in constant]
     categories = {c: sorted({k for k in counts[c] if k is not None} | ({impute_values[c]} if c in impute_values else set()))
@@ -517,33 +558,45 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
         numeric=kept, categorical=categorical, impute=config.impute,
         impute_values={k: v for k, v in impute_values.items() if k not in constant},
         clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
-        means={c: float(m) for c, m in zip(numeric, prepared.mean, strict=True) if c in kept},
+        means={c: float(m) for c, m in zip(numeric, fit.prepared.mean, strict=True) if c in kept},
         scales={c: float(stds[c]) for c in kept}, categories=categories, dropped_constant=constant,
+        integer_valued=[c for c in kept if fit.whole[c]],
         positive_label=ingest.positive_label, negative_label=ingest.negative_label,
         target=roles.target, id=roles.id,
     )  # fmt: skip
 
-    bins = {c: histogram_bins(sample[c]) for c in kept}
-    shares = histogram_shares(raw, lookup, {c: b["edges"] for c, b in bins.items()})
-    where = {c: i for i, c in enumerate(numeric)}
+    # the drift reference describes the raw training values, before any row is filtered
+    if lookup.removed.any():
+        every = RowLookup(split.assignment_path, ingest.n_rows)
+        reference = train_moments(raw, every, kept)
+        reference_sample = training_sample(raw, sample_rows(every.train_rows(), config.seed), kept)
+        reference_counts = category_counts(raw, every, categorical)
+    else:
+        every, reference, reference_sample, reference_counts = lookup, fit, sample, counts
+    bins = {c: histogram_bins(reference_sample[c]) for c in kept}
+    shares = histogram_shares(raw, every, {c: b["edges"] for c, b in bins.items()})
+    where = {c: i for i, c in enumerate(numeric if reference is fit else kept)}
     stats: dict[str, Any] = {}
     for c in kept:
         i = where[c]
-        percentiles = sample[c].astype("float64").quantile([q / 100 for q in range(101)]).tolist()
-        stats[c] = {"kind": "numeric", "dtype": "float64", "mean": float(raw_moments.mean[i]),
-                    "std": float(raw_moments.std[i]), "percentiles": [float(q) for q in percentiles],
+        values = reference_sample[c].astype("float64")
+        percentiles = values.quantile([q / 100 for q in range(101)]).tolist()
+        stats[c] = {"kind": "numeric", "dtype": "float64", "mean": float(reference.stored.mean[i]),
+                    "std": float(reference.stored.std[i]), "percentiles": [float(q) for q in percentiles],
                     "bins": {"edges": bins[c]["edges"], "shares": shares[c]},
-                    "missing_share": float(1 - raw_moments.n[i] / max(n_train, 1)), "approximate": True}  # fmt: skip
+                    "missing_share": float(1 - reference.stored.n[i] / max(reference.rows, 1)),
+                    "approximate": reference.rows > len(reference_sample)}  # fmt: skip
     for c in categorical:
-        total = max(sum(counts[c].values()), 1)
+        total = max(sum(reference_counts[c].values()), 1)
         stats[c] = {"kind": "categorical", "dtype": "string",
-                    "frequencies": {str(k): v / total for k, v in counts[c].most_common()},
-                    "missing_share": counts[c].get(None, 0) / total}  # fmt: skip
+                    "frequencies": {MISSING_LEVEL if k is None else str(k): v / total
+                                    for k, v in reference_counts[c].most_common()},
+                    "missing_share": reference_counts[c].get(None, 0) / total}  # fmt: skip
 
     tolerance = max(config.scale_tolerance, 6 / np.sqrt(max(len(sample), 1)))
 
     def write(staging: Path, fp: str) -> dict[str, Any]:
-        split_counts, nonfinite = write_splits(raw, lookup, prep, staging, SPLITS)
+        split_counts, nonfinite = write_splits(raw, lookup, prep, staging, SPLITS, config.seed)
         schemas = [pq.ParquetFile(staging / f"{name}.parquet").schema_arrow for name in SPLITS]
         gate = features_gate(prep.transform(sample).reset_index(drop=True), nonfinite,
                              all(s.equals(schemas[0]) for s in schemas), prep, tolerance)  # fmt: skip
@@ -559,6 +612,6 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
 
     feature_set = commit_feature_set(config, ingest, write)
     log.info(
-        "stored feature set %s out of core (%s training rows)", feature_set.fingerprint, n_train
+        "stored feature set %s out of core (%s training rows)", feature_set.fingerprint, fit.rows
     )
     return feature_set

@@ -78,15 +78,21 @@ def objective_values(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, objective: 
 
 def tune_threshold(y: np.ndarray, p: np.ndarray, objective: Objective) -> tuple[float, float]:
     """Return (threshold, objective value) maximising the objective on these rows; ties go to
-    the highest threshold (fewest alerts)."""
+    the highest threshold (fewest alerts). Flagging nothing (a threshold just above the top
+    score) is a candidate too: under a cost it can be the cheapest choice; for
+    recall@precision it is never feasible (no precision to speak of)."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
     thresholds, tp, fp, fn, _ = confusion_at_each_threshold(y, p)
+    nothing = np.nextafter(thresholds[0], np.inf) if len(thresholds) else 1.0
+    thresholds, tp, fp, fn = (
+        np.r_[nothing, thresholds], np.r_[0, tp], np.r_[0, fp], np.r_[int(y.sum()), fn]
+    )  # fmt: skip
     value = objective_values(tp, fp, fn, objective)
     score = value
     if objective.kind == "recall@precision":
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-        feasible = precision >= objective.min_precision
+        feasible = (precision >= objective.min_precision) & (tp + fp > 0)
         if not feasible.any():
             raise StrategyError(
                 f"no threshold reaches precision {objective.min_precision:g} on the tuning half "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
 from tasks import gates
+from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
-from tasks.evaluate import evaluate, prior_correct
-from tasks.features import FeatureSet, code_matrix
+from tasks.errors import StrategyError
+from tasks.evaluate import evaluate, threshold_metrics
+from tasks.features import FeatureSet, Preprocessing, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.model import (
     BatchStream,
@@ -28,8 +31,9 @@ from tasks.model import (
     auto_batch_size,
     configure_tensorflow,
     fit_member,
+    member_scores,
     one_hot_inputs,
-    predict,
+    schedule,
     steps_per_epoch,
 )
 from tasks.storage import (
@@ -41,7 +45,7 @@ from tasks.storage import (
     write_parquet,
 )
 from tasks.strategies import REFERENCE, STRATEGIES, Strategy
-from tasks.thresholds import parse_objective, tune_threshold
+from tasks.thresholds import Objective, objective_values, parse_objective, tune_threshold
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "stop", "tune", "test")
@@ -114,7 +118,9 @@ class StoreRows:
 class Scores:
     """What a fitted branch hands to the shared finishing step."""
 
-    probabilities: dict[str, np.ndarray]  # stop, tune, test
+    probabilities: dict[str, np.ndarray]  # stop, tune, test: the raw score (members averaged)
+    corrected: dict[str, np.ndarray]  # the same rows' calibrated probabilities
+    calibration: Calibration
     trained_prior: float
     train_class_counts: dict[str, int]
     info: dict[str, Any]
@@ -206,22 +212,30 @@ class Resampled:
     y: np.ndarray | None = None
 
 
-def resample(strategy: Strategy, part: Part, seed: int) -> Resampled:
+def resample(
+    strategy: Strategy, part: Part, seed: int, prep: Preprocessing | None = None
+) -> Resampled:
     """Apply the strategy's sampler to training rows only. Samplers that only pick rows (random
     under- and oversampling) are fitted on the row positions, so the features are never copied;
-    synthesising samplers (SMOTE) get numerics and integer codes together."""
+    synthesising samplers (SMOTE) get numerics and integer codes together, and their synthetic
+    values of whole-number columns (counts, flags) are snapped back to whole numbers (`prep`)."""
     if strategy.sampler is None:
         return Resampled(rows=np.arange(len(part.y)))
     if not strategy.synthetic:
-        positions, _ = strategy.sampler(seed, []).fit_resample(
+        positions, _ = strategy.sampler(seed, [], 1).fit_resample(
             np.arange(len(part.y))[:, None], part.y
         )
         return Resampled(rows=np.asarray(positions[:, 0]))
     n_numeric = part.numeric.shape[1]
     stacked = np.hstack([part.numeric.astype(np.float64), part.codes.astype(np.float64)])
     categorical = list(range(n_numeric, stacked.shape[1]))
-    x_res, y_res = strategy.sampler(seed, categorical).fit_resample(stacked, part.y)
-    return Resampled(numeric=x_res[:, :n_numeric].astype(np.float32), codes=np.rint(x_res[:, n_numeric:]).astype(np.int32),
+    x_res, y_res = strategy.sampler(seed, categorical, stacked.shape[1]).fit_resample(
+        stacked, part.y
+    )
+    numeric = x_res[:, :n_numeric]
+    if prep is not None:
+        numeric = prep.snap_whole(numeric)
+    return Resampled(numeric=numeric.astype(np.float32), codes=np.rint(x_res[:, n_numeric:]).astype(np.int32),
                      y=np.asarray(y_res, dtype=np.int64))  # fmt: skip
 
 
@@ -235,20 +249,22 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs)
 
 
-def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
-               cardinalities: list[int], labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
+def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, prep: Preprocessing,
+               labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
     train = parts["train"]
+    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
     batch = config.batch_size or auto_batch_size(len(train.y))
+    minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
     settings = TrainSettings(
         hidden=tuple(config.hidden), dropout=config.dropout, learning_rate=config.learning_rate,
-        batch_size=batch, epochs=config.epochs, patience=config.patience,
-        steps_per_epoch=steps_per_epoch(len(train.y), batch),
+        batch_size=batch, **schedule(len(train.y), minority, batch, config.epochs, config.patience),
     )  # fmt: skip
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
-    models, members = [], []
+    true_prior = float(train.y.mean())
+    models, members, calibrations = [], [], []
     for member in range(strategy.members(config)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"
-        sample = resample(strategy, train, seed)
+        sample = resample(strategy, train, seed, prep)
         if sample.rows is None:  # synthesised rows: their own (budget-checked) copy
             x = one_hot_inputs(sample.numeric, sample.codes, cardinalities)
             stream, seen = BatchStream(x, sample.y, batch, seed, balanced), sample.y
@@ -267,23 +283,33 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig,
         with atomic_path(model_dir / f"member_{member}.keras") as tmp:
             model.save(tmp)
         models.append(model)
+        calibrations.append(strategy.calibration(seen, true_prior))
         members.append(info | {"train_class_counts": _counts(seen, labels), "trained_prior": prior})
+    scores = {name: member_scores(models, x) for name, x in inputs.items()}
+    raw = {name: np.mean(s, axis=0) for name, s in scores.items()}
+    calibration = calibrations[0]  # every member of a strategy is corrected the same way
+    if calibration is None:
+        calibration = fit_platt(raw["stop"], parts["stop"].y, "validation stop half")
     return Scores(
-        probabilities={name: predict(models, x) for name, x in inputs.items()},
+        probabilities=raw,
+        corrected={name: calibration.apply(s) for name, s in scores.items()},
+        calibration=calibration,
         trained_prior=members[0]["trained_prior"],
         train_class_counts=members[0]["train_class_counts"],
         info={
-            "epochs_run": int(sum(m["epochs_run"] for m in members)),
-            "best_epoch": int(round(np.mean([m["best_epoch"] for m in members]))),
+            "steps": int(sum(m["steps"] for m in members)),
+            "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
             "members": [{k: v for k, v in m.items() if k != "history"} for m in members],
             "history": [m["history"] for m in members],
-            "steps_per_epoch": settings.steps_per_epoch,
-            "batch_size": batch,
+            "schedule": {"batch_size": batch, "steps_per_check": settings.steps_per_check,
+                         "max_steps": settings.max_checks * settings.steps_per_check,
+                         "patience_checks": settings.patience,
+                         "steps_per_full_pass": steps_per_epoch(len(train.y), batch)},
             "training_data": "streamed from the store by row group"
             if train.streamed
             else "in memory",
         },
-    )
+    )  # fmt: skip
 
 
 REFERENCE_STREAMED_ROWS = 500_000  # out of core: the reference fits on a sample this large
@@ -315,15 +341,20 @@ def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str
     model = HistGradientBoostingClassifier(
         categorical_features=categorical, random_state=config.seed
     )
+    started = time.perf_counter()
     model.fit(x, y)
+    seconds = time.perf_counter() - started
+    probabilities = {
+        n: model.predict_proba(matrix(parts[n].numeric, parts[n].codes))[:, 1]
+        for n in ("stop", "tune", "test")
+    }
     return Scores(
-        probabilities={
-            n: model.predict_proba(matrix(parts[n].numeric, parts[n].codes))[:, 1]
-            for n in ("stop", "tune", "test")
-        },
+        probabilities=probabilities,
+        corrected=probabilities,
+        calibration=Calibration(method="identity"),
         trained_prior=float(train.y.mean()),
         train_class_counts=_counts(train.y, labels),
-        info={"epochs_run": int(model.n_iter_), "best_epoch": int(model.n_iter_), **info},
+        info={"steps": int(model.n_iter_), "train_seconds": round(seconds, 3), **info},
     )
 
 
@@ -334,20 +365,44 @@ def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
     gates.validate(f"predictions[{name}]", "predictions", frame, {}, {})
 
 
+THRESHOLD_METRICS = ("f1", "mcc", "balanced_accuracy", "g_mean", "objective")
+
+
+def crossfit(stop: Part, tune: Part, p_stop: np.ndarray, p_tune: np.ndarray,
+             objective: Objective) -> dict[str, float]:  # fmt: skip
+    """Threshold-dependent metrics measured honestly on the validation split: the threshold
+    tuned on one half is scored on the other, both ways, and the two are averaged. Ranking by a
+    metric on the very rows its threshold was tuned on would favour the noisiest scores."""
+    values = []
+    for (fit_y, fit_p), (eval_y, eval_p) in (((stop.y, p_stop), (tune.y, p_tune)),
+                                             ((tune.y, p_tune), (stop.y, p_stop))):  # fmt: skip
+        try:
+            threshold, _ = tune_threshold(fit_y, fit_p, objective)
+        except StrategyError:  # no feasible threshold on that half: it flags nothing
+            threshold = np.inf
+        measured = threshold_metrics(eval_y, eval_p, threshold)
+        cm = measured["confusion_matrix"]
+        measured["objective"] = float(
+            objective_values(cm["tp"], cm["fp"], cm["fn"], objective, n_rows=len(eval_y))
+        )
+        values.append(measured)
+    return {k: float(np.mean([v[k] for v in values])) for k in THRESHOLD_METRICS}
+
+
 def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: TrainConfig,
                   out_dir: UPath) -> dict[str, Any]:  # fmt: skip
     """Gate the predictions, tune the threshold on the tuning half, evaluate on test."""
-    probabilities = scores.probabilities
+    probabilities, corrected = scores.probabilities, scores.corrected
     _prediction_gate(name, probabilities)
     objective = parse_objective(config.objective)
-    tune, test = parts["tune"], parts["test"]
+    stop, tune, test = parts["stop"], parts["tune"], parts["test"]
     threshold, objective_value = tune_threshold(tune.y, probabilities["tune"], objective)
     true_prior = float(parts["train"].y.mean())
-    corrected = {
-        k: prior_correct(p, scores.trained_prior, true_prior) for k, p in probabilities.items()
-    }
     validation = evaluate(tune.y, probabilities["tune"], threshold, corrected["tune"])
     validation["objective"] = objective_value
+    validation["crossfit"] = crossfit(
+        stop, tune, probabilities["stop"], probabilities["tune"], objective
+    )
     at_threshold = evaluate(test.y, probabilities["test"], threshold, corrected["test"])
     at_half = evaluate(test.y, probabilities["test"], 0.5, corrected["test"])
 
@@ -363,20 +418,19 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
         "threshold": threshold,
         "threshold_objective": objective.label,
         "objective_value": objective_value,
-        "epochs_run": scores.info["epochs_run"],
-        "best_epoch": scores.info["best_epoch"],
+        "steps": scores.info["steps"],
+        "train_seconds": scores.info["train_seconds"],
         "train_class_counts": scores.train_class_counts,
         "trained_prior": scores.trained_prior,
         "true_prior": true_prior,
-        "prior_corrected": abs(scores.trained_prior - true_prior) > 1e-12,
+        "calibration": scores.calibration.model_dump() | {"summary": scores.calibration.summary},
         **{k: at_threshold[k] for k in METRIC_KEYS},
         "brier_corrected": at_threshold["brier_corrected"],
         "log_loss_corrected": at_threshold["log_loss_corrected"],
         "at_0_5": at_half,
         "validation": validation,
-        **({k: scores.info[k] for k in ("members", "steps_per_epoch", "batch_size")}
-           if "members" in scores.info else {}),
-        **{k: scores.info[k] for k in ("training_data", "trained_on") if k in scores.info},
+        **{k: scores.info[k] for k in ("members", "schedule", "training_data", "trained_on")
+           if k in scores.info},
     }  # fmt: skip
 
 
@@ -414,11 +468,8 @@ def train_branch(
         if name == REFERENCE:
             scores = fit_reference(parts, config, labels)
         else:
-            categories = feature_set.preprocessing().categories
-            cardinalities = [len(categories[c]) for c in manifest["features"]["categorical"]]
-            scores = fit_neural(
-                STRATEGIES[name], parts, config, cardinalities, labels, branch_dir / "model"
-            )
+            prep = feature_set.preprocessing()
+            scores = fit_neural(STRATEGIES[name], parts, config, prep, labels, branch_dir / "model")
         record |= finish_branch(name, scores, parts, config, branch_dir)
     except Exception as exc:
         log.exception("strategy %s failed", name)
@@ -435,6 +486,10 @@ def train_branch(
 
 
 def rank_value(record: dict[str, Any], rank_by: str) -> float:
+    """The validation figure strategies are ranked by: threshold-free metrics on the tuning
+    half, threshold-dependent ones cross-fitted over the two validation halves."""
+    if rank_by in THRESHOLD_METRICS:
+        return float(record["validation"]["crossfit"][rank_by])
     return float(record["validation"][rank_by])
 
 
@@ -452,7 +507,8 @@ def select(records: list[dict[str, Any]], rank_by: str) -> tuple[list[dict[str, 
 LEADERBOARD_COLUMNS = ("rank", "strategy", "status", "eligible", "threshold", "validation_rank_metric",
                        "pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy",
                        "g_mean", "brier", "log_loss", "brier_corrected", "log_loss_corrected",
-                       "f1_at_0_5", "recall_at_0_5", "precision_at_0_5", "epochs_run", "error")  # fmt: skip
+                       "f1_at_0_5", "recall_at_0_5", "precision_at_0_5", "steps", "train_seconds",
+                       "calibration_method", "error")  # fmt: skip
 
 
 def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) -> None:
@@ -463,5 +519,6 @@ def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) 
             row = dict(r)
             if r["status"] == "ok":
                 row["validation_rank_metric"] = rank_value(r, rank_by)
+                row["calibration_method"] = r["calibration"]["method"]
                 row |= {f"{k}_at_0_5": r["at_0_5"][k] for k in ("f1", "recall", "precision")}
             writer.writerow(row)

@@ -11,7 +11,7 @@ from flows.champion import main as champion_main
 from flows.train import train_flow
 from tests.conftest import SYNTHETIC, fast_config
 
-BASELINE_ONLY = {"strategies": ["baseline"], "bootstrap": 200}
+BASELINE_ONLY = {"strategies": ["baseline"], "bootstrap": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,40 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
         == 0
     )
     changed = json.loads(capsys.readouterr().out)
-    meta = json.loads((Path(first.model_dir) / "model.json").read_text())
+    # a new model version beside the old one; the old one is untouched (rollback target)
+    old_meta = json.loads((Path(first.model_dir) / "model.json").read_text())
+    assert old_meta["threshold_objective"] == "f1" and "version" not in old_meta
+    new_dir = Path(changed["model_dir"])
+    assert new_dir == Path(first.run_dir) / "model-v2" and changed["version"] == 2
+    meta = json.loads((new_dir / "model.json").read_text())
     assert meta["threshold"] == changed["threshold"] and meta["threshold_objective"] == "fbeta:2"
     assert meta["threshold_history"][-1]["objective"] == "f1"
+    assert (new_dir / "MODEL_CARD.md").is_file() and f"{meta['threshold']:.6g}" in (
+        new_dir / "MODEL_CARD.md"
+    ).read_text()
+    # everything the threshold touches is recomputed from the predictions in the model
+    evaluation = pd.read_parquet(new_dir / "evaluation.parquet")
+    test = evaluation[evaluation.part == "test"]
+    flagged = test.probability >= meta["threshold"]
+    cm = meta["metrics"]["test"]["confusion_matrix"]
+    assert cm["tp"] + cm["fp"] == int(flagged.sum()) and cm["tp"] == int((flagged & (test.y == 1)).sum())
+    assert registry(output)["champion"]["model_dir"] == str(new_dir)
     assert registry(output)["history"][-1]["event"] == "threshold_changed"
+    # scoring the test rows with the new version reproduces its reference positive rate: no
+    # false drift alarm from comparing two thresholds
+    from tasks.predict import LoadedModel, reference_positive_rate
+
+    assert reference_positive_rate(LoadedModel(new_dir).meta) == pytest.approx(flagged.mean())
+
+    assert champion_main(["--output", str(output), "rollback", "synthetic-churned"]) == 0
+    back = json.loads(capsys.readouterr().out)
+    assert back["model_dir"] == first.model_dir  # the version before the threshold change
+    assert champion_main(["--output", str(output), "promote", "synthetic-churned", forced.run_id]) == 0
+    capsys.readouterr()
+    assert registry(output)["champion"]["run_id"] == forced.run_id
+    assert registry(output)["history"][-1]["event"] == "promoted_manually"
+    assert champion_main(["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]) == 0
+    capsys.readouterr()
 
     assert champion_main(["--output", str(output), "show", "synthetic-churned"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -49,7 +49,7 @@ def test_the_run_streams_and_says_why(streamed):
     assert "out of core, in batches of 64 rows" in notes and "over --memory-budget 10KB" in notes
     manifest = result.feature_set.manifest
     assert manifest["out_of_core"] is True
-    assert manifest["split_method"] == "stratified, rows sharing an id kept together"
+    assert manifest["split_method"].startswith("stratified; rows sharing feature values kept")
     assert run["ingest"]["n_rows"] == 400
 
 
@@ -97,10 +97,11 @@ def test_scaler_statistics_are_exact_on_training_rows(streamed):
     raw = pd.read_csv(SYNTHETIC).set_index("account_id")
     kept = raw.loc[train["__id"]]
     assert prep.categories["segment"] == sorted(kept["segment"].unique())
-    assert prep.means["amount"] == pytest.approx(kept["amount"].mean(), rel=1e-12)
+    clipped = kept["amount"].clip(*prep.clip_bounds["amount"])  # the default winsorises
+    assert prep.means["amount"] == pytest.approx(clipped.mean(), rel=1e-12)
 
 
-def test_splits_are_stratified_disjoint_and_only_training_majority_rows_removed(streamed):
+def test_splits_are_stratified_disjoint_and_the_default_clips_without_removing(streamed):
     _, result = streamed
     store = Path(result.feature_set.path)
     ids = pd.read_parquet(store / "ids.parquet")
@@ -108,9 +109,9 @@ def test_splits_are_stratified_disjoint_and_only_training_majority_rows_removed(
     rates = ids.groupby("split")["y"].mean()
     assert (rates - ids["y"].mean()).abs().max() < 0.05
     manifest = result.feature_set.manifest
-    removed = manifest["outliers"]["removed"]
-    assert removed["yes"] == 0  # the rare class is never filtered
-    assert sum(manifest["splits"][s]["rows"] for s in manifest["splits"]) == 400 - removed["no"]
+    assert manifest["outliers"]["method"] == "clip"  # label-free: nothing is removed
+    assert manifest["outliers"]["removed"] == {"yes": 0, "no": 0}
+    assert sum(manifest["splits"][s]["rows"] for s in manifest["splits"]) == 400
     for name in ("validation", "test"):
         assert manifest["splits"][name]["rows"] == (ids["split"] == name).sum()
 

@@ -42,11 +42,12 @@ def test_runs_land_on_a_store_without_rename(memory_runs):
         assert run["status"] == "completed"
         assert sorted(p.name for p in run_dir.iterdir()) == [
             "MODEL_CARD.md", "branches", "leaderboard.csv", "metrics.json", "model", "report.html",
-            "run.json"]  # fmt: skip
+            "run.json", "seen_rows.parquet"]  # fmt: skip
         assert "work" not in [p.name for p in run_dir.iterdir()]  # intermediates stayed local
     assert read_pointer(output, "latest").name == second.run_id  # a pointer file, not a symlink
     members = sorted(p.name for p in (location(second.model_dir)).iterdir())
-    assert members == ["member_0.keras", "model.json", "preprocessing.json"]
+    assert members == ["MODEL_CARD.md", "evaluation.parquet", "member_0.keras", "model.json",
+                       "preprocessing.json"]  # fmt: skip
     metrics = json.loads(location(second.metrics_path).read_text())
     assert {r["strategy"] for r in metrics["strategies"]} == {*STRATEGIES, "reference"}
     assert all(r["status"] == "ok" for r in metrics["strategies"])
@@ -97,7 +98,9 @@ def test_champion_cli_on_a_url_registry(memory_runs, capsys):
                        "pr_auc": listed[0]["pr_auc"], "events": 2}]  # fmt: skip
     assert champion_main(["--output", config.output, "set-threshold", "synthetic-churned",
                           "--objective", "recall@precision:0.5"]) == 0  # fmt: skip
-    meta = json.loads((location(first.model_dir) / "model.json").read_text())
+    changed = json.loads(capsys.readouterr().out)
+    assert changed["model_dir"] == f"{first.run_dir}/model-v2"
+    meta = json.loads((location(changed["model_dir"]) / "model.json").read_text())
     assert meta["threshold_objective"] == "recall@precision:0.5"
 
 

@@ -208,7 +208,7 @@ def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no model at 'nope'" in capsys.readouterr().err
 
 
-def test_repeats_add_mean_and_sd(tmp_path):
+def test_repeats_draw_new_splits_and_add_mean_and_sd(tmp_path):
     result = train_flow(
         fast_config(tmp_path / "runs", strategies=["baseline"], repeats=2, epochs=2)
     )
@@ -222,7 +222,11 @@ def test_repeats_add_mean_and_sd(tmp_path):
     assert not np.array_equal(
         pd.read_parquet(first).probability, pd.read_parquet(second).probability
     )
-    assert "Repeated seeds" in Path(result.report_path).read_text()
+    assert "new train/validation/test split" in Path(result.report_path).read_text()
+    # each repeat draws its own split: the test rows differ, so split variance is in the spread
+    first_test = set(pd.read_parquet(first).query("part == 'test'")["__id"])
+    second_test = set(pd.read_parquet(second).query("part == 'test'")["__id"])
+    assert first_test != second_test
 
 
 def test_paired_bootstrap_and_verdict():

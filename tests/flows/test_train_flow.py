@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 
 from flows.train import main, train_flow
-from tasks.evaluate import evaluate, prior_correct
+from tasks.calibration import Calibration
+from tasks.evaluate import evaluate
 from tasks.storage import location, read_parquet
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective, tune_threshold
 from tests.conftest import fast_config
 
 RECORD_KEYS = {"strategy", "status", "error", "threshold", "threshold_objective", "started_at",
-               "finished_at", "epochs_run", "best_epoch", "train_class_counts", "pr_auc", "roc_auc",
+               "finished_at", "steps", "train_seconds", "calibration", "train_class_counts", "pr_auc", "roc_auc",
                "f1", "precision", "recall", "mcc", "balanced_accuracy", "g_mean", "brier", "log_loss",
                "confusion_matrix", "at_0_5", "validation"}  # fmt: skip
 
@@ -42,6 +43,7 @@ def test_run_layout_and_output_contract(full_run):
         "model",
         "report.html",
         "run.json",
+        "seen_rows.parquet",
     ]
     assert not list(output.glob(".*partial"))
     run = json.loads((run_dir / "run.json").read_text())
@@ -123,17 +125,24 @@ def test_thresholds_come_from_the_tuning_half_and_metrics_from_test(full_run):
         assert record["at_0_5"]["threshold"] == 0.5
 
 
-def test_prior_corrected_probabilities(full_run):
+CALIBRATION_METHODS = {"baseline": "identity", "reference": "identity", "class_weight": "prior",
+                       "undersample": "prior", "oversample": "prior", "balanced_batches": "prior",
+                       "ensemble": "prior", "focal_loss": "focal", "smote": "platt"}  # fmt: skip
+
+
+def test_calibrated_probabilities_follow_each_strategys_map(full_run):
     _, result, metrics = full_run
     for record in metrics["strategies"]:
+        calibration = Calibration.model_validate(record["calibration"])
+        assert calibration.method == CALIBRATION_METHODS[record["strategy"]]
+        if record["strategy"] == "ensemble":
+            continue  # corrected member by member: covered by the unit and calibration tests
         predictions = branch_predictions(result, record["strategy"])
-        expected = prior_correct(
-            predictions.probability.to_numpy(), record["trained_prior"], record["true_prior"]
-        )
+        expected = calibration.apply([predictions.probability.to_numpy()])
         assert np.allclose(predictions.probability_corrected, expected)
-        balanced = record["strategy"] not in ("baseline", "reference")
-        assert record["prior_corrected"] == balanced
-        assert record["trained_prior"] == pytest.approx(0.5 if balanced else record["true_prior"])
+        if calibration.method == "prior":
+            assert record["trained_prior"] == pytest.approx(0.5)
+            assert calibration.true_prior == pytest.approx(record["true_prior"])
 
 
 def test_branches_are_task_runs_named_after_strategies_and_overlap(full_run):
@@ -213,7 +222,8 @@ def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
     data = tmp_path / "few.csv"
     frame.to_csv(data, index=False)
     config = fast_config(tmp_path / "runs", data=str(data), strategies=["baseline", "smote"],
-                         split=(0.5, 0.25, 0.25), min_positives_per_split=1, min_class_count=5,
+                         split=(0.5, 0.25, 0.25), min_positives_per_split=1, min_positives_per_half=1,
+                         min_class_count=5,
                          split_ratio_tolerance=0.1)  # fmt: skip
     result = train_flow(config)
     records = {

@@ -76,20 +76,21 @@ def test_auto_batch_size_scales_with_training_rows(rows, expected):
 
 
 def test_early_stopping_score_is_the_stop_half_average_precision():
-    """The per-epoch `val_pr_auc` is real: after restoring the best weights, the model's average
+    """The per-check `val_pr_auc` is real: after restoring the best weights, the model's average
     precision on the stop half equals the best logged value."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 4)).astype(np.float32)
     y = (x[:, 0] + 0.8 * rng.normal(size=400) > 1.2).astype(np.int64)
     x_stop, y_stop = x[300:], y[300:]
     settings = TrainSettings(hidden=(8,), dropout=0.0, learning_rate=0.01, batch_size=64,
-                             epochs=8, patience=3, steps_per_epoch=5)  # fmt: skip
+                             steps_per_check=5, max_checks=8, patience=3)  # fmt: skip
     model, info = fit_member(
         BatchStream(x[:300], y[:300], 64, 1, False), x_stop, y_stop, settings, seed=1,
         output_bias=-1.0, loss="bce", focal_alpha=0.5, class_weight=None,
     )  # fmt: skip
     logged = info["history"]["val_pr_auc"]
-    assert len(logged) == info["epochs_run"] and info["best_epoch"] == int(np.argmax(logged)) + 1
+    assert len(logged) == info["checks_run"] and info["best_check"] == int(np.argmax(logged)) + 1
+    assert info["steps"] == 5 * info["checks_run"] and info["best_step"] == 5 * info["best_check"]
     restored = average_precision_score(y_stop, predict([model], x_stop))
     assert restored == pytest.approx(max(logged), abs=1e-6)
     assert max(logged) > y_stop.mean() + 0.2  # it learned something
@@ -111,7 +112,7 @@ def test_several_steps_per_execution_train_exactly_like_one(monkeypatch):
     x = rng.normal(size=(600, 5)).astype(np.float32)
     y = (x[:, 1] + rng.normal(size=600) > 1.0).astype(np.int64)
     settings = TrainSettings(hidden=(8, 4), dropout=0.1, learning_rate=0.01, batch_size=32,
-                             epochs=4, patience=10, steps_per_epoch=16)  # fmt: skip
+                             steps_per_check=16, max_checks=4, patience=10)  # fmt: skip
 
     def train(limit: int):
         monkeypatch.setattr(model_module, "MAX_STEPS_PER_EXECUTION", limit)

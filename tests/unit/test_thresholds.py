@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from tasks.errors import ConfigError, StrategyError
-from tasks.evaluate import evaluate, prior_correct, threshold_metrics
+from tasks.calibration import prior_shift
+from tasks.evaluate import evaluate, threshold_metrics
 from tasks.thresholds import parse_objective, tune_threshold
 
 
@@ -77,10 +78,10 @@ def test_rule_is_positive_iff_p_at_least_t():
 
 def test_prior_correction_shifts_back_to_the_true_prior():
     p = np.array([0.5, 0.8, 0.2])
-    corrected = prior_correct(p, trained_prior=0.5, true_prior=0.1)
+    corrected = prior_shift(p, trained_prior=0.5, true_prior=0.1)
     assert corrected[0] == pytest.approx(0.1)  # an undecided balanced model -> the base rate
     assert np.all(np.diff(np.argsort(corrected)) == np.diff(np.argsort(p)))  # ranking unchanged
-    assert np.allclose(prior_correct(p, 0.3, 0.3), p)  # no prior change -> unchanged
+    assert np.allclose(prior_shift(p, 0.3, 0.3), p)  # no prior change -> unchanged
 
 
 def test_evaluate_reports_every_metric():

@@ -34,7 +34,7 @@ from tasks.drift import drift_table, overall_status, table_records
 from tasks.errors import DriftError
 from tasks.export import read_registry
 from tasks.features import FeatureSet, Preprocessing
-from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN, row_hashes
+from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN, beyond_float32, row_hashes
 from tasks.io import io_task_options
 from tasks.predict import LoadedModel, reference_positive_rate, score
 from tasks.storage import address, copy_file, location, read_parquet, write_json, write_parquet
@@ -75,22 +75,27 @@ def schema_breaks(frame: pd.DataFrame, prep: Preprocessing) -> list[str]:
 
 def unscorable(frame: pd.DataFrame, prep: Preprocessing) -> pd.Series:
     """Rows the champion cannot score: a missing value where it fitted no imputation, or a
-    numeric value that is not finite."""
+    numeric value that is not finite as the network's float32."""
     bad = pd.Series(False, index=frame.index)
     for column in prep.feature_columns:
         if column not in prep.impute_values:
             bad |= frame[column].isna()
     for column in prep.numeric:
-        values = frame[column].to_numpy(dtype="float64")
-        bad |= ~np.isfinite(values) & ~np.isnan(values)
+        bad |= beyond_float32(frame[column])
     return bad
 
 
-def _champion_rows(entry: dict[str, Any]) -> pd.DataFrame | None:
+def _champion_rows(entry: dict[str, Any], model: LoadedModel, by_id: bool) -> pd.DataFrame | None:
+    """The rows the champion saw: from its registry entry; for a champion registered before
+    entries kept them, its feature set's ids (when ids decide and the store still has them)."""
     path = entry.get("seen_rows")
-    if not path or not location(path).is_file():
-        return None
-    return read_parquet(location(path))
+    if path and location(path).is_file():
+        return read_parquet(location(path))
+    ids_file = location(model.meta["training"]["ids_file"])
+    if by_id and ids_file.is_file():
+        ids = read_parquet(ids_file, columns=[ID_COLUMN, "split"])
+        return ids.loc[ids.split != "test", [ID_COLUMN]]
+    return None
 
 
 def check_drift(train_rows: pd.DataFrame, champion: LoadedModel, config: TrainConfig,
@@ -141,12 +146,12 @@ def challenge(config: TrainConfig, model_name: str, feature_set: FeatureSet, raw
         return _decision("promote", "schema_changed", champion, details=problems,
                          drift=check_drift(train_rows, model, config))  # fmt: skip
 
-    seen = _champion_rows(champion)
+    by_id = prep.id is not None and prep.id == id_column
+    seen = _champion_rows(champion, model, by_id)
     if seen is None:
         return _decision("keep", "champion_rows_unknown", champion, drift=check_drift(train_rows, model, config),
                          details=["the rows the champion trained and tuned on are not recorded with its registry "
                                   "entry, so a comparison could score it on its own training rows"])  # fmt: skip
-    by_id = prep.id is not None and prep.id == id_column
     if by_id:
         excluded = rows[ID_COLUMN].isin(set(seen[ID_COLUMN]))
         matched_by = f"id column {id_column}"

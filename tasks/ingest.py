@@ -115,6 +115,16 @@ def canonical_categories(values: pd.Series) -> pd.Series:
     return values.astype("string")
 
 
+def beyond_float32(values: pd.Series) -> pd.Series:
+    """True where a present value is not finite once cast to float32, the network's input type
+    (inf, and magnitudes beyond ~3.4e38 such as 1e300); missing values are not flagged."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    with np.errstate(over="ignore"):
+        return pd.Series(
+            ~np.isnan(numbers) & ~np.isfinite(numbers.astype(np.float32)), index=values.index
+        )
+
+
 def is_whole(values: np.ndarray) -> bool:
     """Whether every (non-missing) value is a whole number: counts, flags, integer codes."""
     return bool(np.all(values == np.round(values)))

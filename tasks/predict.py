@@ -29,7 +29,7 @@ class LoadedModel:
         self.dir = location(model_dir)
         self.meta: dict[str, Any] = json.loads((self.dir / MODEL_FILE).read_text())
         self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
-        self.calibration = Calibration.model_validate(self.meta["calibration"])
+        self.calibration = calibration_of(self.meta)
         self._members: list[Any] | None = None
 
     @property
@@ -43,6 +43,17 @@ class LoadedModel:
                     members.append(keras.models.load_model(member, compile=False))
             self._members = members  # all or none, if a member cannot be read
         return self._members
+
+
+def calibration_of(meta: dict[str, Any]) -> Calibration:
+    """The model's calibration; models exported before calibrations were stored had only the
+    prior shift (or none)."""
+    if "calibration" in meta:
+        return Calibration.model_validate(meta["calibration"])
+    prior = meta["prior"]
+    if prior.get("corrected_column"):
+        return Calibration(method="prior", trained_prior=prior["trained"], true_prior=prior["true"])
+    return Calibration(method="identity")
 
 
 def input_gate(frame: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Champion / challenger decisions, the registry history, and the champion CLI."""
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,7 +127,9 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     test = evaluation[evaluation.part == "test"]
     flagged = test.probability >= meta["threshold"]
     cm = meta["metrics"]["test"]["confusion_matrix"]
-    assert cm["tp"] + cm["fp"] == int(flagged.sum()) and cm["tp"] == int((flagged & (test.y == 1)).sum())
+    assert cm["tp"] + cm["fp"] == int(flagged.sum()) and cm["tp"] == int(
+        (flagged & (test.y == 1)).sum()
+    )
     assert registry(output)["champion"]["model_dir"] == str(new_dir)
     assert registry(output)["history"][-1]["event"] == "threshold_changed"
     # scoring the test rows with the new version reproduces its reference positive rate: no
@@ -137,11 +141,18 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     assert champion_main(["--output", str(output), "rollback", "synthetic-churned"]) == 0
     back = json.loads(capsys.readouterr().out)
     assert back["model_dir"] == first.model_dir  # the version before the threshold change
-    assert champion_main(["--output", str(output), "promote", "synthetic-churned", forced.run_id]) == 0
+    assert (
+        champion_main(["--output", str(output), "promote", "synthetic-churned", forced.run_id]) == 0
+    )
     capsys.readouterr()
     assert registry(output)["champion"]["run_id"] == forced.run_id
     assert registry(output)["history"][-1]["event"] == "promoted_manually"
-    assert champion_main(["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]) == 0
+    assert (
+        champion_main(
+            ["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]
+        )
+        == 0
+    )
     capsys.readouterr()
 
     assert champion_main(["--output", str(output), "show", "synthetic-churned"]) == 0
@@ -217,3 +228,119 @@ def test_retraining_checks_drift_against_the_champion(lineage, tmp_path):
         "predicted_positive_rate" in rows
         and rows["predicted_positive_rate"]["reference"] is not None
     )
+
+
+def weekly_file(path: Path, frame: pd.DataFrame) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def weekly_config(output, data, **overrides):
+    settings = {"id": None, "categorical": ["segment", "region"], "impute": "most_frequent",
+                "model_name": "weekly", **BASELINE_ONLY} | overrides  # fmt: skip
+    return fast_config(output, data=str(data), **settings)
+
+
+FEATURES = ["amount", "age", "score_a", "score_b", "has_card", "segment", "region"]
+
+
+def test_without_ids_the_champion_is_never_scored_on_rows_it_saw(tmp_path):
+    """No id column: the weekly file comes back re-sorted, with a column of integer codes now
+    read as floats (one new row misses it) and new rows appended. Row positions no longer mean
+    anything; every test row whose feature values the champion trained or tuned on is excluded,
+    by the hash of the normalised row kept with its registry entry."""
+    rng = np.random.default_rng(0)
+    week1 = pd.read_csv(SYNTHETIC).drop(columns=["account_id"])
+    week1["region"] = rng.integers(1, 4, len(week1))
+    output = tmp_path / "runs"
+    first = train_flow(weekly_config(output, weekly_file(tmp_path / "w1.csv", week1)))
+
+    new = (
+        pd.read_csv(SYNTHETIC)
+        .drop(columns=["account_id"])
+        .iloc[:60]
+        .assign(amount=lambda f: f.amount + 1000, region=2.0)
+    )
+    new.loc[new.index[0], "region"] = np.nan
+    week2 = pd.concat([week1.iloc[::-1].astype({"region": "float64"}), new], ignore_index=True)
+    second = train_flow(
+        weekly_config(
+            output,
+            weekly_file(tmp_path / "w2.csv", week2),
+            promote_metric="objective",
+            objective="fbeta:2",
+        )  # fmt: skip
+    )
+    d = decision(second)
+
+    def rows(result, frame, wanted):
+        ids = pd.read_parquet(Path(result.feature_set.path) / "ids.parquet")
+        return frame.iloc[ids.loc[wanted(ids.split), "__id"].to_numpy()]
+
+    seen_by_champion = rows(first, week1, lambda s: s != "test")
+    challenger_test = rows(second, week2, lambda s: s == "test").astype({"region": "Int64"})
+    overlap = (
+        challenger_test.reset_index()
+        .merge(seen_by_champion.astype({"region": "Int64"}).drop_duplicates(), on=FEATURES)["index"]
+        .nunique()
+    )
+    assert overlap > 0 and d["matched_by"] == "feature-row hash"
+    assert d["test_rows_excluded_as_seen_by_champion"] == overlap
+    assert d["rows"] + overlap + d["rows_the_champion_cannot_score"] == len(challenger_test)
+    # a promotion never rests on fewer than 2,000 resamples; objectives tuned differently are
+    # not compared on their objective
+    assert d["comparison"]["n_boot"] == 2000 and d["metric"] == "pr_auc" and "fbeta:2" in d["note"]
+    # the rows live with the registry, not in the servable model directory
+    entry = registry_of(output, "weekly")["history"][0]
+    assert (
+        Path(entry["seen_rows"])
+        == output / "registry" / "weekly" / "seen" / f"{first.run_id}.parquet"
+    )
+    assert not any("seen" in p.name for p in Path(first.model_dir).iterdir())
+
+
+def registry_of(output, name):
+    return json.loads((Path(output) / "registry" / f"{name}.json").read_text())
+
+
+def test_new_levels_are_scored_and_an_unreadable_champion_is_kept(tmp_path):
+    """An unseen category level is no schema change: the champion scores it with its unseen code
+    and the bootstrap decides. A champion that cannot be read, or whose rows are unknown, is
+    kept with the reason, never replaced blindly."""
+    week1 = pd.read_csv(SYNTHETIC).assign(region=1)
+    output = tmp_path / "runs"
+    first = train_flow(
+        weekly_config(output, weekly_file(tmp_path / "w1.csv", week1), id="account_id")
+    )
+    week2 = week1.copy()
+    week2.loc[week2.index[::7], "segment"] = "platinum"  # never seen by the champion
+    d = decision(
+        train_flow(weekly_config(output, weekly_file(tmp_path / "w2.csv", week2), id="account_id"))
+    )
+    assert (
+        d["reason"] != "schema_changed"
+        and "comparison" in d
+        and d["matched_by"] == "id column account_id"
+    )
+
+    champion = registry_of(output, "weekly")["champion"]
+    assert champion["run_id"] == first.run_id
+    # registered before entries kept their rows: the ids in its feature set still decide
+    Path(champion["seen_rows"]).unlink()
+    d = decision(train_flow(weekly_config(output, weekly_file(tmp_path / "w3.csv", week1.iloc[:-1]),
+                                          id="account_id", promote_margin=1.0)))  # fmt: skip
+    assert (
+        d["matched_by"] == "id column account_id"
+        and d["test_rows_excluded_as_seen_by_champion"] > 0
+    )
+    # ... and once the store is cleaned too, nothing says which rows it saw: it is kept
+    shutil.rmtree(Path(first.feature_set.path))
+    d = decision(train_flow(weekly_config(output, weekly_file(tmp_path / "w4.csv", week1.iloc[:-2]),
+                                          id="account_id", promote_margin=-1.0)))  # fmt: skip
+    assert d["action"] == "keep" and d["reason"] == "champion_rows_unknown"
+
+    shutil.rmtree(Path(champion["model_dir"]))
+    d = decision(train_flow(weekly_config(output, weekly_file(tmp_path / "w5.csv", week1.iloc[:-3]),
+                                          id="account_id", promote_margin=-1.0)))  # fmt: skip
+    assert d["action"] == "keep" and d["reason"] == "champion_unreadable"
+    assert registry_of(output, "weekly")["champion"]["run_id"] == first.run_id

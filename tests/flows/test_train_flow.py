@@ -401,3 +401,25 @@ def test_branch_failures_survive_pickling():
     record = {"strategy": "smote", "status": "failed", "error": "ValueError: too few rows"}
     again = pickle.loads(pickle.dumps(BranchFailed(record)))
     assert again.record == record and "too few rows" in str(again)
+
+
+def test_every_strategy_trains_on_one_schedule_and_shows_its_cost(full_run):
+    """Same check interval and step cap for all; the leaderboard shows the steps each used and
+    its training time, the ensemble's k members included."""
+    _, result, metrics = full_run
+    networks = [r for r in metrics["strategies"] if r["strategy"] != "reference"]
+    assert len({json.dumps(r["schedule"], sort_keys=True) for r in networks}) == 1
+    schedule = networks[0]["schedule"]
+    for r in networks:
+        for member in r["members"]:
+            assert member["steps"] % schedule["steps_per_check"] == 0
+            assert member["steps"] <= schedule["max_steps"]
+        assert r["steps"] == sum(m["steps"] for m in r["members"])
+        assert r["train_seconds"] == pytest.approx(
+            sum(m["train_seconds"] for m in r["members"]), abs=0.01
+        )
+    ensemble = next(r for r in networks if r["strategy"] == "ensemble")
+    assert len(ensemble["members"]) == 2
+    board = pd.read_csv(Path(result.run_dir) / "leaderboard.csv")
+    assert {"steps", "train_seconds", "calibration_method"} <= set(board.columns)
+    assert board.set_index("strategy").loc["ensemble", "steps"] == ensemble["steps"]

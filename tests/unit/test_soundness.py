@@ -112,9 +112,10 @@ def test_row_hash_survives_reordering_and_a_dtype_change():
     b = row_hashes(typed, ["n"], ["code", "text"])
     assert set(a) <= set(b) and len(set(b)) == 5
     assert list(canonical_categories(typed["code"]).fillna("?")) == ["?", "3", "1", "2", "1"]
-    assert row_hashes(pd.DataFrame({"n": [0.0]}), ["n"], [])[0] == row_hashes(
-        pd.DataFrame({"n": [-0.0]}), ["n"], []
-    )[0]
+    assert (
+        row_hashes(pd.DataFrame({"n": [0.0]}), ["n"], [])[0]
+        == row_hashes(pd.DataFrame({"n": [-0.0]}), ["n"], [])[0]
+    )
 
 
 # --- calibration ---------------------------------------------------------------------------------
@@ -131,7 +132,9 @@ def test_prior_shift_recovers_the_true_posterior():
     posterior = odds / (1 + odds)
     trained_odds = likelihood_ratio * trained_prior / (1 - trained_prior)
     trained_posterior = trained_odds / (1 + trained_odds)
-    np.testing.assert_allclose(prior_shift(trained_posterior, trained_prior, true_prior), posterior, rtol=1e-6)
+    np.testing.assert_allclose(
+        prior_shift(trained_posterior, trained_prior, true_prior), posterior, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.25, 0.5, 0.97])
@@ -140,10 +143,14 @@ def test_focal_inverse_recovers_the_posterior_the_loss_was_minimised_for(alpha):
     search; the closed-form inverse maps p back to q. A logit shift does not."""
     grid = np.linspace(1e-4, 1 - 1e-4, 200_001)
     for q in (0.02, 0.1, 0.3, 0.6, 0.9):
-        loss = -alpha * q * (1 - grid) ** 2 * np.log(grid) - (1 - alpha) * (1 - q) * grid**2 * np.log(1 - grid)
+        loss = -alpha * q * (1 - grid) ** 2 * np.log(grid) - (1 - alpha) * (
+            1 - q
+        ) * grid**2 * np.log(1 - grid)
         p = grid[np.argmin(loss)]
         assert focal_posterior(p, alpha, 2.0) == pytest.approx(q, abs=2e-3)
-    loss = -alpha * 0.9 * (1 - grid) ** 2 * np.log(grid) - (1 - alpha) * 0.1 * grid**2 * np.log(1 - grid)
+    loss = -alpha * 0.9 * (1 - grid) ** 2 * np.log(grid) - (1 - alpha) * 0.1 * grid**2 * np.log(
+        1 - grid
+    )
     squeezed = grid[np.argmin(loss)]
     assert abs(prior_shift(squeezed, alpha, 0.5) - 0.9) > 0.05  # the old correction was wrong
 
@@ -226,7 +233,8 @@ def test_too_few_bootstrap_resamples_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("n_train", "minority", "batch"), [(228_000, 456, 2048), (228_000, 27_000, 2048), (340, 127, 256)]
+    ("n_train", "minority", "batch"),
+    [(228_000, 456, 2048), (228_000, 27_000, 2048), (340, 127, 256)],
 )
 def test_every_strategy_is_checked_on_one_schedule_within_a_pool_pass(n_train, minority, batch):
     interval = check_interval(n_train, minority, batch)
@@ -257,7 +265,9 @@ def test_smote_keeps_whole_number_columns_whole():
     raw = np.c_[flag, count, real].astype(np.float64)
     means, scales = raw.mean(axis=0), raw.std(axis=0)
     scaled = ((raw - means) / scales).astype(np.float32)
-    part = Part(numeric=scaled, codes=np.zeros((n, 0), np.int32), y=y, ids=np.arange(n), inputs=None)
+    part = Part(
+        numeric=scaled, codes=np.zeros((n, 0), np.int32), y=y, ids=np.arange(n), inputs=None
+    )
     prep = _prep(["flag", "count", "real"], ["flag", "count"],
                  dict(zip(["flag", "count", "real"], means, strict=True)),
                  dict(zip(["flag", "count", "real"], scales, strict=True)))  # fmt: skip
@@ -273,7 +283,20 @@ def test_smote_on_categoricals_only_uses_smoten():
     n = 200
     codes = rng.integers(0, 4, size=(n, 2)).astype(np.int32)
     y = (rng.random(n) < 0.2).astype(np.int64)
-    part = Part(numeric=np.zeros((n, 0), np.float32), codes=codes, y=y, ids=np.arange(n), inputs=None)
+    part = Part(
+        numeric=np.zeros((n, 0), np.float32), codes=codes, y=y, ids=np.arange(n), inputs=None
+    )
     sample = resample(STRATEGIES["smote"], part, seed=0)
     assert sample.y.sum() == (sample.y == 0).sum()
     assert set(np.unique(sample.codes)) <= {0, 1, 2, 3}
+
+
+def test_ranking_by_a_threshold_metric_uses_the_cross_fitted_value():
+    from tasks.train import select
+
+    def record(name, in_sample, crossfitted):
+        return {"strategy": name, "status": "ok", "eligible": True,
+                "validation": {"f1": in_sample, "crossfit": {"f1": crossfitted}}}  # fmt: skip
+
+    ranked, selected = select([record("lucky", 0.9, 0.2), record("steady", 0.6, 0.5)], "f1")
+    assert selected == "steady" and [r["strategy"] for r in ranked] == ["steady", "lucky"]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.errors import ConfigError, StrategyError
 from tasks.calibration import prior_shift
+from tasks.errors import ConfigError, StrategyError
 from tasks.evaluate import evaluate, threshold_metrics
 from tasks.thresholds import parse_objective, tune_threshold
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from upath import UPath
 
+from tasks.config import check_name
 from tasks.errors import ConfigError, ImbalanceFlowError
 from tasks.evaluate import evaluate
 from tasks.export import (
@@ -25,12 +26,14 @@ from tasks.export import (
     read_registry,
     registered_names,
     write_model_files,
+    write_registry,
 )
-from tasks.storage import address, copy_file, location, locked, read_parquet, write_json
+from tasks.storage import address, copy_file, location, locked, read_parquet
 from tasks.thresholds import parse_objective, tune_threshold
 
 
 def _registry(registry_dir: UPath, name: str) -> dict[str, Any]:
+    check_name(name, "model name")
     registry = read_registry(registry_dir, name)
     if registry is None:
         known = ", ".join(registered_names(registry_dir)) or "none"
@@ -94,7 +97,7 @@ def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str,
         entry = _make_champion(
             registry, target, "rolled_back_to", f"rollback from {current['run_id']}"
         )
-        write_json(path, registry)
+        write_registry(registry_dir, name, registry)
     return {"name": name, "champion": entry["run_id"], "model_dir": entry["model_dir"],
             "previous": current["run_id"]}  # fmt: skip
 
@@ -117,7 +120,7 @@ def promote(registry_dir: UPath, name: str, run_id: str) -> dict[str, Any]:
         before = (registry.get("champion") or {}).get("run_id")
         entry = _make_champion(registry, _history_entry(registry, run_id), "promoted_manually",
                                f"manual promotion (champion was {before})")  # fmt: skip
-        write_json(path, registry)
+        write_registry(registry_dir, name, registry)
     return {"name": name, "champion": entry["run_id"], "previous": before}
 
 
@@ -167,7 +170,7 @@ def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[s
         reason = (f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
                   f"(tuning-half value {value:.4f}); new version {version}")  # fmt: skip
         _make_champion(registry, target, "threshold_changed", reason)
-        write_json(path, registry)
+        write_registry(registry_dir, name, registry)
     return {"name": name, "run_id": champion["run_id"], "threshold": threshold, "objective": objective.label,
             "tuning_half_value": value, "previous": old, "version": version, "model_dir": address(new_dir)}  # fmt: skip
 

@@ -7,15 +7,17 @@ import json
 import logging
 import sys
 import traceback
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from pydantic import ValidationError
 
+from tasks.datasets import BUILTINS
 from tasks.drift import DriftSettings
 from tasks.errors import ImbalanceFlowError
 from tasks.export import resolve_model
-from tasks.predict import predict_file
+from tasks.io import existing_file
+from tasks.predict import check_output, predict_file
 from tasks.storage import location
 
 DEFAULT_DRIFT = DriftSettings()
@@ -29,11 +31,16 @@ def predict_flow(
     output: str = "runs",
     sep: str | None = None,
     drift: DriftSettings = DEFAULT_DRIFT,
+    on_bad_rows: Literal["refuse", "skip"] = "refuse",
+    on_unseen: Literal["score", "refuse"] = "score",
 ) -> dict[str, Any]:
     """Score `data` with a model directory or the champion of a registered name; write parquet
-    with `probability`, `label`, `is_positive` (and the id column when present)."""
+    (or CSV for an `.csv` path) with `probability`, `probability_corrected`, `label`,
+    `is_positive` (and the id column when present)."""
     model_dir = resolve_model(model, location(output) / "registry")
-    return predict_file(model_dir, data, location(out), sep, drift) | {"model": str(model_dir)}
+    return predict_file(model_dir, data, location(out), sep, drift, on_bad_rows, on_unseen) | {
+        "model": str(model_dir)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Score a CSV or parquet file with an exported model.",
         epilog="examples:\n  python -m flows.predict --model runs/latest/model --data new.csv --out scored.parquet\n"
         "  python -m flows.predict --model breast_cancer-diagnosis --data new.parquet --out scored.parquet\n\n"
-        "exit codes: 0 success, 2 bad input (missing columns, wrong types, unseen categories), 1 internal error",
+        "exit codes: 0 success, 2 bad input (missing columns, wrong types, rows that cannot be scored), 1 internal error",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -52,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
+    parser.add_argument(
+        "--on-bad-rows", choices=["refuse", "skip"], default="refuse",
+        help="rows that cannot be scored (missing or non-finite values): refuse the file, or skip "
+        "them into <out>.rejects.csv with a reason per row (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--on-unseen", choices=["score", "refuse"], default="score",
+        help="category levels never seen in training: score them with the unseen code (counted "
+        "in the output), or treat their rows as bad rows (default: %(default)s)",
+    )  # fmt: skip
     for name, field in DriftSettings.model_fields.items():  # one flag per drift setting
         flag = "--drift-action" if name == "action" else f"--{name.replace('_', '-')}"
         parser.add_argument(
@@ -66,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         drift = DriftSettings(**{name: getattr(args, name) for name in DriftSettings.model_fields})
-        result = predict_flow(args.model, args.data, args.out, args.output, args.sep, drift)
+        # before any server starts: the model resolves, the data file is there, the output is not it
+        resolve_model(args.model, location(args.output) / "registry")
+        if args.data not in BUILTINS:
+            existing_file(args.data)
+        check_output(location(args.out), args.data)
+        result = predict_flow(args.model, args.data, args.out, args.output, args.sep, drift,
+                              args.on_bad_rows, args.on_unseen)  # fmt: skip
     except (ImbalanceFlowError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

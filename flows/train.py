@@ -30,6 +30,7 @@ from tasks.features import FeatureSet, build_features, fingerprint, load_valid_f
 from tasks.ingest import ingest
 from tasks.model import configure_tensorflow
 from tasks.outliers import handle_outliers
+from tasks.preflight import preflight_training
 from tasks.report import publish_artifacts, write_report
 from tasks.runs import RunRecord
 from tasks.split import split
@@ -240,7 +241,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             )  # fmt: skip
             log.info("champion/challenger: %s (%s)", decision["action"], decision["reason"])
             run.enter("report")
-            write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"})),
+            write_report(run.staging / "report.html", run.snapshot(ingest=ingested.model_dump(exclude={"raw_path"}), feature_set_reused=feature_set.reused),
                          metrics, feature_set.manifest, branches, comparison, verdict, operating, repeats,
                          decision)  # fmt: skip
             run_dir = run.succeed(
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = config_from_args(argv)
+        preflight_training(config)  # header-level checks, before any server starts
     except ValidationError as exc:
         _print_validation_error(exc)
         return 2

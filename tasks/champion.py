@@ -32,12 +32,12 @@ from tasks.compare import paired_bootstrap, row_groups
 from tasks.config import TrainConfig
 from tasks.drift import drift_table, overall_status, table_records
 from tasks.errors import DriftError
-from tasks.export import read_registry
+from tasks.export import read_registry, write_registry
 from tasks.features import FeatureSet, Preprocessing
 from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN, beyond_float32, row_hashes
 from tasks.io import io_task_options
 from tasks.predict import LoadedModel, reference_positive_rate, score
-from tasks.storage import address, copy_file, location, read_parquet, write_json, write_parquet
+from tasks.storage import address, copy_file, location, read_parquet, write_parquet
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,6 @@ def record_decision(registry_dir: UPath, model_name: str, run_id: str, model_dir
     else:
         registry["candidates"].append(entry)
     registry["history"].append(event)
-    write_json(path, registry)
+    write_registry(registry_dir, model_name, registry)
     return {"decision": event["event"], "reason": decision["reason"], "registry": str(path),
             "champion": registry["champion"]["run_id"]}  # fmt: skip

@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     drop: list[str] = Field(default_factory=list, description="columns to ignore")
     categorical: list[str] = Field(default_factory=list, description="text/code columns to encode")
     impute: ImputeMethod = "none"
+    max_categories: int = Field(
+        1000, ge=2, description="most levels a categorical column may have (one-hot inputs)"
+    )
 
     # --- split -------------------------------------------------------------------------
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -143,6 +146,13 @@ class TrainConfig(BaseModel):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_name(value, "--model-name")
         return value
 
     @field_validator("bootstrap")
@@ -257,7 +267,7 @@ class TrainConfig(BaseModel):
         if self.model_name:
             return self.model_name
         dataset = Path(self.data).name.split(".")[0]
-        return f"{dataset}-{target}"
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{dataset}-{target}").lstrip("._-") or "model"
 
     def feature_settings(self) -> dict[str, Any]:
         """Exactly the settings that change the stored features (part of the fingerprint)."""
@@ -265,10 +275,26 @@ class TrainConfig(BaseModel):
             "sep", "target", "positive", "id", "drop", "categorical", "impute", "split",
             "split_by", "group", "outlier", "outlier_z", "outlier_iqr_k", "seed",
             "min_positives_per_split", "min_positives_per_half",
+            # the gates' limits: a stored set passed its gates under these; a stricter run rebuilds
+            "min_class_count", "split_ratio_tolerance", "max_removed_share", "scale_tolerance",
+            "max_categories",
         )  # fmt: skip
         settings = self.model_dump(include=set(keys), mode="json")
         settings["feature_code_version"] = FEATURE_CODE_VERSION
         return settings
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(value: str, what: str) -> str:
+    """Registry names and run ids become file names: letters, digits, '_', '-', '.', no '..'."""
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ConfigError(
+            f"{what} {value!r} is not a safe name: use letters, digits, '_', '-' and '.' "
+            "(no path separators, no '..', at most 128 characters)"
+        )
+    return value
 
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

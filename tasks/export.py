@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
 from upath import UPath
 
-from tasks.config import TrainConfig
+from tasks.config import SAFE_NAME, TrainConfig
+from tasks.errors import StorageError
 from tasks.features import PREPROCESSING, FeatureSet
 from tasks.io import io_task_options
 from tasks.storage import copy_file, location, read_pointer, write_json, write_text
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.json"
 EVALUATION_FILE = "evaluation.parquet"  # stop, tune and test rows: id, y, probability
@@ -177,8 +181,36 @@ def model_card(meta: dict[str, Any]) -> str:
 
 
 def read_registry(registry_dir: UPath, name: str) -> dict[str, Any] | None:
+    """A model name's registry; one found empty or corrupt (a crash mid-write on a disk that
+    lost the rename's data) is restored from the previous version kept beside it."""
     path = registry_dir / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        previous = registry_dir / f"{name}.json.previous"
+        if not previous.is_file():
+            raise StorageError(
+                f"registry {path} is corrupt ({exc}) and has no previous version"
+            ) from exc
+        log.warning("registry %s is corrupt (%s); restoring its previous version", path, exc)
+        registry = json.loads(previous.read_text())
+        write_json(path, registry)
+        return registry
+
+
+def write_registry(registry_dir: UPath, name: str, registry: dict[str, Any]) -> None:
+    """Write a registry, keeping the version it replaces as `<name>.json.previous`. Callers
+    hold the registry lock."""
+    path = registry_dir / f"{name}.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_text())
+            copy_file(path, registry_dir / f"{name}.json.previous")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass  # never keep a corrupt file as the fallback
+    write_json(path, registry)
 
 
 def registered_names(registry_dir: UPath) -> list[str]:
@@ -197,7 +229,11 @@ def resolve_model(model: str, registry_dir: UPath) -> UPath:
         return path
     if (path / "model" / MODEL_FILE).is_file():  # a run directory
         return path / "model"
-    registry = read_registry(registry_dir, model)
+    registry = (
+        read_registry(registry_dir, model)
+        if SAFE_NAME.fullmatch(model) and ".." not in model
+        else None
+    )
     if registry and registry.get("champion"):
         return location(registry["champion"]["model_dir"])
     from tasks.errors import DataInputError

@@ -31,6 +31,7 @@ from tasks.ingest import (
     ROW_COLUMN,
     TARGET_COLUMN,
     IngestResult,
+    LeakWatch,
     canonical_categories,
     is_whole,
 )
@@ -38,6 +39,7 @@ from tasks.io import io_task_options
 from tasks.outliers import OutlierResult
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
 from tasks.storage import (
+    is_local,
     location,
     publish_dir,
     remove_tree,
@@ -352,6 +354,9 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
     raw = raw[~raw[ROW_COLUMN].isin(removed)]
     parts = {name: raw[raw[SPLIT_COLUMN] == name] for name in SPLITS}
 
+    watch = LeakWatch(ingest.roles.features)
+    watch.update(parts["train"], parts["train"][TARGET_COLUMN].to_numpy())
+    watch.check()
     prep = fit_preprocessing(parts["train"], ingest, config, outliers)
     frames = {}
     for name, part in parts.items():
@@ -393,7 +398,11 @@ def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> Feat
             existing = load_valid_feature_set(store, fp)
             if existing is not None:  # a concurrent run finished the same set first
                 return existing.model_copy(update={"reused": False})
-            remove_tree(target)
+            if is_local(target):  # a directory arrives whole by rename: this one is debris
+                remove_tree(target)
+            # on an object store it may be another worker's upload in progress: never delete
+            # its files; the same content is written over them, the manifest last
+        (staging / ".owner.json").unlink(missing_ok=True)
         publish_dir(staging, target, MANIFEST)
     finally:
         remove_tree(staging)

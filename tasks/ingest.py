@@ -14,6 +14,7 @@ from tasks import gates
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
 from tasks.io import io_task_options, load_source
+from tasks.preflight import check_columns, header
 from tasks.storage import write_parquet
 
 ROW_COLUMN = "__row"  # 0-based position in the source file
@@ -83,6 +84,9 @@ def resolve_positive(target: pd.Series, positive: str | None) -> tuple[str, str,
     counts = as_text.value_counts()
     labels = sorted(counts.index.tolist())
     if positive is not None:
+        folded = [label for label in counts.index if label.lower() == positive.strip().lower()]
+        if pd.api.types.is_bool_dtype(target) and positive not in counts.index and len(folded) == 1:
+            positive = folded[0]  # --positive true for a True/False column
         if positive not in counts.index:
             raise DataInputError(
                 f"positive label {positive!r} is not a value of the target; values are: {', '.join(labels)}"
@@ -123,6 +127,79 @@ def beyond_float32(values: pd.Series) -> pd.Series:
         return pd.Series(
             ~np.isnan(numbers) & ~np.isfinite(numbers.astype(np.float32)), index=values.index
         )
+
+
+def check_values(frame: pd.DataFrame, roles: ColumnRoles, config: TrainConfig, first_row: int = 0,
+                 levels: dict[str, set] | None = None) -> None:  # fmt: skip
+    """Values no gate should let through silently, named with their column and rows: numbers that
+    are not finite as float32 (inf, 1e300: the network would see inf or NaN), missing ids, and
+    categorical columns with more than --max-categories levels (their one-hot inputs would not
+    fit in memory). `levels` accumulates distinct levels over batches (the out-of-core path)."""
+    problems = []
+    for column in roles.numeric:
+        if column in frame and pd.api.types.is_numeric_dtype(frame[column]):
+            bad = beyond_float32(frame[column])
+            if bad.any():
+                rows = (np.flatnonzero(bad.to_numpy()) + first_row)[:5].tolist()
+                examples = ", ".join(map(str, frame.loc[bad, column].head(3).tolist()))
+                problems.append(f"column '{column}' has {int(bad.sum())} value(s) that are not finite numbers "
+                                f"({examples}) in rows {rows}{' ...' if bad.sum() > 5 else ''}")  # fmt: skip
+    if roles.id and roles.id in frame and frame[roles.id].isna().any():
+        missing = frame[roles.id].isna()
+        rows = (np.flatnonzero(missing.to_numpy()) + first_row)[:5].tolist()
+        problems.append(f"id column '{roles.id}' is empty in {int(missing.sum())} row(s) (rows {rows}); "
+                        "every row needs an id")  # fmt: skip
+    for column in roles.categorical:
+        if column not in frame:
+            continue
+        seen = set(frame[column].dropna().unique().tolist())
+        if levels is not None:
+            levels.setdefault(column, set()).update(list(seen)[: config.max_categories + 1])
+            seen = levels[column]
+        if len(seen) > config.max_categories:
+            problems.append(f"categorical column '{column}' has more than {config.max_categories} levels "
+                            f"({len(seen)}{'+' if levels is not None else ''}); its one-hot inputs would not fit "
+                            "in memory: drop it (--drop), bin it, or raise --max-categories")  # fmt: skip
+    if problems:
+        raise DataInputError("bad values in the data:\n  - " + "\n  - ".join(problems))
+
+
+class LeakWatch:
+    """Finds feature columns that take exactly two values mapping one-to-one onto the classes of
+    the training rows: a copy or a recoding of the label, which would make every strategy look
+    perfect. Fed batch by batch (or once); tracks only columns still two-valued."""
+
+    def __init__(self, columns: list[str]):
+        self.pairs: dict[str, set] = {c: set() for c in columns}
+
+    def update(self, frame: pd.DataFrame, y: np.ndarray) -> None:
+        for column in list(self.pairs):
+            values = frame[column]
+            if values.isna().any():
+                del self.pairs[column]
+                continue
+            self.pairs[column].update(
+                zip(values.astype(str).to_numpy(), np.asarray(y).tolist(), strict=True)
+            )
+            if len({v for v, _ in self.pairs[column]}) > 2:
+                del self.pairs[column]
+
+    def leaks(self) -> list[str]:
+        found = []
+        for column, pairs in self.pairs.items():
+            values, labels = {v for v, _ in pairs}, {label for _, label in pairs}
+            if len(values) == 2 and len(labels) == 2 and len(pairs) == 2:
+                found.append(column)
+        return found
+
+    def check(self) -> None:
+        leaks = self.leaks()
+        if leaks:
+            raise DataInputError(
+                f"column(s) {', '.join(map(repr, leaks))} take two values that map one-to-one onto the classes "
+                "on the training rows: they leak the label (a copy or recoding of the target?); drop them "
+                "with --drop"
+            )
 
 
 def is_whole(values: np.ndarray) -> bool:
@@ -184,6 +261,9 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     loaded = load_source(config.data, config.sep)
     frame = loaded.frame
     builtin = loaded.builtin
+    if builtin is None:  # the names as written: a reader renames duplicates ('x', 'x.1')
+        path = Path(loaded.source)
+        check_columns(header(path, config.sep), path, config, require_named=False)
     roles, declared = resolve_roles(
         frame, config, builtin.target if builtin else None, builtin.id if builtin else None
     )
@@ -208,6 +288,7 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
         {"min_class_count": config.min_class_count},
     )  # fmt: skip
 
+    check_values(frame, roles, config)
     positive_default = (
         config.positive if config.positive is not None else (builtin.positive if builtin else None)
     )

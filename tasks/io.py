@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,9 @@ def detect_separator(path: Path) -> str:
     try:
         with _open_text(path) as handle:
             sample = handle.read(SNIFF_BYTES)
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataInputError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataInputError(f"could not read {path}: {exc}") from exc
     if not sample.strip():
         raise DataInputError(f"data file {path} is empty")
@@ -90,10 +93,13 @@ def read_csv(path: Path, sep: str | None) -> tuple[pd.DataFrame, list[str]]:
         frame = pd.read_csv(path, sep=separator, compression="infer")
     except pd.errors.EmptyDataError as exc:
         raise DataInputError(f"data file {path} is empty") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise DataInputError(
-            f"could not parse {path} as CSV (delimiter {separator!r}): {exc}"
-        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+        problem = (
+            "is not UTF-8 text"
+            if isinstance(exc, UnicodeDecodeError)
+            else "could not be parsed as CSV"
+        )
+        raise DataInputError(f"{path} {problem} (delimiter {separator!r}): {exc}") from exc
     frame, dropped = _drop_trailing_empty_columns(frame)
     notes = [f"delimiter {separator!r}"]
     if dropped:
@@ -120,6 +126,24 @@ def file_kind(path: Path) -> str:
     )
 
 
+def existing_file(data: str, what: str = "data file") -> Path:
+    """The path, when it names a non-empty readable file; a DataInputError naming it otherwise."""
+    path = Path(data).expanduser()
+    if not path.exists():
+        names = ", ".join(sorted(BUILTINS))
+        raise DataInputError(f"{what} not found: {path} (built-in datasets: {names})")
+    if not path.is_file():
+        raise DataInputError(f"{what} is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise DataInputError(f"{what} {path} is empty")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise DataInputError(f"{what} {path} cannot be read: {exc}") from exc
+    return path
+
+
 def load_source(data: str, sep: str | None = None) -> LoadedData:
     """Load a built-in dataset by name, or a CSV (optionally gzipped) or parquet file."""
     if data in BUILTINS:
@@ -128,14 +152,7 @@ def load_source(data: str, sep: str | None = None) -> LoadedData:
         return LoadedData(
             frame, f"builtin:{data}", sha256_frame(frame), builtin, (builtin.description,)
         )
-    path = Path(data).expanduser()
-    if not path.exists():
-        names = ", ".join(sorted(BUILTINS))
-        raise DataInputError(f"data file not found: {path} (built-in datasets: {names})")
-    if not path.is_file():
-        raise DataInputError(f"data path is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise DataInputError(f"data file {path} is empty")
+    path = existing_file(data)
     if file_kind(path) == "parquet":
         frame, notes = read_parquet(path), []
     else:

@@ -74,6 +74,8 @@ def _plots(records: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     import matplotlib
 
     matplotlib.use("Agg")
+    # labels and strategy names are data: a class called '$x' must print, not parse as mathtext
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import precision_recall_curve, roc_curve
@@ -243,7 +245,10 @@ def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], mani
             "selected" if row["strategy"] == selected else "failed" if row["status"] != "ok" else ""
         )
 
-    gates = [{"gate": g["stage"], "result": "passed" if g["success"] else "failed", "expectations": g["expectations"],
+    reused = run.get("feature_set_reused", False)
+    gates = [{"gate": g["stage"], "result": ("passed" if g["success"] else "failed")
+              + (" (when the reused feature set was built, under this run's limits)" if reused and g["stage"] != "raw" else ""),
+              "expectations": g["expectations"],
               "checked": "; ".join(sorted({c["expectation"].replace("expect_", "") for c in g["checked"]}))}
              for g in [run["ingest"]["gate"], *manifest["gates"].values()]]  # fmt: skip
     outliers = manifest["outliers"]

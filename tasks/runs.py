@@ -9,7 +9,11 @@ Intermediate files (raw copy, split assignment) stay on this machine in `work_di
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,6 +26,63 @@ from upath import UPath
 from tasks.config import TrainConfig
 from tasks.errors import GateFailed
 from tasks.storage import is_local, local_path, remove_tree, set_pointer, write_json
+
+log = logging.getLogger(__name__)
+
+
+OWNER_FILE = ".owner.json"  # in a run's staging directory: which process is writing it
+STALE_SECONDS = 24 * 3600  # a partial directory no live process on this host owns, or this old
+
+
+def write_owner(directory: Path) -> None:
+    (directory / OWNER_FILE).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(directory: Path) -> bool:
+    """Left by a killed run: its owner is a process of this host that is gone, or it has not
+    been touched for STALE_SECONDS (an owner on another host cannot be asked)."""
+    try:
+        age = time.time() - directory.stat().st_mtime
+    except OSError:
+        return False
+    try:
+        owner = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return age > STALE_SECONDS
+    if owner.get("host") == socket.gethostname():
+        return not _alive(int(owner.get("pid", -1)))
+    return age > STALE_SECONDS
+
+
+def clean_stale(directory: Path) -> list[str]:
+    """Remove what killed runs left in a local output or store directory: `.<run-id>.partial/`
+    run staging directories and `.<fingerprint>.tmp-*` feature-set builds that no live process
+    owns. Never one a live run holds."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        leftover = path.name.startswith(".") and (
+            path.name.endswith(".partial") or ".tmp-" in path.name
+        )
+        if path.is_dir() and leftover and is_stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        log.info("removed what killed runs left in %s: %s", directory, ", ".join(removed))
+    return removed
 
 
 def make_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
@@ -48,7 +109,11 @@ class RunRecord:
         self.started_at = datetime.now(UTC).isoformat()
         self._t0 = self._stage_t0 = time.perf_counter()
         if self.renames:
+            clean_stale(local_path(self.output))
+            if is_local(self.config.store_dir):
+                clean_stale(local_path(self.config.store_dir))
             self.staging.mkdir(parents=True, exist_ok=False)
+            write_owner(local_path(self.staging))
             self.work_dir = local_path(self.staging) / "work"
             self.work_dir.mkdir()
         else:
@@ -100,11 +165,20 @@ class RunRecord:
     def succeed(self, **extra: Any) -> UPath:
         self.enter("done")
         remove_tree(self.work_dir)
+        if self.renames:
+            (local_path(self.staging) / OWNER_FILE).unlink(missing_ok=True)
         write_json(self.staging / "run.json", self._record("completed", **extra))  # last
         if self.renames:
             os.rename(local_path(self.staging), local_path(self.run_dir))
-        set_pointer(self.output, "latest", self.run_id)
-        self.completed = True
+        self.completed = True  # from here on the run is complete, whatever follows
+        try:
+            set_pointer(self.output, "latest", self.run_id)
+        except OSError as exc:
+            log.warning(
+                "run %s completed, but the 'latest' pointer could not be moved: %s",
+                self.run_id,
+                exc,
+            )
         return self.run_dir
 
     def fail(self, error: BaseException) -> UPath:

@@ -253,6 +253,15 @@ def split(config: TrainConfig, ingest: IngestResult, work_dir: Path) -> SplitRes
                 f"(rows {', '.join(map(str, frame.loc[missing, ROW_COLUMN].head(5)))}"
                 f"{', ...' if missing.sum() > 5 else ''}); fill or drop them"
             )
+    if config.time_column and not pd.api.types.is_numeric_dtype(frame[f"__{config.time_column}"]):
+        try:
+            frame[f"__{config.time_column}"] = pd.to_datetime(
+                frame[f"__{config.time_column}"], format="mixed"
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataInputError(
+                f"--split-by {config.split_by}: the column has values that are not dates or times ({exc})"
+            ) from exc
     assignment = assign_splits(frame, config)
     group_values = frame[f"__{config.group}"] if config.group else None
     facts = split_facts(assignment, config, group_values)

@@ -9,12 +9,16 @@ finds the marker finds the whole directory. Symlinks become pointer files writte
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,10 +34,13 @@ from upath import UPath
 
 from tasks.errors import StorageError
 
+log = logging.getLogger(__name__)
+
 #: protocols whose filesystem lives inside one process (not shared with Dask worker processes)
 PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
 LOCK_POLL_SECONDS = 0.2
-LOCK_STALE_SECONDS = 15 * 60  # a lock object older than this was left by a killed run
+LOCK_STALE_SECONDS = 15 * 60  # a lock object not renewed for this long was left by a killed run
+LOCK_RENEW_SECONDS = 60  # a held lock object is rewritten this often
 
 
 def location(url: str | os.PathLike[str]) -> UPath:
@@ -83,7 +90,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp = local_path(target).with_name(tag + target.name)  # same directory: rename is atomic
         try:
             yield tmp
+            fsync_path(tmp)  # the bytes reach the disk before the name points at them
             os.replace(tmp, local_path(target))
+            fsync_path(local_path(target).parent)  # and the rename itself survives a crash
         finally:
             tmp.unlink(missing_ok=True)
         return
@@ -91,6 +100,20 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp = Path(scratch) / (tag + target.name)
         yield tmp
         target.fs.put_file(str(tmp), target.path)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a local file or directory to the disk (a no-op where the OS cannot)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> UPath:
@@ -171,6 +194,8 @@ def scratch_dir(beside: UPath | Path, prefix: str) -> Path:
         parent = local_path(beside)
         parent.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        (path / ".owner.json").write_text(json.dumps(owner))  # a killed build is cleaned later
     else:
         path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)  # mkdtemp makes it private; stores are often shared
@@ -238,7 +263,7 @@ def locked(path: UPath | Path) -> Iterator[None]:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    token = f"{os.getpid()}-{uuid.uuid4().hex}".encode()
+    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}".encode()
     while True:
         try:
             with lock.fs.open(lock.path, "xb") as handle:
@@ -251,14 +276,51 @@ def locked(path: UPath | Path) -> Iterator[None]:
                 "conditional writes (S3 through a recent s3fs, a shared mount)"
             ) from exc
         except FileExistsError:
-            if _lock_age(lock) > LOCK_STALE_SECONDS:
-                lock.fs.rm(lock.path)
+            holder = _lock_token(lock)
+            if (
+                _lock_age(lock) > LOCK_STALE_SECONDS
+                and holder is not None
+                and _lock_token(lock) == holder
+            ):
+                _remove_if_ours(lock, holder)  # a killed holder's: not renewed for the stale time
                 continue
             time.sleep(LOCK_POLL_SECONDS)
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew_lock, args=(lock, token, stop), daemon=True)
+    renewer.start()
     try:
         yield
     finally:
-        lock.fs.rm(lock.path)
+        stop.set()
+        renewer.join()
+        _remove_if_ours(lock, token)
+
+
+def _lock_token(lock: UPath) -> bytes | None:
+    try:
+        with lock.fs.open(lock.path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _remove_if_ours(lock: UPath, token: bytes) -> None:
+    """Delete the lock only while it still holds `token`: after a stale takeover the lock is
+    another run's, and deleting it would let a third run in beside that one."""
+    if _lock_token(lock) == token:
+        with contextlib.suppress(FileNotFoundError):
+            lock.fs.rm(lock.path)
+
+
+def _renew_lock(lock: UPath, token: bytes, stop: threading.Event) -> None:
+    """Rewrite the lock every LOCK_RENEW_SECONDS while held, so a long decision is never taken
+    for a killed run's leftover (its age restarts); stops if the lock is no longer ours."""
+    while not stop.wait(LOCK_RENEW_SECONDS):
+        if _lock_token(lock) != token:
+            log.warning("registry lock %s was taken over by another run", lock)
+            return
+        with lock.fs.open(lock.path, "wb") as handle:
+            handle.write(token)
 
 
 def _lock_age(lock: UPath) -> float:

@@ -18,6 +18,7 @@ at most BATCH_ROWS rows, so memory is bounded by a batch plus per-row arrays of 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from tasks.ingest import (
     ROW_COLUMN,
     TARGET_COLUMN,
     IngestResult,
+    LeakWatch,
+    check_values,
     duplicates_from_hashes,
     is_whole,
     normalise,
@@ -51,18 +54,27 @@ from tasks.ingest import (
 from tasks.io import (
     PARQUET_SUFFIXES,
     detect_separator,
+    existing_file,
     file_kind,
     io_task_options,
     trailing_delimiter_note,
     unnamed_columns,
 )
+from tasks.preflight import check_columns, header
 from tasks.storage import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000
 SAMPLE_ROWS = 200_000  # training rows behind the approximate quantiles
 WORKING_COPIES = 5  # the in-memory path holds about this many copies of the raw table at its peak
-READ_ERRORS = (pa.ArrowInvalid, OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError)
+READ_ERRORS = (
+    pa.ArrowInvalid,
+    OSError,
+    pd.errors.ParserError,
+    UnicodeDecodeError,
+    EOFError,
+    zlib.error,
+)
 
 
 # --- deciding ---------------------------------------------------------------------------------
@@ -204,7 +216,8 @@ def raw_batches(raw_path: str, columns: list[str] | None = None) -> Iterator[pd.
 @task(name="ingest", **io_task_options())
 def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> IngestResult:
     """`tasks.ingest.ingest` for data larger than the memory budget (see the module docstring)."""
-    path = Path(config.data).expanduser()
+    path = existing_file(config.data)
+    check_columns(header(path, config.sep), path, config, require_named=False)
     source = BatchSource(path, config.sep)
     source.drop_empty_trailing_columns()
     roles, declared = resolve_roles(pd.DataFrame(columns=source.columns), config, None, None)
@@ -238,13 +251,14 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     target_dtype = str(target.dtype)
     del keys, target
 
-    hashes, schema, start = [], None, 0
+    hashes, schema, start, levels = [], None, 0, {}
     with atomic_path(work_dir / "raw.parquet") as tmp:
         writer = None
         try:
             for frame in source.batches():
                 if start:
                     gate_rows(frame, start)
+                check_values(frame, roles, config, start, levels)
                 rows = normalise(
                     frame, roles, y.iloc[start : start + len(frame)].to_numpy(), start, config
                 )
@@ -549,6 +563,15 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
         return values.apply(impute_and_clip, args=(impute_values, clip_bounds))
 
     fit = train_moments(raw, lookup, numeric, prepare)
+    two_valued = [c for c in numeric if len(fit.distinct[c]) == 2] + [
+        c for c in categorical if None not in counts[c] and len(counts[c]) == 2
+    ]
+    if two_valued:
+        watch = LeakWatch(two_valued)
+        for frame in raw_batches(raw, [*two_valued, TARGET_COLUMN]):
+            train = frame[lookup.kept_train(frame[ROW_COLUMN].to_numpy())]
+            watch.update(train, train[TARGET_COLUMN].to_numpy())
+        watch.check()
     stds = dict(zip(numeric, fit.prepared.std, strict=True))
     constant = [c for c in numeric if not stds[c] > 0]
     kept = [c for c in numeric if c not in constant]

@@ -184,21 +184,35 @@ def test_predict_rejects_a_missing_column_naming_it(full_run, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_predict_rejects_unseen_categories_and_text_in_numbers(full_run, tmp_path, capsys):
+def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
+    full_run, tmp_path, capsys
+):
     _, result, _ = full_run
     raw, _ = raw_test_rows(result)
+    unseen = raw.copy()
+    unseen.loc[unseen.index[:3], "segment"] = "platinum"
+    data = tmp_path / "unseen.csv"
+    unseen.to_csv(data, index=False)
+    out = tmp_path / "o.parquet"
+    assert predict_main(["--model", result.run_dir, "--data", str(data), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_levels"] == {"segment": 3}
+    assert len(pd.read_parquet(out)) == len(unseen)
+    out.unlink()
+    code = predict_main(
+        ["--model", result.run_dir, "--data", str(data), "--out", str(out), "--on-unseen", "refuse"]
+    )
+    assert (
+        code == 2 and "segment: level not seen in training in 3 row(s)" in capsys.readouterr().err
+    )
+    assert not out.exists()
+
     bad = raw.copy()
-    bad.loc[bad.index[:3], "segment"] = "platinum"
     bad["amount"] = bad["amount"].astype(str)
     bad.loc[bad.index[0], "amount"] = "lots"
-    data = tmp_path / "bad.csv"
     bad.to_csv(data, index=False)
-    code = predict_main(
-        ["--model", result.run_dir, "--data", str(data), "--out", str(tmp_path / "o.parquet")]
-    )
+    code = predict_main(["--model", result.run_dir, "--data", str(data), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "column 'segment' has categories not seen in training: 'platinum' (3 rows)" in err
     assert "column 'amount' is not numeric" in err
 
 

@@ -300,3 +300,17 @@ def test_ranking_by_a_threshold_metric_uses_the_cross_fitted_value():
 
     ranked, selected = select([record("lucky", 0.9, 0.2), record("steady", 0.6, 0.5)], "f1")
     assert selected == "steady" and [r["strategy"] for r in ranked] == ["steady", "lucky"]
+
+
+def test_a_stricter_gate_limit_does_not_reuse_a_feature_set_built_under_a_looser_one():
+    """A stored feature set passed its split, outlier and feature gates under the limits it was
+    built with: those limits are part of its address, so a stricter run rebuilds (and re-gates)."""
+    from tasks.features import fingerprint
+
+    config = TrainConfig()
+    for change in ({"split_ratio_tolerance": 0.01}, {"max_removed_share": 0.05}, {"scale_tolerance": 1e-6},
+                   {"min_positives_per_half": 8}, {"max_categories": 10}, {"min_class_count": 50}):  # fmt: skip
+        assert fingerprint(config.model_copy(update=change), "sha") != fingerprint(config, "sha"), (
+            change
+        )
+    assert fingerprint(config.model_copy(update={"epochs": 3}), "sha") == fingerprint(config, "sha")

@@ -194,3 +194,37 @@ def test_a_store_that_cannot_create_exclusively_is_named(memory_root, monkeypatc
         locked(memory_root / "registry" / "model.json"),
     ):
         pass
+
+
+def test_a_held_lock_is_renewed_so_it_is_never_taken_for_stale(memory_root, monkeypatch):
+    """A decision longer than the stale time keeps its lock: the holder rewrites it, so a second
+    run waits instead of taking it over and deciding beside the first."""
+    monkeypatch.setattr(storage, "LOCK_STALE_SECONDS", 0.5)
+    monkeypatch.setattr(storage, "LOCK_RENEW_SECONDS", 0.1)
+    target = memory_root / "registry" / "model.json"
+    inside, overlaps = [], []
+
+    def hold(n: int, seconds: float) -> None:
+        with locked(target):
+            inside.append(n)
+            if len(inside) > 1:
+                overlaps.append(tuple(inside))
+            time.sleep(seconds)
+            inside.remove(n)
+
+    first = threading.Thread(target=hold, args=(1, 1.5))
+    first.start()
+    time.sleep(0.2)
+    second = threading.Thread(target=hold, args=(2, 0.01))
+    second.start()
+    first.join()
+    second.join()
+    assert overlaps == []
+
+
+def test_release_after_a_takeover_leaves_the_new_holders_lock(memory_root):
+    target = memory_root / "registry" / "model.json"
+    lock = memory_root / "registry" / "model.json.lock"
+    with locked(target):
+        lock.write_bytes(b"another run's token")  # what a stale takeover by another run leaves
+    assert lock.exists() and lock.read_bytes() == b"another run's token"

@@ -1,0 +1,101 @@
+"""What crashes and kills leave behind: stale staging directories are cleaned at the next start
+(never a live run's), a completed run stays completed when the 'latest' pointer cannot move, a
+corrupt registry is restored from its previous version, an incomplete model is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import runs, storage
+from tasks.errors import DataInputError, StorageError
+from tasks.export import read_registry, write_registry
+from tasks.runs import OWNER_FILE, RunRecord, clean_stale, write_owner
+from tests.conftest import fast_config
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_staging_is_cleaned_but_a_live_runs_is_kept(tmp_path):
+    killed = tmp_path / ".20260101T000000Z-dead.partial"
+    killed.mkdir()
+    (killed / "raw.parquet").write_bytes(b"half")
+    (killed / OWNER_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))
+    live = tmp_path / ".20260101T000000Z-live.partial"
+    live.mkdir()
+    write_owner(live)  # this process: alive
+    build = tmp_path / ".abc123.tmp-xyz"
+    build.mkdir()
+    (build / OWNER_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))
+    finished = tmp_path / "20260101T000000Z-done"
+    finished.mkdir()
+    assert sorted(clean_stale(tmp_path)) == sorted([killed.name, build.name])
+    assert live.exists() and finished.exists() and not killed.exists() and not build.exists()
+
+
+def test_a_new_run_cleans_what_a_killed_one_left(tmp_path):
+    config = fast_config(tmp_path / "runs")
+    output = Path(config.output)
+    killed = output / ".20260101T000000Z-dead.partial"
+    (killed / "work").mkdir(parents=True)
+    (killed / OWNER_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))
+    run = RunRecord(config=config, flow_run_id=None)
+    assert not killed.exists() and Path(run.staging).is_dir()
+
+
+def test_a_completed_run_stays_completed_when_the_latest_pointer_fails(tmp_path, monkeypatch):
+    config = fast_config(tmp_path / "runs")
+    run = RunRecord(config=config, flow_run_id=None)
+
+    def broken(*args, **kwargs):
+        raise OSError("symlinks not allowed here")
+
+    monkeypatch.setattr(runs, "set_pointer", broken)
+    run_dir = run.succeed()
+    assert run.completed
+    record = json.loads((Path(run_dir) / "run.json").read_text())
+    assert record["status"] == "completed"
+
+
+def test_a_corrupt_registry_is_restored_from_its_previous_version(tmp_path):
+    registry_dir = storage.location(tmp_path / "registry")
+    write_registry(
+        registry_dir, "model", {"name": "model", "champion": {"run_id": "a"}, "history": []}
+    )
+    write_registry(
+        registry_dir, "model", {"name": "model", "champion": {"run_id": "b"}, "history": []}
+    )
+    (tmp_path / "registry" / "model.json").write_text("")  # a crash that lost the data
+    assert read_registry(registry_dir, "model")["champion"]["run_id"] == "a"
+    assert (
+        json.loads((tmp_path / "registry" / "model.json").read_text())["champion"]["run_id"] == "a"
+    )
+    (tmp_path / "registry" / "model.json").write_text("{not json")
+    (tmp_path / "registry" / "model.json.previous").unlink()
+    with pytest.raises(StorageError, match="is corrupt .* and has no previous version"):
+        read_registry(registry_dir, "model")
+
+
+def test_an_incomplete_model_directory_is_refused(tmp_path):
+    from tasks.predict import LoadedModel
+
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(DataInputError, match="not a complete model directory"):
+        LoadedModel(model)
+    (model / "model.json").write_text(
+        json.dumps({"members": ["member_0.keras"], "prior": {"trained": 0.5, "true": 0.5}})
+    )
+    with pytest.raises(
+        DataInputError, match="incomplete: member_0.keras, preprocessing.json missing"
+    ):
+        LoadedModel(model)

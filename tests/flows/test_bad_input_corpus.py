@@ -314,3 +314,15 @@ def test_boolean_labels_and_integer_codes_round_trip(tmp_path, capsys):
     scored = pd.read_parquet(out)
     assert scored["label"].dtype == bool
     assert (scored["label"] == scored["is_positive"]).all()
+
+
+def test_class_labels_that_look_like_mathtext_still_get_a_report(tmp_path, capsys):
+    """A label such as '$churn' used to crash matplotlib's mathtext after all the training."""
+    data = tmp_path / "dollar.csv"
+    base().assign(churned=lambda f: f.churned.map({"yes": "$churn", "no": "$stay$"})).to_csv(
+        data, index=False
+    )
+    output = tmp_path / "runs"
+    assert train_main(["--data", str(data), "--target", "churned", "--positive", "$churn", "--id", "account_id",
+                       "--categorical", "segment", "--output", str(output), *FAST_FLAGS]) == 0  # fmt: skip
+    assert "$churn" in (output / "latest" / "report.html").read_text()

@@ -65,7 +65,7 @@ def small_batches(monkeypatch):
     monkeypatch.setattr(stream, "BATCH_ROWS", 128)
 
 
-@pytest.mark.parametrize("outlier", ["clip", "zscore"])
+@pytest.mark.parametrize("outlier", ["zscore"])  # a filter: the paths must also drop alike
 def test_both_data_paths_split_alike_without_leaking_duplicates_and_fit_the_same_values(
     make_config, write_csv, tmp_path, small_batches, outlier
 ):

@@ -281,6 +281,8 @@ def build_manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult
         "feature_stats": feature_stats,
         "validation_halves": split.halves,
         "split_method": split.method,
+        "split_shares": split.shares,  # achieved, as close to the requested as the groups allow
+        "feature_duplicates_across_splits": split.duplicates_across_splits,
         "ingest": {"rows": ingest.n_rows, "class_counts": ingest.class_counts,
                    "exact_duplicate_rows": ingest.exact_duplicate_rows,
                    "conflicting_duplicate_rows": ingest.conflicting_duplicate_rows, "notes": ingest.notes},

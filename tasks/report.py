@@ -258,8 +258,10 @@ def write_report(path: UPath, run: dict[str, Any], metrics: dict[str, Any], mani
                      "seed article's rule would remove": f"{seed['removed']} of {seed['of']} ({seed['share']:.0%})"
                      if (seed := seed_rule.get(label)) else "not computed (out-of-core path)"}
                     for label in outliers["removed"]]  # fmt: skip
-    split_rows = [{"split": name, "rows": s["rows"], "positives": s["positives"],
-                   "positive share": s["positives"] / max(s["rows"], 1)} for name, s in manifest["splits"].items()]  # fmt: skip
+    shares = manifest.get("split_shares", {})
+    split_rows = [{"split": name, "rows": s["rows"], "share of rows": shares.get(name, float("nan")),
+                   "positives": s["positives"], "positive share": s["positives"] / max(s["rows"], 1)}
+                  for name, s in manifest["splits"].items()]  # fmt: skip
     split_rows += [{"split": f"validation/{name}", "rows": s["rows"], "positives": s["positives"],
                     "positive share": s["positives"] / max(s["rows"], 1)} for name, s in manifest["validation_halves"].items()]  # fmt: skip
     repeat_html = ""
@@ -318,8 +320,9 @@ members of an ensemble). <code>brier_corrected</code> scores the calibrated prob
 fingerprint <code>{html.escape(metrics["data_fingerprint"])}</code>; {manifest["ingest"]["rows"]} rows,
 classes {html.escape(str(manifest["ingest"]["class_counts"]))}, positive class <code>{html.escape(manifest["positive_label"])}</code>.
 Exact duplicate rows: {manifest["ingest"]["exact_duplicate_rows"]}; rows with conflicting labels: {manifest["ingest"]["conflicting_duplicate_rows"]}.
-Split: {html.escape(manifest["split_method"])}.</p>
-{_table(split_rows, ["split", "rows", "positives", "positive share"], "splits")}
+Split: {html.escape(manifest["split_method"])}; groups of identical feature rows spread over two splits:
+{manifest.get("feature_duplicates_across_splits", 0)} (refused on random splits, reported on time splits).</p>
+{_table(split_rows, ["split", "rows", "share of rows", "positives", "positive share"], "splits")}
 <h3>Outlier handling ({html.escape(outliers["method"])}, training rows only)</h3>
 {_table(outlier_rows, ["class", "training rows removed", "values clipped", "seed article's rule would remove"], "outliers")}
 <h3>Gates</h3>{_table(gates, ["gate", "result", "expectations", "checked"], "gates")}

@@ -140,3 +140,16 @@ def full_run(tmp_path_factory):
     result = train_flow(config)
     metrics = json.loads(Path(result.metrics_path).read_text())
     return config, result, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """One small trained model (baseline only) for the prediction tests that only need some
+    model: the bad-input corpus and the fuzzed files."""
+    from flows.train import main as train_main
+
+    output = tmp_path_factory.mktemp("tiny-model") / "runs"
+    assert train_main(["--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes", "--id", "account_id",
+                       "--categorical", "segment", "--output", str(output), "--hidden", "4", "--epochs", "1",
+                       "--batch-size", "64", "--strategies", "baseline"]) == 0  # fmt: skip
+    return output / "latest" / "model"

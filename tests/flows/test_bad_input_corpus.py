@@ -193,12 +193,9 @@ def test_bad_training_input_is_refused_by_name(case, tmp_path, capsys):
 # --- prediction ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    output = tmp_path_factory.mktemp("corpus-model") / "runs"
-    assert train_main(["--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes", "--id", "account_id",
-                       "--categorical", "segment", "--output", str(output), *FAST_FLAGS]) == 0  # fmt: skip
-    return output / "latest" / "model"
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model
 
 
 PREDICT_CASES = [

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.train import main as train_main
 from tasks.errors import ImbalanceFlowError
 from tasks.ingest import ingest
 from tasks.predict import predict_file
@@ -61,13 +60,9 @@ def mutated(mutations, encoding_name: str, newline: str) -> bytes:
     return text.encode(encoding_name)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    output = tmp_path_factory.mktemp("fuzz-model") / "runs"
-    assert train_main(["--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes", "--id", "account_id",
-                       "--categorical", "segment", "--output", str(output), "--hidden", "4", "--epochs", "1",
-                       "--strategies", "baseline"]) == 0  # fmt: skip
-    return location(output / "latest" / "model")
+@pytest.fixture
+def model(tiny_model):
+    return location(tiny_model)
 
 
 @settings(

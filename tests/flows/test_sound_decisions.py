@@ -263,3 +263,20 @@ def test_row_filters_drop_extremes_of_both_classes_alike(make_config, write_csv,
     share_pos, share_neg = removed["1"] / positives, removed["0"] / negatives
     assert removed["1"] > 0
     assert abs(share_pos - share_neg) < 4 * np.sqrt(share_neg * (1 - share_neg) / positives)
+
+
+def test_a_time_split_reports_feature_duplicates_across_splits_instead_of_refusing(
+    make_config, write_csv, stages
+):
+    """The past may repeat: on a time split identical feature rows in train and test are
+    counted and reported (manifest and report), not a gate failure."""
+    frame = heavy_data(600)
+    frame["when"] = pd.date_range("2024-01-01", periods=len(frame), freq="h").astype(str)
+    config = data_config(
+        make_config, write_csv(frame), split_by="time:when", split_ratio_tolerance=0.2
+    )
+    result = stages(config)
+    assert result["split"].gate["success"] and result["split"].duplicates_across_splits > 0
+    manifest = result["features"].manifest
+    assert manifest["feature_duplicates_across_splits"] == result["split"].duplicates_across_splits
+    assert sum(manifest["split_shares"].values()) == pytest.approx(1.0)

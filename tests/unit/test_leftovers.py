@@ -99,3 +99,21 @@ def test_an_incomplete_model_directory_is_refused(tmp_path):
         DataInputError, match="incomplete: member_0.keras, preprocessing.json missing"
     ):
         LoadedModel(model)
+
+
+def test_a_champion_registered_before_rows_were_kept_falls_back_to_its_stored_ids(tmp_path):
+    """Its feature set's ids (when ids decide and the store still has them); else unknown."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tasks.champion import _champion_rows
+
+    pd.DataFrame({"__id": [1, 2, 3], "split": ["train", "test", "validation"]}).to_parquet(
+        tmp_path / "ids.parquet"
+    )
+    model = SimpleNamespace(meta={"training": {"ids_file": str(tmp_path / "ids.parquet")}})
+    assert sorted(_champion_rows({}, model, by_id=True)["__id"]) == [1, 3]
+    assert _champion_rows({}, model, by_id=False) is None
+    (tmp_path / "ids.parquet").unlink()
+    assert _champion_rows({}, model, by_id=True) is None

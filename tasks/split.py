@@ -34,7 +34,6 @@ SPLITS = ("train", "validation", "test")
 PARTS = ("train", "stop", "tune", "test")  # validation = stop + tune
 SPLIT_COLUMN = "__split"
 HALF_COLUMN = "__half"  # "stop" or "tune" on validation rows, "" elsewhere
-COMPONENT_COLUMN = "__component"
 
 
 class SplitResult(BaseModel):

@@ -261,7 +261,7 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, 
     )  # fmt: skip
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     true_prior = float(train.y.mean())
-    models, members, calibrations = [], [], []
+    models, members, calibration = [], [], None
     for member in range(strategy.members(config)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"
         sample = resample(strategy, train, seed, prep)
@@ -283,11 +283,11 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, 
         with atomic_path(model_dir / f"member_{member}.keras") as tmp:
             model.save(tmp)
         models.append(model)
-        calibrations.append(strategy.calibration(seen, true_prior))
+        if calibration is None:  # members differ only in their seed: one map serves them all
+            calibration = strategy.calibration(seen, true_prior)
         members.append(info | {"train_class_counts": _counts(seen, labels), "trained_prior": prior})
     scores = {name: member_scores(models, x) for name, x in inputs.items()}
     raw = {name: np.mean(s, axis=0) for name, s in scores.items()}
-    calibration = calibrations[0]  # every member of a strategy is corrected the same way
     if calibration is None:
         calibration = fit_platt(raw["stop"], parts["stop"].y, "validation stop half")
     return Scores(

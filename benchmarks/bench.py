@@ -10,6 +10,8 @@ Sections
 - scaling:  generated data of the insurance shape (100k, 1M, 5M rows), epochs capped, with
             --memory-budget 1GB (5M rows take the out-of-core path, where SMOTE is skipped): time
             per strategy branch and peak memory of the run, so growth is visible.
+- refuse:   how long `python -m flows.train` takes to refuse a file with a misspelt target column
+            (exit 2): the header checks run before Prefect, TensorFlow and scikit-learn load.
 - overhead: the same strategies trained by a plain Python loop on the stored features (no Prefect)
             versus the flow against a running Prefect server, and branches in parallel versus one
             after another; --overhead-rounds interleaved rounds, compared by their medians.
@@ -38,17 +40,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 INSURANCE = SHARED / "insurance_cross_sell" / "train.csv.gz"
-INSURANCE_ARGS = ["--target", "Response", "--positive", "1", "--id", "id",
-                  "--categorical", "Gender,Vehicle_Age,Vehicle_Damage"]  # fmt: skip
-ENV = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}  # fmt: skip
+INSURANCE_ARGS = [
+    "--target",
+    "Response",
+    "--positive",
+    "1",
+    "--id",
+    "id",
+    "--categorical",
+    "Gender,Vehicle_Age,Vehicle_Damage",
+]
+ENV = os.environ | {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
 
 
 def machine() -> dict[str, Any]:
     with open("/proc/meminfo") as handle:
         total_kb = int(handle.readline().split()[1])
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "memory_gb": round(total_kb / 1024**2, 1), "processor": platform.processor() or platform.machine()}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(total_kb / 1024**2, 1),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def run_process(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -61,8 +80,11 @@ def run_process(args: list[str], env: dict[str, str] | None = None) -> dict[str,
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
     # ru_maxrss of children is the largest child so far: only a new maximum is attributable
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1) if peak > before else None,
-            "stdout": done.stdout}  # fmt: skip
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak / 1024, 1) if peak > before else None,
+        "stdout": done.stdout,
+    }
 
 
 def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -73,9 +95,15 @@ def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> 
     metrics = json.loads((output / "latest" / "metrics.json").read_text())
     rows = run["ingest"]["n_rows"]
     branches = {
-        r["strategy"]: round((datetime.fromisoformat(r["finished_at"]) - datetime.fromisoformat(r["started_at"])).total_seconds(), 2)
-        for r in metrics["strategies"] if r.get("started_at") and r.get("finished_at")
-    }  # fmt: skip
+        r["strategy"]: round(
+            (
+                datetime.fromisoformat(r["finished_at"]) - datetime.fromisoformat(r["started_at"])
+            ).total_seconds(),
+            2,
+        )
+        for r in metrics["strategies"]
+        if r.get("started_at") and r.get("finished_at")
+    }
     return {
         "rows": rows,
         "wall_s": result["wall_s"],
@@ -101,6 +129,31 @@ def section_default(work: Path, quick: bool) -> dict[str, Any]:
     return {"built-in breast cancer, all strategies": train(work / "default", [])}
 
 
+REFUSE_ROUNDS = 5
+
+
+def section_refuse(work: Path, quick: bool) -> dict[str, Any]:
+    bad = work / "misspelt.csv"
+    bad.write_text("age,income,churned\n34,51000,no\n51,38000,yes\n")
+    args = [sys.executable, "-m", "flows.train", "--data", str(bad), "--target", "churn"]
+    walls = []
+    for _ in range(REFUSE_ROUNDS):
+        start = time.perf_counter()
+        done = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+        walls.append(round(time.perf_counter() - start, 2))
+        if done.returncode != 2 or "churn" not in done.stderr:
+            raise RuntimeError(
+                f"expected exit 2 naming the column, got {done.returncode}: {done.stderr}"
+            )
+    return {
+        "refuse a misspelt target column (s)": {
+            "rounds": REFUSE_ROUNDS,
+            "median": statistics.median(walls),
+            "every round": walls,
+        }
+    }
+
+
 def section_insurance(work: Path, quick: bool) -> dict[str, Any]:
     if not INSURANCE.exists():
         return {"skipped": f"{INSURANCE} not available"}
@@ -115,10 +168,15 @@ def section_insurance(work: Path, quick: bool) -> dict[str, Any]:
             for s in ("feature-store", "split", "outliers", "features")
         )
 
-    return {"insurance, all strategies": first,
-            "insurance, second run (feature set reused), baseline only": again,
-            "ratios": {"feature preparation, first run -> reused (s)":
-                       f"{preparation(first):.2f} -> {preparation(again):.2f}"}}  # fmt: skip
+    return {
+        "insurance, all strategies": first,
+        "insurance, second run (feature set reused), baseline only": again,
+        "ratios": {
+            "feature preparation, first run -> reused (s)": (
+                f"{preparation(first):.2f} -> {preparation(again):.2f}"
+            )
+        },
+    }
 
 
 def generate(path: Path, rows: int, seed: int = 0) -> None:
@@ -129,20 +187,22 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     logit = rng.normal(-2.3, 1.0, rows)
     y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
-    frame = pd.DataFrame({
-        "id": np.arange(rows),
-        "Gender": rng.choice(["Male", "Female"], rows),
-        "Age": rng.integers(20, 85, rows) + 5 * y,
-        "Driving_License": (rng.random(rows) < 0.998).astype(int),
-        "Region_Code": rng.integers(0, 53, rows).astype(float),
-        "Previously_Insured": (rng.random(rows) < 0.46 - 0.4 * y).astype(int),
-        "Vehicle_Age": rng.choice(["< 1 Year", "1-2 Year", "> 2 Years"], rows),
-        "Vehicle_Damage": np.where(rng.random(rows) < 0.4 + 0.5 * y, "Yes", "No"),
-        "Annual_Premium": np.round(rng.lognormal(10.3, 0.5, rows), 0),
-        "Policy_Sales_Channel": rng.integers(1, 163, rows).astype(float),
-        "Vintage": rng.integers(10, 300, rows),
-        "Response": y,
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(rows),
+            "Gender": rng.choice(["Male", "Female"], rows),
+            "Age": rng.integers(20, 85, rows) + 5 * y,
+            "Driving_License": (rng.random(rows) < 0.998).astype(int),
+            "Region_Code": rng.integers(0, 53, rows).astype(float),
+            "Previously_Insured": (rng.random(rows) < 0.46 - 0.4 * y).astype(int),
+            "Vehicle_Age": rng.choice(["< 1 Year", "1-2 Year", "> 2 Years"], rows),
+            "Vehicle_Damage": np.where(rng.random(rows) < 0.4 + 0.5 * y, "Yes", "No"),
+            "Annual_Premium": np.round(rng.lognormal(10.3, 0.5, rows), 0),
+            "Policy_Sales_Channel": rng.integers(1, 163, rows).astype(float),
+            "Vintage": rng.integers(10, 300, rows),
+            "Response": y,
+        }
+    )
     frame.to_parquet(path, index=False)
 
 
@@ -217,9 +277,22 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/api"
     home = work / "prefect-home"
     server_env = ENV | {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=server_env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(120):
             try:
@@ -231,8 +304,14 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
         output = work / "overhead"
         train(output, [], env)  # builds the feature set
         run = json.loads((output / "latest" / "run.json").read_text())
-        plain_args = [sys.executable, "-c", PLAIN_LOOP, json.dumps(run["config"]),
-                      str(TrainConfig(**run["config"]).store_dir), run["data_fingerprint"]]  # fmt: skip
+        plain_args = [
+            sys.executable,
+            "-c",
+            PLAIN_LOOP,
+            json.dumps(run["config"]),
+            str(TrainConfig(**run["config"]).store_dir),
+            run["data_fingerprint"],
+        ]
         # single runs on this machine vary by more than the 10% target: interleave the three
         # variants round by round (so drift hits them alike) and compare medians
         plain, sequential, parallel = [], [], []
@@ -241,8 +320,10 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
             plain.append(json.loads(done["stdout"].strip().splitlines()[-1])["train_s"])
             sequential.append(train(output, ["--max-parallel", "1"], env)["steps_s"]["train"])
             parallel.append(train(output, ["--max-parallel", "2"], env)["steps_s"]["train"])
-        medians = {k: statistics.median(v) for k, v in
-                   (("plain", plain), ("sequential", sequential), ("parallel", parallel))}  # fmt: skip
+        medians = {
+            k: statistics.median(v)
+            for k, v in (("plain", plain), ("sequential", sequential), ("parallel", parallel))
+        }
         return {
             "train step, median of rounds (s)": {
                 "rounds": OVERHEAD_ROUNDS,
@@ -256,7 +337,7 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
                 "plain": plain,
                 "sequential": sequential,
                 "parallel": parallel,
-            },  # fmt: skip
+            },
             "ratios": {
                 "orchestration overhead (flow train step / plain loop, medians)": round(
                     medians["sequential"] / medians["plain"], 3
@@ -271,13 +352,19 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
         server.wait(timeout=30)
 
 
-SECTIONS = {"default": section_default, "insurance": section_insurance, "scaling": section_scaling,
-            "overhead": section_overhead}  # fmt: skip
+SECTIONS = {
+    "default": section_default,
+    "refuse": section_refuse,
+    "insurance": section_insurance,
+    "scaling": section_scaling,
+    "overhead": section_overhead,
+}
 
 
 def print_table(results: dict[str, Any]) -> None:
     print(
-        f"\n{'measurement':<62} {'wall s':>8} {'start-up s':>10} {'train s':>8} {'peak MB':>8} {'rows/s':>9}"
+        f"\n{'measurement':<62} {'wall s':>8} {'start-up s':>10} {'train s':>8} "
+        f"{'peak MB':>8} {'rows/s':>9}"
     )
     for section, entries in results["sections"].items():
         for name, r in entries.items():
@@ -287,8 +374,11 @@ def print_table(results: dict[str, Any]) -> None:
                 print(f"{section}: {name}: {r}")
                 continue
             steps = r.get("steps_s", {})
-            print(f"{name[:62]:<62} {r['wall_s']:>8} {r.get('startup_s', ''):>10} {steps.get('train', r.get('train_s', '')):>8} "
-                  f"{r.get('peak_rss_mb') or '':>8} {r.get('rows_per_s', ''):>9}")  # fmt: skip
+            print(
+                f"{name[:62]:<62} {r['wall_s']:>8} {r.get('startup_s', ''):>10} "
+                f"{steps.get('train', r.get('train_s', '')):>8} "
+                f"{r.get('peak_rss_mb') or '':>8} {r.get('rows_per_s', ''):>9}"
+            )
         if "ratios" in entries:
             for name, value in entries["ratios"].items():
                 print(f"  {name}: {value}")
@@ -302,10 +392,16 @@ def main() -> None:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS)
     )
-    parser.add_argument("--scaling-rows", help="comma-separated row counts for the scaling section "
-                        "(default 100000,1000000,5000000)")  # fmt: skip
-    parser.add_argument("--overhead-rounds", type=int, default=OVERHEAD_ROUNDS,
-                        help=f"interleaved rounds of the overhead section (default {OVERHEAD_ROUNDS})")  # fmt: skip
+    parser.add_argument(
+        "--scaling-rows",
+        help="comma-separated row counts for the scaling section (default 100000,1000000,5000000)",
+    )
+    parser.add_argument(
+        "--overhead-rounds",
+        type=int,
+        default=OVERHEAD_ROUNDS,
+        help=f"interleaved rounds of the overhead section (default {OVERHEAD_ROUNDS})",
+    )
     args = parser.parse_args()
     globals()["OVERHEAD_ROUNDS"] = max(1, args.overhead_rounds)
     if args.scaling_rows:
@@ -316,8 +412,12 @@ def main() -> None:
         parser.error(
             f"unknown sections: {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}"
         )
-    results: dict[str, Any] = {"machine": machine(), "started_at": datetime.now(UTC).isoformat(),
-                               "quick": args.quick, "sections": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "started_at": datetime.now(UTC).isoformat(),
+        "quick": args.quick,
+        "sections": {},
+    }
     print(json.dumps(results["machine"]))
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

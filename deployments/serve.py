@@ -30,7 +30,9 @@ def build_deployments(
         cron=cron,
         parameters={"config": config.model_dump(mode="json")},
         tags=["imbalance", "training"],
-        description="Retrain every balancing strategy, compare with the champion, publish the report.",
+        description=(
+            "Retrain every balancing strategy, compare with the champion, publish the report."
+        ),
         concurrency_limit=1,
     )
     prediction = predict_flow.to_deployment(

@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from upath import UPath
 
+from flows.cli import run_command
 from tasks.config import check_name
-from tasks.errors import ConfigError, ImbalanceFlowError
+from tasks.errors import ConfigError
 from tasks.evaluate import evaluate
 from tasks.export import (
     EVALUATION_FILE,
@@ -46,8 +48,15 @@ def list_models(registry_dir: UPath) -> list[dict[str, Any]]:
     for name in registered_names(registry_dir):
         registry = read_registry(registry_dir, name)
         champion = registry.get("champion") or {}
-        rows.append({"name": registry["name"], "champion": champion.get("run_id"), "strategy": champion.get("strategy"),
-                     "pr_auc": (champion.get("metrics") or {}).get("pr_auc"), "events": len(registry["history"])})  # fmt: skip
+        rows.append(
+            {
+                "name": registry["name"],
+                "champion": champion.get("run_id"),
+                "strategy": champion.get("strategy"),
+                "pr_auc": (champion.get("metrics") or {}).get("pr_auc"),
+                "events": len(registry["history"]),
+            }
+        )
     return rows
 
 
@@ -66,7 +75,8 @@ def _make_champion(
 ) -> dict[str, Any]:
     if not (location(target["model_dir"]) / MODEL_FILE).is_file():
         raise ConfigError(
-            f"{registry['name']}: the model of run {target['run_id']} is gone ({target['model_dir']})"
+            f"{registry['name']}: the model of run {target['run_id']} is gone "
+            f"({target['model_dir']})"
         )
     entry = _entry(target)
     before = (registry.get("champion") or {}).get("run_id")
@@ -85,8 +95,11 @@ def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str,
         registry = _registry(registry_dir, name)
         current = registry["champion"]
         if to is None:
-            earlier = [e for e in registry["history"]
-                       if e["event"] in CHAMPION_EVENTS and e["model_dir"] != current["model_dir"]]  # fmt: skip
+            earlier = [
+                e
+                for e in registry["history"]
+                if e["event"] in CHAMPION_EVENTS and e["model_dir"] != current["model_dir"]
+            ]
             if not earlier:
                 raise ConfigError(
                     f"{name}: no earlier champion to roll back to (champion is {current['run_id']})"
@@ -98,8 +111,12 @@ def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str,
             registry, target, "rolled_back_to", f"rollback from {current['run_id']}"
         )
         write_registry(registry_dir, name, registry)
-    return {"name": name, "champion": entry["run_id"], "model_dir": entry["model_dir"],
-            "previous": current["run_id"]}  # fmt: skip
+    return {
+        "name": name,
+        "champion": entry["run_id"],
+        "model_dir": entry["model_dir"],
+        "previous": current["run_id"],
+    }
 
 
 def _history_entry(registry: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -118,8 +135,12 @@ def promote(registry_dir: UPath, name: str, run_id: str) -> dict[str, Any]:
     with locked(path):
         registry = _registry(registry_dir, name)
         before = (registry.get("champion") or {}).get("run_id")
-        entry = _make_champion(registry, _history_entry(registry, run_id), "promoted_manually",
-                               f"manual promotion (champion was {before})")  # fmt: skip
+        entry = _make_champion(
+            registry,
+            _history_entry(registry, run_id),
+            "promoted_manually",
+            f"manual promotion (champion was {before})",
+        )
         write_registry(registry_dir, name, registry)
     return {"name": name, "champion": entry["run_id"], "previous": before}
 
@@ -152,32 +173,58 @@ def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[s
         for member in model_dir.iterdir():
             if member.name != MODEL_FILE:
                 copy_file(member, new_dir / member.name)
-        validation = evaluate(tune.y.to_numpy(), tune.probability.to_numpy(), threshold,
-                              tune.probability_corrected.to_numpy()) | {"objective": value}  # fmt: skip
-        at_threshold = evaluate(test.y.to_numpy(), test.probability.to_numpy(), threshold,
-                                test.probability_corrected.to_numpy())  # fmt: skip
+        validation = evaluate(
+            tune.y.to_numpy(),
+            tune.probability.to_numpy(),
+            threshold,
+            tune.probability_corrected.to_numpy(),
+        ) | {"objective": value}
+        at_threshold = evaluate(
+            test.y.to_numpy(),
+            test.probability.to_numpy(),
+            threshold,
+            test.probability_corrected.to_numpy(),
+        )
         meta |= {
-            "threshold": threshold, "threshold_objective": objective.label, "version": version,
-            "derived_from": address(model_dir), "created_at": datetime.now(UTC).isoformat(),
-            "threshold_history": [*meta.get("threshold_history", []),
-                                  {**old, "replaced_at": datetime.now(UTC).isoformat()}],
-        }  # fmt: skip
+            "threshold": threshold,
+            "threshold_objective": objective.label,
+            "version": version,
+            "derived_from": address(model_dir),
+            "created_at": datetime.now(UTC).isoformat(),
+            "threshold_history": [
+                *meta.get("threshold_history", []),
+                {**old, "replaced_at": datetime.now(UTC).isoformat()},
+            ],
+        }
         meta["metrics"]["test"] |= {k: at_threshold[k] for k in meta["metrics"]["test"]}
         meta["metrics"]["validation_tuning_half"] = validation
         write_model_files(new_dir, meta)
         metrics = {k: meta["metrics"]["test"][k] for k in champion["metrics"]}
         target = {**champion, "model_dir": address(new_dir), "metrics": metrics, "version": version}
-        reason = (f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
-                  f"(tuning-half value {value:.4f}); new version {version}")  # fmt: skip
+        reason = (
+            f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
+            f"(tuning-half value {value:.4f}); new version {version}"
+        )
         _make_champion(registry, target, "threshold_changed", reason)
         write_registry(registry_dir, name, registry)
-    return {"name": name, "run_id": champion["run_id"], "threshold": threshold, "objective": objective.label,
-            "tuning_half_value": value, "previous": old, "version": version, "model_dir": address(new_dir)}  # fmt: skip
+    return {
+        "name": name,
+        "run_id": champion["run_id"],
+        "threshold": threshold,
+        "objective": objective.label,
+        "tuning_half_value": value,
+        "previous": old,
+        "version": version,
+        "model_dir": address(new_dir),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.champion", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.champion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered models and their champions")
@@ -198,22 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     registry_dir = location(args.output) / "registry"
-    try:
-        if args.command == "list":
-            result: Any = list_models(registry_dir)
-        elif args.command == "show":
-            result = _registry(registry_dir, args.name)
-        elif args.command == "rollback":
-            result = rollback(registry_dir, args.name, args.to)
-        elif args.command == "promote":
-            result = promote(registry_dir, args.name, args.run_id)
-        else:
-            result = set_threshold(registry_dir, args.name, args.objective)
-    except ImbalanceFlowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    commands_by_name: dict[str, Callable[[], Any]] = {
+        "list": lambda: list_models(registry_dir),
+        "show": lambda: _registry(registry_dir, args.name),
+        "rollback": lambda: rollback(registry_dir, args.name, args.to),
+        "promote": lambda: promote(registry_dir, args.name, args.run_id),
+        "set-threshold": lambda: set_threshold(registry_dir, args.name, args.objective),
+    }
+    return run_command(commands_by_name[args.command])
 
 
 if __name__ == "__main__":

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import traceback
 from typing import Any, Literal
 
 from prefect import flow
-from pydantic import ValidationError
 
+from flows.cli import configure_logging, run_command, start_temporary_server
 from tasks.datasets import BUILTINS
 from tasks.drift import DriftSettings
-from tasks.errors import ImbalanceFlowError
 from tasks.export import resolve_model
 from tasks.io import existing_file
 from tasks.predict import check_output, predict_file
 from tasks.storage import location
 
 DEFAULT_DRIFT = DriftSettings()
+
+
+PREDICT_EXAMPLES = """\
+examples:
+  python -m flows.predict --model runs/latest/model --data new.csv --out scored.parquet
+  python -m flows.predict --model breast_cancer-diagnosis --data new.parquet --out scored.csv
+
+exit codes: 0 success, 2 bad input (missing columns, wrong types, rows that cannot be scored),
+1 internal error
+"""
 
 
 @flow(name="imbalance-predict", flow_run_name="predict-{model}", log_prints=True)
@@ -47,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.predict",
         description="Score a CSV or parquet file with an exported model.",
-        epilog="examples:\n  python -m flows.predict --model runs/latest/model --data new.csv --out scored.parquet\n"
-        "  python -m flows.predict --model breast_cancer-diagnosis --data new.parquet --out scored.parquet\n\n"
-        "exit codes: 0 success, 2 bad input (missing columns, wrong types, rows that cannot be scored), 1 internal error",
+        epilog=PREDICT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -60,15 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
     parser.add_argument(
-        "--on-bad-rows", choices=["refuse", "skip"], default="refuse",
+        "--on-bad-rows",
+        choices=["refuse", "skip"],
+        default="refuse",
         help="rows that cannot be scored (missing or non-finite values): refuse the file, or skip "
         "them into <out>.rejects.csv with a reason per row (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--on-unseen", choices=["score", "refuse"], default="score",
+        "--on-unseen",
+        choices=["score", "refuse"],
+        default="score",
         help="category levels never seen in training: score them with the unseen code (counted "
         "in the output), or treat their rows as bad rows (default: %(default)s)",
-    )  # fmt: skip
+    )
     for name, field in DriftSettings.model_fields.items():  # one flag per drift setting
         flag = "--drift-action" if name == "action" else f"--{name.replace('_', '-')}"
         parser.add_argument(
@@ -78,26 +86,28 @@ def main(argv: list[str] | None = None) -> int:
             help=f"{field.description} (default: %(default)s)",
         )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    configure_logging()
+
+    def body() -> dict[str, Any]:
         drift = DriftSettings(**{name: getattr(args, name) for name in DriftSettings.model_fields})
         # before any server starts: the model resolves, the data file is there, the output is not it
         resolve_model(args.model, location(args.output) / "registry")
         if args.data not in BUILTINS:
             existing_file(args.data)
         check_output(location(args.out), args.data)
-        result = predict_flow(args.model, args.data, args.out, args.output, args.sep, drift,
-                              args.on_bad_rows, args.on_unseen)  # fmt: skip
-    except (ImbalanceFlowError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
+        start_temporary_server()
+        return predict_flow(
+            args.model,
+            args.data,
+            args.out,
+            args.output,
+            args.sep,
+            drift,
+            args.on_bad_rows,
+            args.on_unseen,
+        )
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

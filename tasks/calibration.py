@@ -94,5 +94,9 @@ def fit_platt(scores: np.ndarray, y: np.ndarray, fitted_on: str) -> Calibration:
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=1e4).fit(logit(scores).reshape(-1, 1), np.asarray(y))
-    return Calibration(method="platt", slope=float(model.coef_[0, 0]),
-                       intercept=float(model.intercept_[0]), fitted_on=fitted_on)  # fmt: skip
+    return Calibration(
+        method="platt",
+        slope=float(model.coef_[0, 0]),
+        intercept=float(model.intercept_[0]),
+        fitted_on=fitted_on,
+    )

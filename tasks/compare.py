@@ -73,9 +73,17 @@ class SortedScores:
         return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)
 
 
-def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
-                     threshold_b: float, objective: Objective, n_boot: int, seed: int,
-                     groups: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+def paired_bootstrap(
+    y: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    threshold_a: float,
+    threshold_b: float,
+    objective: Objective,
+    n_boot: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict[str, Any]:
     """95% intervals of (a - b) on the same resampled test rows, for the threshold objective at
     each model's own tuned threshold and for PR-AUC (resamples without positives are skipped).
     With `groups` (one value per row), whole groups are resampled: rows of a group are not
@@ -140,22 +148,31 @@ def group_codes(values: np.ndarray) -> np.ndarray:
 
 def verdict_text(selected: str, comparison: dict[str, Any] | None, rank_by: str) -> str:
     if comparison is None:
-        return (f"Selected **{selected}** (best {rank_by} on the validation tuning half). "
-                "No baseline branch ran, so there is no margin to report.")  # fmt: skip
+        return (
+            f"Selected **{selected}** (best {rank_by} on the validation tuning half). "
+            "No baseline branch ran, so there is no margin to report."
+        )
     if selected == "baseline":
-        return (f"Selected **baseline** (best {rank_by} on the validation tuning half): no balancing "
-                "strategy beat plain training with a tuned threshold on this data.")  # fmt: skip
+        return (
+            f"Selected **baseline** (best {rank_by} on the validation tuning half): no balancing "
+            "strategy beat plain training with a tuned threshold on this data."
+        )
     diff, ci = comparison["objective_difference"], comparison["objective_interval"]
     text = (
-        f"Selected **{selected}** (best {rank_by} on the validation tuning half). On the test rows, "
-        f"with each model at its own tuned threshold, its {comparison['objective']} is {diff:+.4f} versus "
+        f"Selected **{selected}** (best {rank_by} on the validation tuning half). On the test "
+        "rows, "
+        f"with each model at its own tuned threshold, its {comparison['objective']} is "
+        f"{diff:+.4f} versus "
         f"baseline (95% paired-bootstrap interval {ci['low']:+.4f} to {ci['high']:+.4f}; PR-AUC "
-        f"{comparison['pr_auc_difference']:+.4f}, interval {comparison['pr_auc_interval']['low']:+.4f} to "
+        f"{comparison['pr_auc_difference']:+.4f}, interval "
+        f"{comparison['pr_auc_interval']['low']:+.4f} to "
         f"{comparison['pr_auc_interval']['high']:+.4f})."
     )
     if ci["low"] <= 0 <= ci["high"]:
-        text += (f" The interval includes zero: {selected} and baseline are **not distinguishable** on "
-                 "this data; baseline with a tuned threshold is the simpler choice.")  # fmt: skip
+        text += (
+            f" The interval includes zero: {selected} and baseline are **not distinguishable** on "
+            "this data; baseline with a tuned threshold is the simpler choice."
+        )
     else:
         better = "better" if ci["low"] > 0 else "worse"
         text += f" The interval excludes zero: {selected} is reliably {better} than baseline here."
@@ -171,12 +188,14 @@ def operating_points(
         predicted = scores >= t
         tp = int((predicted & (y == 1)).sum())
         alerts = int(predicted.sum())
-        rows.append({
-            "threshold": float(t),
-            "precision": tp / alerts if alerts else float("nan"),
-            "recall": tp / int(y.sum()) if y.sum() else float("nan"),
-            "alerts_per_1000": 1000 * alerts / len(y),
-        })  # fmt: skip
+        rows.append(
+            {
+                "threshold": float(t),
+                "precision": tp / alerts if alerts else float("nan"),
+                "recall": tp / int(y.sum()) if y.sum() else float("nan"),
+                "alerts_per_1000": 1000 * alerts / len(y),
+            }
+        )
     return rows
 
 
@@ -206,8 +225,13 @@ def summarize_repeats(
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare_with_baseline(branches_dir: UPath, ranked: list[dict[str, Any]], selected: str,
-                          config: TrainConfig, raw_path: str) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:  # fmt: skip
+def compare_with_baseline(
+    branches_dir: UPath,
+    ranked: list[dict[str, Any]],
+    selected: str,
+    config: TrainConfig,
+    raw_path: str,
+) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:
     """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
     operating points."""
     by_name = {r["strategy"]: r for r in ranked}
@@ -222,10 +246,16 @@ def compare_with_baseline(branches_dir: UPath, ranked: list[dict[str, Any]], sel
         if not np.array_equal(other[ID_COLUMN].to_numpy(), chosen[ID_COLUMN].to_numpy()):
             raise RuntimeError("baseline and selected predictions are not on the same test rows")
         comparison = paired_bootstrap(
-            y, scores, other.probability.to_numpy(), by_name[selected]["threshold"], baseline["threshold"],
-            parse_objective(config.objective), config.bootstrap, config.seed,
+            y,
+            scores,
+            other.probability.to_numpy(),
+            by_name[selected]["threshold"],
+            baseline["threshold"],
+            parse_objective(config.objective),
+            config.bootstrap,
+            config.seed,
             row_groups(raw_path, config.group, chosen[ID_COLUMN].to_numpy()),
-        )  # fmt: skip
+        )
     tuned = by_name[selected]["threshold"]
     grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})
     return (

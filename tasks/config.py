@@ -53,7 +53,8 @@ class TrainConfig(BaseModel):
     # --- outliers ----------------------------------------------------------------------
     outlier: OutlierMethod = Field(
         "clip",
-        description="clip: winsorise every split to training bounds; zscore/iqr: drop training rows "
+        description="clip: winsorise every split to training bounds; zscore/iqr: drop training "
+        "rows "
         "of either class outside them; none",
     )
     outlier_z: float = Field(3.0, gt=0)
@@ -79,10 +80,11 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="rows per training step; default scales with the training rows: ~128 steps "
         "per epoch, a power of two from 256 to 4096",
-    )  # fmt: skip
+    )
     epochs: int = Field(40, ge=1)
     patience: int = Field(6, ge=1)
     ensemble_k: int = Field(5, ge=1)
@@ -94,7 +96,8 @@ class TrainConfig(BaseModel):
     )
     dask_address: str | None = Field(
         None,
-        description="scheduler of an existing Dask cluster; default: a local cluster of max_parallel workers",
+        description="scheduler of an existing Dask cluster; default: a local cluster of "
+        "max_parallel workers",
     )
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
     memory_budget: str | None = Field(
@@ -107,7 +110,8 @@ class TrainConfig(BaseModel):
     repeats: int = Field(1, ge=1, description="train every strategy with N seeds; report mean ± sd")
     bootstrap: int = Field(
         2000,
-        description="paired-bootstrap resamples for the verdict (at least 1000; promotion decisions "
+        description="paired-bootstrap resamples for the verdict (at least 1000; promotion "
+        "decisions "
         "use at least 2000)",
     )
     model_name: str | None = Field(None, description="registry name; default <dataset>-<target>")
@@ -116,7 +120,8 @@ class TrainConfig(BaseModel):
     )
     promote_margin: float = Field(
         0.0,
-        description="promote when the 95% interval's lower bound of (challenger - champion) exceeds this",
+        description="promote when the 95% interval's lower bound of (challenger - champion) "
+        "exceeds this",
     )
     drift_psi_warn: float = Field(
         0.1, gt=0, description="retraining drift vs the champion: PSI that warns"
@@ -252,8 +257,13 @@ class TrainConfig(BaseModel):
     def drift_settings(self):
         from tasks.drift import DriftSettings
 
-        return DriftSettings(psi_warn=self.drift_psi_warn, psi_fail=self.drift_psi_fail, ks_warn=self.drift_ks_warn,
-                             rate_ratio_limit=self.drift_rate_ratio_limit, action=self.drift_action)  # fmt: skip
+        return DriftSettings(
+            psi_warn=self.drift_psi_warn,
+            psi_fail=self.drift_psi_fail,
+            ks_warn=self.drift_ks_warn,
+            rate_ratio_limit=self.drift_rate_ratio_limit,
+            action=self.drift_action,
+        )
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -272,13 +282,29 @@ class TrainConfig(BaseModel):
     def feature_settings(self) -> dict[str, Any]:
         """Exactly the settings that change the stored features (part of the fingerprint)."""
         keys = (
-            "sep", "target", "positive", "id", "drop", "categorical", "impute", "split",
-            "split_by", "group", "outlier", "outlier_z", "outlier_iqr_k", "seed",
-            "min_positives_per_split", "min_positives_per_half",
+            "sep",
+            "target",
+            "positive",
+            "id",
+            "drop",
+            "categorical",
+            "impute",
+            "split",
+            "split_by",
+            "group",
+            "outlier",
+            "outlier_z",
+            "outlier_iqr_k",
+            "seed",
+            "min_positives_per_split",
+            "min_positives_per_half",
             # the gates' limits: a stored set passed its gates under these; a stricter run rebuilds
-            "min_class_count", "split_ratio_tolerance", "max_removed_share", "scale_tolerance",
+            "min_class_count",
+            "split_ratio_tolerance",
+            "max_removed_share",
+            "scale_tolerance",
             "max_categories",
-        )  # fmt: skip
+        )
         settings = self.model_dump(include=set(keys), mode="json")
         settings["feature_code_version"] = FEATURE_CODE_VERSION
         return settings
@@ -297,8 +323,18 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:

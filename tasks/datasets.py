@@ -58,7 +58,8 @@ def _breast_cancer() -> pd.DataFrame:
 BUILTINS: dict[str, BuiltinDataset] = {
     "breast_cancer": BuiltinDataset(
         name="breast_cancer",
-        description="Wisconsin Diagnostic Breast Cancer (scikit-learn copy, Kaggle layout), 569 rows, "
+        description="Wisconsin Diagnostic Breast Cancer (scikit-learn copy, Kaggle layout), 569 "
+        "rows, "
         "positive class M (malignant, 37%)",
         target="diagnosis",
         positive="M",

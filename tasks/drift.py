@@ -72,8 +72,13 @@ def categorical_drift(values: pd.Series, frequencies: dict[str, float]) -> float
     )
 
 
-def drift_table(frame: pd.DataFrame, feature_stats: dict[str, Any], settings: DriftSettings,
-                predicted_rate: float | None = None, reference_rate: float | None = None) -> pd.DataFrame:  # fmt: skip
+def drift_table(
+    frame: pd.DataFrame,
+    feature_stats: dict[str, Any],
+    settings: DriftSettings,
+    predicted_rate: float | None = None,
+    reference_rate: float | None = None,
+) -> pd.DataFrame:
     rows = []
     for column, stats in feature_stats.items():
         if column not in frame.columns:
@@ -94,8 +99,17 @@ def drift_table(frame: pd.DataFrame, feature_stats: dict[str, Any], settings: Dr
         ratio = (predicted_rate + EPS) / (reference_rate + EPS)
         limit = settings.rate_ratio_limit
         status = "fail" if ratio > limit or ratio < 1 / limit else "ok"
-        rows.append({"feature": "predicted_positive_rate", "kind": "prediction", "psi": float("nan"),
-                     "ks": float("nan"), "status": status, "new": predicted_rate, "reference": reference_rate})  # fmt: skip
+        rows.append(
+            {
+                "feature": "predicted_positive_rate",
+                "kind": "prediction",
+                "psi": float("nan"),
+                "ks": float("nan"),
+                "status": status,
+                "new": predicted_rate,
+                "reference": reference_rate,
+            }
+        )
     return pd.DataFrame(
         rows, columns=["feature", "kind", "psi", "ks", "status", "new", "reference"]
     )
@@ -108,8 +122,17 @@ def overall_status(table: pd.DataFrame) -> str:
 
 def table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-ready rows: NaN becomes None, floats are rounded for display."""
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else (round(v, 4) if isinstance(v, float) else v))
-             for k, v in row.items()} for row in table.to_dict("records")]  # fmt: skip
+    return [
+        {
+            k: (
+                None
+                if isinstance(v, float) and np.isnan(v)
+                else (round(v, 4) if isinstance(v, float) else v)
+            )
+            for k, v in row.items()
+        }
+        for row in table.to_dict("records")
+    ]
 
 
 def publish_drift(table: pd.DataFrame, title: str) -> None:

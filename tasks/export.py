@@ -24,12 +24,20 @@ CARD_FILE = "MODEL_CARD.md"
 
 
 @task(name="export-model", **io_task_options())
-def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: TrainConfig,
-                 branches_dir: UPath, model_dir: UPath, run_id: str) -> UPath:  # fmt: skip
+def export_model(
+    selected: dict[str, Any],
+    feature_set: FeatureSet,
+    config: TrainConfig,
+    branches_dir: UPath,
+    model_dir: UPath,
+    run_id: str,
+) -> UPath:
     """Copy the selected branch's Keras members and write everything needed to score new rows."""
     manifest = feature_set.manifest
-    members = sorted((branches_dir / selected["strategy"] / "model").glob("member_*.keras"),
-                     key=lambda member: member.name)  # fmt: skip
+    members = sorted(
+        (branches_dir / selected["strategy"] / "model").glob("member_*.keras"),
+        key=lambda member: member.name,
+    )
     for member in members:
         copy_file(member, model_dir / member.name)
     copy_file(feature_set.location / PREPROCESSING, model_dir / PREPROCESSING)
@@ -76,7 +84,7 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
             },
             "test_at_0_5": selected["at_0_5"],
             "validation_tuning_half": selected["validation"],
-        },  # fmt: skip
+        },
         "data_fingerprint": feature_set.fingerprint,
         "feature_set": feature_set.path,
         "config": config.model_dump(mode="json"),
@@ -85,7 +93,7 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
             "categorical": manifest["features"]["categorical"],
             "dropped_constant": manifest["features"]["dropped_constant"],
             "feature_stats": manifest["feature_stats"],
-        },  # fmt: skip
+        },
         "training": {
             "splits": manifest["splits"],
             "validation_halves": manifest["validation_halves"],
@@ -96,7 +104,7 @@ def export_model(selected: dict[str, Any], feature_set: FeatureSet, config: Trai
             },
             "ids_file": str(feature_set.location / "ids.parquet"),
             "class_counts": manifest["ingest"]["class_counts"],
-        },  # fmt: skip
+        },
         "versions": manifest["versions"],
     }
     write_model_files(model_dir, metadata)
@@ -129,19 +137,26 @@ def model_card(meta: dict[str, Any]) -> str:
         f"Run `{meta['run_id']}`, strategy **{meta['strategy']}**, created {meta['created_at']}.",
         "",
         "## Intended use",
-        f"Binary scoring of `{meta['target']}`: the positive class is `{meta['positive_label']}`. Rows with "
-        f"`probability >= {meta['threshold']:.6g}` are flagged positive. Score rows that look like the "
-        "training data (same columns, types and categories); `python -m flows.predict` enforces that.",
+        f"Binary scoring of `{meta['target']}`: the positive class is `{meta['positive_label']}`. "
+        "Rows with "
+        f"`probability >= {meta['threshold']:.6g}` are flagged positive. Score rows that look "
+        "like the "
+        "training data (same columns, types and categories); `python -m flows.predict` enforces "
+        "that.",
         "",
         "## Data",
-        f"- Source: `{training['source']}` (sha256 `{training['source_sha256'][:16]}…`), fingerprint "
+        f"- Source: `{training['source']}` (sha256 `{training['source_sha256'][:16]}…`), "
+        "fingerprint "
         f"`{meta['data_fingerprint']}`.",
         *(
-            f"- {name}: {s['rows']} rows, {s['positives']} positive ({s['positives'] / max(s['rows'], 1):.1%})"
+            f"- {name}: {s['rows']} rows, {s['positives']} positive "
+            f"({s['positives'] / max(s['rows'], 1):.1%})"
             for name, s in splits.items()
-        ),  # fmt: skip
-        f"- Outlier handling `{meta['training']['outliers']['method']}` removed training rows per class: {removed}.",
-        f"- Features: {len(meta['schema']['numeric'])} numeric, {len(meta['schema']['categorical'])} categorical.",
+        ),
+        f"- Outlier handling `{meta['training']['outliers']['method']}` removed training rows per "
+        f"class: {removed}.",
+        f"- Features: {len(meta['schema']['numeric'])} numeric, "
+        f"{len(meta['schema']['categorical'])} categorical.",
         "",
         "## Metrics",
         "| metric | test (tuned threshold) | test (0.5) | validation tuning half |",
@@ -149,14 +164,17 @@ def model_card(meta: dict[str, Any]) -> str:
         *(
             f"| {k} | {test[k]:.4f} | {meta['metrics']['test_at_0_5'][k]:.4f} | {tune[k]:.4f} |"
             for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy")
-        ),  # fmt: skip
+        ),
         "",
-        f"Test confusion matrix at the tuned threshold: TN {cm['tn']}, FP {cm['fp']}, FN {cm['fn']}, TP {cm['tp']}.",
-        "The threshold and the strategy were chosen on the validation tuning half; test rows were used only "
+        f"Test confusion matrix at the tuned threshold: TN {cm['tn']}, FP {cm['fp']}, FN "
+        f"{cm['fn']}, TP {cm['tp']}.",
+        "The threshold and the strategy were chosen on the validation tuning half; test rows were "
+        "used only "
         "for these figures.",
         "",
         "## Threshold and calibration",
-        f"- Threshold {meta['threshold']:.6g}, tuned for `{meta['threshold_objective']}` on the validation tuning half.",
+        f"- Threshold {meta['threshold']:.6g}, tuned for `{meta['threshold_objective']}` on the "
+        "validation tuning half.",
         f"- `probability` is the model's raw score; the strategy trained under a positive prior of "
         f"{meta['prior']['trained']:.3f} against a true prior of {meta['prior']['true']:.3f}. "
         f"`probability_corrected` is the calibrated probability ({meta['calibration']['summary']}; "
@@ -166,7 +184,8 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- Class balance: {training['class_counts']}.",
         *(
             [
-                f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; metrics are noisy."
+                f"- Small evaluation sets: {', '.join(small)} hold fewer than 30 positives; "
+                "metrics are noisy."
             ]
             if small
             else []

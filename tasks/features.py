@@ -108,8 +108,9 @@ class Preprocessing(BaseModel):
         return out
 
 
-def impute_and_clip(values: pd.Series, impute_values: dict[str, Any],
-                    clip_bounds: dict[str, tuple[float, float]]) -> pd.Series:  # fmt: skip
+def impute_and_clip(
+    values: pd.Series, impute_values: dict[str, Any], clip_bounds: dict[str, tuple[float, float]]
+) -> pd.Series:
     """A numeric column (named `values.name`) with its imputed value filled in, then clipped to
     its bounds: what the scaler is fitted on and applied to."""
     if values.name in impute_values:
@@ -153,8 +154,9 @@ def fingerprint(config: TrainConfig, source_sha256: str, out_of_core: bool = Fal
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainConfig,
-                      outliers: OutlierResult) -> Preprocessing:  # fmt: skip
+def fit_preprocessing(
+    train: pd.DataFrame, ingest: IngestResult, config: TrainConfig, outliers: OutlierResult
+) -> Preprocessing:
     numeric, categorical = list(ingest.roles.numeric), list(ingest.roles.categorical)
     impute_values: dict[str, Any] = {}
     if config.impute != "none":
@@ -184,16 +186,21 @@ def fit_preprocessing(train: pd.DataFrame, ingest: IngestResult, config: TrainCo
             values = values.fillna(impute_values[column])
         categories[column] = sorted(values.dropna().unique().tolist())
     return Preprocessing(
-        numeric=kept, categorical=categorical, impute=config.impute,
+        numeric=kept,
+        categorical=categorical,
+        impute=config.impute,
         impute_values={k: v for k, v in impute_values.items() if k not in constant},
         clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
         means={c: float(prepared[c].mean()) for c in kept},
         scales={c: float(stds[c]) for c in kept},
-        categories=categories, dropped_constant=constant,
+        categories=categories,
+        dropped_constant=constant,
         integer_valued=[c for c in kept if is_whole(train[c].dropna().to_numpy(dtype="float64"))],
-        positive_label=ingest.positive_label, negative_label=ingest.negative_label,
-        target=ingest.roles.target, id=ingest.roles.id,
-    )  # fmt: skip
+        positive_label=ingest.positive_label,
+        negative_label=ingest.negative_label,
+        target=ingest.roles.target,
+        id=ingest.roles.id,
+    )
 
 
 def histogram_bins(values: pd.Series) -> dict[str, list[float]]:
@@ -215,16 +222,26 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
     for column in prep.numeric:
         values = train[column].astype("float64")
         percentiles = values.quantile([i / 100 for i in range(101)]).tolist()
-        stats[column] = {"kind": "numeric", "dtype": str(train[column].dtype), "mean": float(values.mean()),
-                         "std": float(values.std(ddof=0)), "percentiles": [float(q) for q in percentiles],
-                         "bins": histogram_bins(values), "missing_share": float(values.isna().mean()),
-                         "approximate": False}  # fmt: skip
+        stats[column] = {
+            "kind": "numeric",
+            "dtype": str(train[column].dtype),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=0)),
+            "percentiles": [float(q) for q in percentiles],
+            "bins": histogram_bins(values),
+            "missing_share": float(values.isna().mean()),
+            "approximate": False,
+        }
     for column in prep.categorical:
         shares = train[column].astype("string").value_counts(normalize=True, dropna=False)
-        stats[column] = {"kind": "categorical", "dtype": "string",
-                         "frequencies": {MISSING_LEVEL if pd.isna(k) else str(k): float(v)
-                                         for k, v in shares.items()},
-                         "missing_share": float(train[column].isna().mean())}  # fmt: skip
+        stats[column] = {
+            "kind": "categorical",
+            "dtype": "string",
+            "frequencies": {
+                MISSING_LEVEL if pd.isna(k) else str(k): float(v) for k, v in shares.items()
+            },
+            "missing_share": float(train[column].isna().mean()),
+        }
     return stats
 
 
@@ -239,29 +256,58 @@ def frames_gate(
     return features_gate(frames["train"], nonfinite, columns_match, prep, config.scale_tolerance)
 
 
-def features_gate(train: pd.DataFrame, nonfinite: int, columns_match: bool, prep: Preprocessing,
-                  tolerance: float) -> dict[str, Any]:  # fmt: skip
+def features_gate(
+    train: pd.DataFrame, nonfinite: int, columns_match: bool, prep: Preprocessing, tolerance: float
+) -> dict[str, Any]:
     """The feature gate on the transformed training rows (or a sample of them, with a tolerance
     to match) and facts about every stored row."""
     n = len(train)
     sample_to_population = float(np.sqrt(n / (n - 1))) if n > 1 else 1.0
-    facts = pd.DataFrame([{"nonfinite_values": nonfinite, "columns_match": int(columns_match),
-                           "feature_count": len(prep.feature_columns)}])  # fmt: skip
+    facts = pd.DataFrame(
+        [
+            {
+                "nonfinite_values": nonfinite,
+                "columns_match": int(columns_match),
+                "feature_count": len(prep.feature_columns),
+            }
+        ]
+    )
     report = gates.validate(
-        "features", "features", {"data": train, "facts": facts},
-        {"feature_columns": prep.feature_columns, "scaled_columns": prep.numeric, "code_columns": prep.categorical},
-        {"scale_tolerance": tolerance, "neg_scale_tolerance": -tolerance,
-         "min_train_std": 1 - tolerance, "max_train_std": sample_to_population + tolerance},
-    )  # fmt: skip
+        "features",
+        "features",
+        {"data": train, "facts": facts},
+        {
+            "feature_columns": prep.feature_columns,
+            "scaled_columns": prep.numeric,
+            "code_columns": prep.categorical,
+        },
+        {
+            "scale_tolerance": tolerance,
+            "neg_scale_tolerance": -tolerance,
+            "min_train_std": 1 - tolerance,
+            "max_train_std": sample_to_population + tolerance,
+        },
+    )
     return report.as_dict()
 
 
-def build_manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult,
-              prep: Preprocessing, layout: dict[str, Any], feature_stats: dict[str, Any],
-              directory: Path, fp: str, gate: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def build_manifest(
+    config: TrainConfig,
+    ingest: IngestResult,
+    split: SplitResult,
+    outliers: OutlierResult,
+    prep: Preprocessing,
+    layout: dict[str, Any],
+    feature_stats: dict[str, Any],
+    directory: Path,
+    fp: str,
+    gate: dict[str, Any],
+) -> dict[str, Any]:
     """`layout`: the stored columns, their dtypes and rows/positives/negatives per split."""
-    files = {name: {"sha256": sha256_of(directory / name), "bytes": (directory / name).stat().st_size}
-             for name in DATA_FILES}  # fmt: skip
+    files = {
+        name: {"sha256": sha256_of(directory / name), "bytes": (directory / name).stat().st_size}
+        for name in DATA_FILES
+    }
     return {
         "fingerprint": fp,
         "created_at": datetime.now(UTC).isoformat(),
@@ -276,21 +322,28 @@ def build_manifest(config: TrainConfig, ingest: IngestResult, split: SplitResult
         "target_dtype": ingest.target_dtype,
         "id_column": ingest.roles.id,
         **layout,
-        "features": {"numeric": prep.numeric, "categorical": prep.categorical,
-                     "dropped_constant": prep.dropped_constant},
+        "features": {
+            "numeric": prep.numeric,
+            "categorical": prep.categorical,
+            "dropped_constant": prep.dropped_constant,
+        },
         "feature_stats": feature_stats,
         "validation_halves": split.halves,
         "split_method": split.method,
         "split_shares": split.shares,  # achieved, as close to the requested as the groups allow
         "feature_duplicates_across_splits": split.duplicates_across_splits,
-        "ingest": {"rows": ingest.n_rows, "class_counts": ingest.class_counts,
-                   "exact_duplicate_rows": ingest.exact_duplicate_rows,
-                   "conflicting_duplicate_rows": ingest.conflicting_duplicate_rows, "notes": ingest.notes},
+        "ingest": {
+            "rows": ingest.n_rows,
+            "class_counts": ingest.class_counts,
+            "exact_duplicate_rows": ingest.exact_duplicate_rows,
+            "conflicting_duplicate_rows": ingest.conflicting_duplicate_rows,
+            "notes": ingest.notes,
+        },
         "outliers": outliers.model_dump(exclude={"removed_path", "gate"}),
         "gates": {"split": split.gate, "outliers": outliers.gate, "features": gate},
         "files": files,
         "versions": library_versions(),
-    }  # fmt: skip
+    }
 
 
 def split_layout(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -298,18 +351,32 @@ def split_layout(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     return {
         "columns": list(train.columns),
         "dtypes": {c: str(t) for c, t in train.dtypes.items()},
-        "splits": {name: {"rows": len(frame), "positives": int(frame[TARGET_COLUMN].sum()),
-                          "negatives": int(len(frame) - frame[TARGET_COLUMN].sum())}
-                   for name, frame in frames.items()},
-    }  # fmt: skip
+        "splits": {
+            name: {
+                "rows": len(frame),
+                "positives": int(frame[TARGET_COLUMN].sum()),
+                "negatives": int(len(frame) - frame[TARGET_COLUMN].sum()),
+            }
+            for name, frame in frames.items()
+        },
+    }
 
 
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
-    for package in ("pandas", "numpy", "pyarrow", "scikit-learn", "great-expectations", "prefect",
-                    "tensorflow-cpu", "keras", "imbalanced-learn"):  # fmt: skip
+    for package in (
+        "pandas",
+        "numpy",
+        "pyarrow",
+        "scikit-learn",
+        "great-expectations",
+        "prefect",
+        "tensorflow-cpu",
+        "keras",
+        "imbalanced-learn",
+    ):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -339,8 +406,9 @@ def load_valid_feature_set(store: UPath, fp: str) -> FeatureSet | None:
 
 
 @task(name="features", **io_task_options())
-def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult,
-                   outliers: OutlierResult) -> FeatureSet:  # fmt: skip
+def build_features(
+    config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult
+) -> FeatureSet:
     if ingest.streaming:
         from tasks.stream import features_streaming
 
@@ -376,8 +444,18 @@ def build_features(config: TrainConfig, ingest: IngestResult, split: SplitResult
         )
         write_parquet(staging / "ids.parquet", ids.reset_index(drop=True))
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
-        return build_manifest(config, ingest, split, outliers, prep, split_layout(frames),
-                         feature_statistics(reference, prep), staging, fp, gate)  # fmt: skip
+        return build_manifest(
+            config,
+            ingest,
+            split,
+            outliers,
+            prep,
+            split_layout(frames),
+            feature_statistics(reference, prep),
+            staging,
+            fp,
+            gate,
+        )
 
     feature_set = commit_feature_set(config, ingest, write)
     log.info("stored feature set %s (%s rows train)", feature_set.fingerprint, len(frames["train"]))

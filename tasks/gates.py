@@ -121,17 +121,27 @@ def _examples(values: list[Any], limit: int = 5) -> str:
     return shown + (", ..." if len(values) > limit else "")
 
 
-def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], result: dict[str, Any],
-                     frame: pd.DataFrame) -> str:  # fmt: skip
+def describe_failure(
+    kind: str,
+    kwargs: dict[str, Any],
+    meta: dict[str, Any],
+    result: dict[str, Any],
+    frame: pd.DataFrame,
+) -> str:
     """One readable sentence naming the column, the observed value and what was expected."""
     column = kwargs.get("column")
     observed = result.get("observed_value")
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if "describe" in meta:
         text = meta["describe"].format_map(
-            {**kwargs, "observed": _fmt(observed) if observed is not None else "?",
-             "min_value": _fmt(low), "max_value": _fmt(high), "column": meta.get("column") or column}
-        )  # fmt: skip
+            {
+                **kwargs,
+                "observed": _fmt(observed) if observed is not None else "?",
+                "min_value": _fmt(low),
+                "max_value": _fmt(high),
+                "column": meta.get("column") or column,
+            }
+        )
         if result.get("unexpected_count"):
             values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
             text += f": {_examples(values, 10)} ({result['unexpected_count']} rows)"
@@ -140,7 +150,8 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
     elif kind == "expect_column_unique_value_count_to_be_between":
         values = sorted(frame[column].dropna().unique().tolist(), key=str)
         bounds = f"{low}" if low == high else f"between {low} and {high}"
-        text = f"column '{column}' has {observed} distinct values ({_examples(values, 10)}); expected {bounds}"
+        examples = _examples(values, 10)
+        text = f"column '{column}' has {observed} distinct values ({examples}); expected {bounds}"
     elif kind == "expect_column_values_to_not_be_null":
         text = (
             f"column '{column}' has {result.get('unexpected_count')} missing values "
@@ -158,23 +169,33 @@ def describe_failure(kind: str, kwargs: dict[str, Any], meta: dict[str, Any], re
         )
     elif kind == "expect_column_values_to_be_in_set":
         values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
-        text = (f"column '{column}' has {result.get('unexpected_count')} rows with values outside the "
-                f"expected set: {_examples(values, 10)}")  # fmt: skip
+        text = (
+            f"column '{column}' has {result.get('unexpected_count')} rows with values outside the "
+            f"expected set: {_examples(values, 10)}"
+        )
     elif "unexpected_count" in result:
         text = (
             f"column '{column}' has {result.get('unexpected_count')} unexpected values "
             f"(e.g. {_examples(result.get('partial_unexpected_list') or [])}); expected {kind}"
         )
     else:
-        text = f"{kind} on '{column}': observed {_fmt(observed)}; expected between {_fmt(low)} and {_fmt(high)}"
+        text = (
+            f"{kind} on '{column}': observed {_fmt(observed)}; "
+            f"expected between {_fmt(low)} and {_fmt(high)}"
+        )
     if hint := meta.get("hint"):
         text += f" ({hint})"
     return text
 
 
-def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.DataFrame,
-             bindings: dict[str, Any], parameters: dict[str, Any] | None = None,
-             raise_on_failure: bool = True) -> GateReport:  # fmt: skip
+def validate(
+    stage: str,
+    suite_name: str,
+    tables: dict[str, pd.DataFrame] | pd.DataFrame,
+    bindings: dict[str, Any],
+    parameters: dict[str, Any] | None = None,
+    raise_on_failure: bool = True,
+) -> GateReport:
     """Validate the tables (a frame, or {"data": frame, "facts": one-row frame}) with the suite
     file `suite_name`. Parameters the config does not supply take the suite file's defaults.
     Raises GateFailed naming every failed expectation when the gate fails."""
@@ -192,8 +213,9 @@ def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.D
     for table_name, frame in tables.items():
         configs = [
             ExpectationConfiguration(type=c["type"], kwargs=c["kwargs"], meta=c["meta"])
-            for c in concrete if c["table"] == table_name
-        ]  # fmt: skip
+            for c in concrete
+            if c["table"] == table_name
+        ]
         if not configs:
             continue
         suite = ExpectationSuite(
@@ -217,19 +239,27 @@ def validate(stage: str, suite_name: str, tables: dict[str, pd.DataFrame] | pd.D
 def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFrame) -> None:
     # columns whose absence an existence check already reports: other checks on them are noise
     reported_missing = {
-        r.expectation_config.kwargs.get("column") for r in outcome.results
+        r.expectation_config.kwargs.get("column")
+        for r in outcome.results
         if r.expectation_config.type == "expect_column_to_exist" and not r.success
-    }  # fmt: skip
+    }
     for item in outcome.results:
         config = item.expectation_config
         kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
         meta = dict(config.meta or {})
         observed = item.result.get("observed_value")
         report.checked.append(
-            {"table": table_name, "expectation": config.type, "kwargs": kwargs,
-             "reason": meta.get("reason"), "success": bool(item.success),
-             "observed": observed if isinstance(observed, (int, float, str, type(None))) else str(observed)}
-        )  # fmt: skip
+            {
+                "table": table_name,
+                "expectation": config.type,
+                "kwargs": kwargs,
+                "reason": meta.get("reason"),
+                "success": bool(item.success),
+                "observed": observed
+                if isinstance(observed, (int, float, str, type(None)))
+                else str(observed),
+            }
+        )
         if item.success:
             continue
         column = kwargs.get("column")
@@ -241,7 +271,8 @@ def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFr
             and config.type != "expect_column_to_exist"
         ):
             report.failures.append(
-                f"{config.type} could not be evaluated: column '{column}' is not in the {table_name} table"
+                f"{config.type} could not be evaluated: column '{column}' is not in the "
+                f"{table_name} table"
             )
             continue
         if item.exception_info and item.exception_info.get("raised_exception"):

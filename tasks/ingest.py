@@ -23,10 +23,30 @@ ID_COLUMN = "__id"  # the --id column's value, or the source row position
 HASH_COLUMN = "__hash"  # 8-byte hash of the row's normalised feature values (row_hashes)
 MISSING_LEVEL = "<NA>"  # how a missing category is keyed in frequencies and drift tables
 NUMERIC_DTYPES = [
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
-    "float16", "float32", "float64", "Float32", "Float64", "bool", "boolean",
-]  # fmt: skip
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
+    "float16",
+    "float32",
+    "float64",
+    "Float32",
+    "Float64",
+    "bool",
+    "boolean",
+]
 
 
 class ColumnRoles(BaseModel):
@@ -57,8 +77,9 @@ class IngestResult(BaseModel):
     streaming: bool = False  # read and written in batches (the out-of-core path)
 
 
-def resolve_roles(frame: pd.DataFrame, config: TrainConfig, default_target: str | None,
-                  default_id: str | None) -> tuple[ColumnRoles, list[str]]:  # fmt: skip
+def resolve_roles(
+    frame: pd.DataFrame, config: TrainConfig, default_target: str | None, default_id: str | None
+) -> tuple[ColumnRoles, list[str]]:
     target = config.target or default_target
     if target is None:
         raise DataInputError("no target column given: set --target COLUMN")
@@ -89,7 +110,8 @@ def resolve_positive(target: pd.Series, positive: str | None) -> tuple[str, str,
             positive = folded[0]  # --positive true for a True/False column
         if positive not in counts.index:
             raise DataInputError(
-                f"positive label {positive!r} is not a value of the target; values are: {', '.join(labels)}"
+                f"positive label {positive!r} is not a value of the target; "
+                f"values are: {', '.join(labels)}"
             )
     else:
         if counts.iloc[0] == counts.iloc[-1]:
@@ -129,8 +151,13 @@ def beyond_float32(values: pd.Series) -> pd.Series:
         )
 
 
-def check_values(frame: pd.DataFrame, roles: ColumnRoles, config: TrainConfig, first_row: int = 0,
-                 levels: dict[str, set] | None = None) -> None:  # fmt: skip
+def check_values(
+    frame: pd.DataFrame,
+    roles: ColumnRoles,
+    config: TrainConfig,
+    first_row: int = 0,
+    levels: dict[str, set] | None = None,
+) -> None:
     """Values no gate should let through silently, named with their column and rows: numbers that
     are not finite as float32 (inf, 1e300: the network would see inf or NaN), missing ids, and
     categorical columns with more than --max-categories levels (their one-hot inputs would not
@@ -142,13 +169,17 @@ def check_values(frame: pd.DataFrame, roles: ColumnRoles, config: TrainConfig, f
             if bad.any():
                 rows = (np.flatnonzero(bad.to_numpy()) + first_row)[:5].tolist()
                 examples = ", ".join(map(str, frame.loc[bad, column].head(3).tolist()))
-                problems.append(f"column '{column}' has {int(bad.sum())} value(s) that are not finite numbers "
-                                f"({examples}) in rows {rows}{' ...' if bad.sum() > 5 else ''}")  # fmt: skip
+                problems.append(
+                    f"column '{column}' has {int(bad.sum())} value(s) that are not finite numbers "
+                    f"({examples}) in rows {rows}{' ...' if bad.sum() > 5 else ''}"
+                )
     if roles.id and roles.id in frame and frame[roles.id].isna().any():
         missing = frame[roles.id].isna()
         rows = (np.flatnonzero(missing.to_numpy()) + first_row)[:5].tolist()
-        problems.append(f"id column '{roles.id}' is empty in {int(missing.sum())} row(s) (rows {rows}); "
-                        "every row needs an id")  # fmt: skip
+        problems.append(
+            f"id column '{roles.id}' is empty in {int(missing.sum())} row(s) (rows {rows}); "
+            "every row needs an id"
+        )
     for column in roles.categorical:
         if column not in frame:
             continue
@@ -157,9 +188,12 @@ def check_values(frame: pd.DataFrame, roles: ColumnRoles, config: TrainConfig, f
             levels.setdefault(column, set()).update(list(seen)[: config.max_categories + 1])
             seen = levels[column]
         if len(seen) > config.max_categories:
-            problems.append(f"categorical column '{column}' has more than {config.max_categories} levels "
-                            f"({len(seen)}{'+' if levels is not None else ''}); its one-hot inputs would not fit "
-                            "in memory: drop it (--drop), bin it, or raise --max-categories")  # fmt: skip
+            problems.append(
+                f"categorical column '{column}' has more than {config.max_categories} levels "
+                f"({len(seen)}{'+' if levels is not None else ''}); its one-hot inputs would not "
+                "fit "
+                "in memory: drop it (--drop), bin it, or raise --max-categories"
+            )
     if problems:
         raise DataInputError("bad values in the data:\n  - " + "\n  - ".join(problems))
 
@@ -196,8 +230,10 @@ class LeakWatch:
         leaks = self.leaks()
         if leaks:
             raise DataInputError(
-                f"column(s) {', '.join(map(repr, leaks))} take two values that map one-to-one onto the classes "
-                "on the training rows: they leak the label (a copy or recoding of the target?); drop them "
+                f"column(s) {', '.join(map(repr, leaks))} take two values that map one-to-one "
+                "onto the classes "
+                "on the training rows: they leak the label (a copy or recoding of the target?); "
+                "drop them "
                 "with --drop"
             )
 
@@ -233,8 +269,9 @@ def duplicates_from_hashes(keys: np.ndarray, labels: np.ndarray) -> tuple[int, i
     return exact, conflicting
 
 
-def normalise(frame: pd.DataFrame, roles: ColumnRoles, y: np.ndarray, first_row: int,
-              config: TrainConfig) -> pd.DataFrame:  # fmt: skip
+def normalise(
+    frame: pd.DataFrame, roles: ColumnRoles, y: np.ndarray, first_row: int, config: TrainConfig
+) -> pd.DataFrame:
     """The raw copy every later stage reads: canonical string categoricals, float64 numerics,
     `__hash` (row_hashes), `__y`, `__id` (the id column, or the source row position), `__row` and
     the group/time columns."""
@@ -284,9 +321,12 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
         "id": roles.id,
     }
     report = gates.validate(
-        "raw", "raw", {"data": frame, "facts": facts}, bindings,
+        "raw",
+        "raw",
+        {"data": frame, "facts": facts},
+        bindings,
         {"min_class_count": config.min_class_count},
-    )  # fmt: skip
+    )
 
     check_values(frame, roles, config)
     positive_default = (

@@ -183,5 +183,10 @@ def io_task_options() -> dict[str, Any]:
     only for transient I/O errors (see `retry_on_io_errors`), no result caching."""
     from prefect.cache_policies import NO_CACHE
 
-    return {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": [2, 10],
-            "retry_condition_fn": retry_on_io_errors, "tags": ["io"]}  # fmt: skip
+    return {
+        "cache_policy": NO_CACHE,
+        "retries": 2,
+        "retry_delay_seconds": [2, 10],
+        "retry_condition_fn": retry_on_io_errors,
+        "tags": ["io"],
+    }

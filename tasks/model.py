@@ -80,19 +80,23 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
     x = inputs
     for i, units in enumerate(settings.hidden):
         x = keras.layers.Dense(
-            units, activation="relu", name=f"hidden_{i}",
+            units,
+            activation="relu",
+            name=f"hidden_{i}",
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 10 * i),
             bias_initializer="zeros",
-        )(x)  # fmt: skip
+        )(x)
         if settings.dropout > 0:
             x = keras.layers.Dropout(settings.dropout, seed=seed + 10 * i + 1, name=f"dropout_{i}")(
                 x
             )
     outputs = keras.layers.Dense(
-        1, activation="sigmoid", name="probability",
+        1,
+        activation="sigmoid",
+        name="probability",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997),
         bias_initializer=keras.initializers.Constant(output_bias),
-    )(x)  # fmt: skip
+    )(x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -118,8 +122,15 @@ class BatchStream(_Stream):
     and a class-balanced sample_from_datasets ~200 ms (measured on 228k rows), more than the
     training step itself."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int, seed: int, balanced: bool,
-                 rows: np.ndarray | None = None):  # fmt: skip
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch: int,
+        seed: int,
+        balanced: bool,
+        rows: np.ndarray | None = None,
+    ):
         self.x, self.y, self.batch, self.seed, self.balanced = x, y, batch, seed, balanced
         self.rows = np.arange(len(y)) if rows is None else rows  # the pool: may repeat rows
 
@@ -168,8 +179,16 @@ class RowGroupStream(_Stream):
     `balanced` batches, the inputs of the positive pool rows (the rare class), which are drawn
     like BatchStream's while the negatives stream."""
 
-    def __init__(self, store: Any, y: np.ndarray, batch: int, seed: int, balanced: bool,
-                 rows: np.ndarray | None = None, window: int = 2):  # fmt: skip
+    def __init__(
+        self,
+        store: Any,
+        y: np.ndarray,
+        batch: int,
+        seed: int,
+        balanced: bool,
+        rows: np.ndarray | None = None,
+        window: int = 2,
+    ):
         self.store, self.y, self.batch, self.seed, self.balanced = store, y, batch, seed, balanced
         self.rows = np.arange(len(y)) if rows is None else rows
         self.window = max(1, window)
@@ -224,9 +243,10 @@ class RowGroupStream(_Stream):
 
 
 def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings) -> Any:
-    """A Keras callback that scores the stop half (average precision, as the reports define it) after every check
-    interval (a Keras "epoch" of `steps_per_check` steps), keeps the best weights, stops after
-    `patience` checks without improvement once past the warm-up, and restores the best weights.
+    """A Keras callback that scores the stop half (average precision, as the reports define it)
+    after every check interval (a Keras "epoch" of `steps_per_check` steps), keeps the best
+    weights, stops after `patience` checks without improvement once past the warm-up, and
+    restores the best weights.
     One forward pass per check, in chunks: Keras's validation pass would rebuild a tf.data
     pipeline every time."""
     import keras
@@ -238,10 +258,12 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
             self.best, self.best_check, self.best_weights, self.wait = -np.inf, 0, None, 0
 
         def on_epoch_end(self, epoch, logs=None):
-            scores = np.concatenate([
-                np.asarray(self.model.predict_on_batch(x_stop[i : i + 65536])).reshape(-1)
-                for i in range(0, len(x_stop), 65536)
-            ])  # fmt: skip
+            scores = np.concatenate(
+                [
+                    np.asarray(self.model.predict_on_batch(x_stop[i : i + 65536])).reshape(-1)
+                    for i in range(0, len(x_stop), 65536)
+                ]
+            )
             value = float(average_precision_score(y_stop, scores))
             if logs is not None:
                 logs["val_pr_auc"] = value
@@ -260,9 +282,18 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
     return StopHalf()
 
 
-def fit_member(stream: BatchStream | RowGroupStream, x_stop: np.ndarray, y_stop: np.ndarray,
-               settings: TrainSettings, *, seed: int, output_bias: float, loss: str,
-               focal_alpha: float, class_weight: dict[int, float] | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def fit_member(
+    stream: BatchStream | RowGroupStream,
+    x_stop: np.ndarray,
+    y_stop: np.ndarray,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    output_bias: float,
+    loss: str,
+    focal_alpha: float,
+    class_weight: dict[int, float] | None,
+) -> tuple[Any, dict[str, Any]]:
     """Train one model on the batches of `stream` on the shared schedule of `settings`
     (see TrainSettings), keeping the weights that score best on the stop half."""
     import keras
@@ -360,8 +391,9 @@ def check_interval(n_train: int, n_minority: int, batch_size: int) -> int:
     return steps
 
 
-def schedule(n_train: int, n_minority: int, batch_size: int, epochs: int, patience: int
-             ) -> dict[str, int]:  # fmt: skip
+def schedule(
+    n_train: int, n_minority: int, batch_size: int, epochs: int, patience: int
+) -> dict[str, int]:
     """The shared training schedule: a cap of `epochs` full passes of optimizer steps, checked
     every check_interval steps; `patience` full passes without improvement stop it (counted in
     checks), and no strategy stops before one full pass."""

@@ -40,7 +40,8 @@ class OutlierResult(BaseModel):
 
 
 def continuous_columns(train: pd.DataFrame, numeric: list[str]) -> list[str]:
-    """Numeric columns with more than two distinct training values (0/1 flags are not 'outliers')."""
+    """Numeric columns with more than two distinct training values (0/1 flags are not
+    'outliers')."""
     return [c for c in numeric if train[c].nunique(dropna=True) > 2]
 
 
@@ -88,10 +89,13 @@ def seed_article_rule(
     removed = labels.drop(index=kept.index)
     totals = labels.value_counts()
     return {
-        str(label): {"removed": int((removed == label).sum()), "of": int(totals[label]),
-                     "share": float((removed == label).sum() / totals[label])}
+        str(label): {
+            "removed": int((removed == label).sum()),
+            "of": int(totals[label]),
+            "share": float((removed == label).sum() / totals[label]),
+        }
         for label in totals.index
-    }  # fmt: skip
+    }
 
 
 @task(name="outliers", cache_policy=NO_CACHE)
@@ -139,23 +143,41 @@ def handle_outliers(
     seed_rule = seed_article_rule(raw, columns or ingest.roles.numeric, labels, config.outlier_z)
     removed_path = write_parquet(work_dir / "removed.parquet", raw.loc[removed_mask, [ROW_COLUMN]])
     return OutlierResult(
-        method=method, columns=columns, bounds=bounds, removed_path=str(removed_path),
-        removed=removed, clipped_values=clipped, seed_rule_removed=seed_rule, gate=report,
-    )  # fmt: skip
+        method=method,
+        columns=columns,
+        bounds=bounds,
+        removed_path=str(removed_path),
+        removed=removed,
+        clipped_values=clipped,
+        seed_rule_removed=seed_rule,
+        gate=report,
+    )
 
 
-def outlier_gate(config: TrainConfig, ingest: IngestResult, removed: dict[str, int],
-                 train_totals: dict[str, int], removed_outside_train: int) -> dict[str, Any]:  # fmt: skip
+def outlier_gate(
+    config: TrainConfig,
+    ingest: IngestResult,
+    removed: dict[str, int],
+    train_totals: dict[str, int],
+    removed_outside_train: int,
+) -> dict[str, Any]:
     """Removal share of each class's training rows within --max-removed-share; nothing removed
     outside training."""
     positive, negative = ingest.positive_label, ingest.negative_label
-    facts = pd.DataFrame([{
-        "removed_share_positive": removed[positive] / max(train_totals[positive], 1),
-        "removed_share_negative": removed[negative] / max(train_totals[negative], 1),
-        "rows_removed_outside_train": removed_outside_train,
-    }])  # fmt: skip
+    facts = pd.DataFrame(
+        [
+            {
+                "removed_share_positive": removed[positive] / max(train_totals[positive], 1),
+                "removed_share_negative": removed[negative] / max(train_totals[negative], 1),
+                "rows_removed_outside_train": removed_outside_train,
+            }
+        ]
+    )
     report = gates.validate(
-        "outliers", "outliers", {"facts": facts}, {"classes": ["positive", "negative"]},
+        "outliers",
+        "outliers",
+        {"facts": facts},
+        {"classes": ["positive", "negative"]},
         {"max_removed_share": config.max_removed_share},
-    )  # fmt: skip
+    )
     return report.as_dict()

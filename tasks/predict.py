@@ -84,7 +84,7 @@ def input_gate(
         "categories_by_column": {
             c: [*prep.categories[c], *([None] if c in prep.impute_values else [])]
             for c in categorical
-        },  # fmt: skip
+        },
         "complete_features": []
         if schema_only
         else [
@@ -174,8 +174,11 @@ def row_problems(
 def summarise_problems(reasons: pd.Series, limit: int = 8) -> str:
     bad = reasons[reasons != ""]
     counts = pd.Series([r for text in bad for r in text.split("; ")]).value_counts()
-    lines = [f"{reason} in {count} row(s), e.g. rows {bad[bad.str.contains(reason, regex=False)].index[:5].tolist()}"
-             for reason, count in counts.head(limit).items()]  # fmt: skip
+    lines = [
+        f"{reason} in {count} row(s), e.g. rows "
+        f"{bad[bad.str.contains(reason, regex=False)].index[:5].tolist()}"
+        for reason, count in counts.head(limit).items()
+    ]
     return "\n  - ".join(lines)
 
 
@@ -186,9 +189,15 @@ def reference_positive_rate(meta: dict[str, Any]) -> float:
 
 
 @task(name="predict", **io_task_options())
-def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None,
-                 drift: DriftSettings | None = None, on_bad_rows: str = "refuse",
-                 on_unseen: str = "score") -> dict[str, Any]:  # fmt: skip
+def predict_file(
+    model_dir: UPath,
+    data: str,
+    out: UPath,
+    sep: str | None = None,
+    drift: DriftSettings | None = None,
+    on_bad_rows: str = "refuse",
+    on_unseen: str = "score",
+) -> dict[str, Any]:
     """Gate the rows against the training schema, refuse (or set aside, `on_bad_rows='skip'`)
     rows that cannot be scored, score the rest, check drift, write parquet or CSV."""
     drift = drift or DriftSettings()
@@ -207,7 +216,8 @@ def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None
     rejects_path = None
     if bad.any() and on_bad_rows == "refuse":
         raise DataInputError(
-            f"{int(bad.sum())} of {len(frame)} rows of {data} cannot be scored; nothing was written "
+            f"{int(bad.sum())} of {len(frame)} rows of {data} cannot be scored; nothing was "
+            "written "
             f"(--on-bad-rows skip scores the others and writes the rest to a rejects file):\n  - "
             + summarise_problems(reasons)
         )
@@ -223,9 +233,13 @@ def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None
             "category levels not seen in training (scored with the unseen code): %s", unseen
         )
     scored = score(model, frame) if len(frame) else pd.DataFrame()
-    table = drift_table(frame, model.meta["schema"]["feature_stats"], drift,
-                        float(scored["is_positive"].mean()) if len(scored) else None,
-                        reference_positive_rate(model.meta))  # fmt: skip
+    table = drift_table(
+        frame,
+        model.meta["schema"]["feature_stats"],
+        drift,
+        float(scored["is_positive"].mean()) if len(scored) else None,
+        reference_positive_rate(model.meta),
+    )
     publish_drift(
         table, f"drift of {data} against model {model.meta['model_name']} ({model.meta['run_id']})"
     )
@@ -238,9 +252,12 @@ def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None
             ", ".join(f"{r.feature} ({r.status})" for r in drifted.itertuples()),
         )
     if status == "fail" and drift.action == "fail":
-        lines = [f"{r.feature}: psi {r.psi:.3f}, ks {r.ks:.3f}" if r.kind != "prediction"
-                 else f"predicted positive rate {r.new:.4f} vs {r.reference:.4f} when trained"
-                 for r in table[table.status == "fail"].itertuples()]  # fmt: skip
+        lines = [
+            f"{r.feature}: psi {r.psi:.3f}, ks {r.ks:.3f}"
+            if r.kind != "prediction"
+            else f"predicted positive rate {r.new:.4f} vs {r.reference:.4f} when trained"
+            for r in table[table.status == "fail"].itertuples()
+        ]
         raise DriftError(
             "drift beyond the fail limits; nothing was written:\n  - " + "\n  - ".join(lines)
         )
@@ -248,9 +265,16 @@ def predict_file(model_dir: UPath, data: str, out: UPath, sep: str | None = None
         write_text(out, scored.to_csv(index=False))
     else:
         write_parquet(out, scored)
-    return {"rows": len(scored), "positives": int(scored["is_positive"].sum()) if len(scored) else 0,
-            "out": str(out), "rejected": int(bad.sum()), "rejects": str(rejects_path) if rejects_path else None,
-            "unseen_levels": unseen, "drift": status, "drifted_features": drifted["feature"].tolist()}  # fmt: skip
+    return {
+        "rows": len(scored),
+        "positives": int(scored["is_positive"].sum()) if len(scored) else 0,
+        "out": str(out),
+        "rejected": int(bad.sum()),
+        "rejects": str(rejects_path) if rejects_path else None,
+        "unseen_levels": unseen,
+        "drift": status,
+        "drifted_features": drifted["feature"].tolist(),
+    }
 
 
 def check_output(out: UPath, data: str) -> None:

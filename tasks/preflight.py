@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def header(path: Path, sep: str | None) -> list[str]:
     return next(csv.reader(io.StringIO(first), delimiter=separator))
 
 
-def check_columns(names: list[str], path: Path, config: TrainConfig | None = None,
-                  require_named: bool = True) -> None:  # fmt: skip
+def check_columns(
+    names: list[str], path: Path, config: TrainConfig | None = None, require_named: bool = True
+) -> None:
     """Duplicate and reserved column names; with a config (and `require_named`), every column it
     names exists (inside the flow the raw gate says that, as one of its expectations)."""
     seen, duplicates = set(), []
@@ -60,7 +62,8 @@ def check_columns(names: list[str], path: Path, config: TrainConfig | None = Non
     if duplicates:
         raise DataInputError(
             f"{path} has duplicate column names: {', '.join(map(repr, duplicates))}; every column "
-            "needs its own name (a repeated target column would become a feature equal to the label)"
+            "needs its own name (a repeated target column would become a feature equal to the "
+            "label)"
         )
     reserved = [n for n in names if n in RESERVED_COLUMNS]
     if config is not None:
@@ -69,19 +72,26 @@ def check_columns(names: list[str], path: Path, config: TrainConfig | None = Non
         ]
     if reserved:
         raise DataInputError(
-            f"{path}: column name(s) {', '.join(map(repr, reserved))} are reserved for internal use; "
+            f"{path}: column name(s) {', '.join(map(repr, reserved))} are reserved for internal "
+            "use; "
             "rename them"
         )
     if config is None or not require_named:
         return
-    named = {"--target": [config.target], "--id": [config.id], "--group": [config.group],
-             "--split-by": [config.time_column], "--drop": config.drop,
-             "--categorical": config.categorical}  # fmt: skip
+    named = {
+        "--target": [config.target],
+        "--id": [config.id],
+        "--group": [config.group],
+        "--split-by": [config.time_column],
+        "--drop": config.drop,
+        "--categorical": config.categorical,
+    }
     for flag, columns in named.items():
         missing = [c for c in columns if c and c not in seen]
         if missing:
             raise DataInputError(
-                f"{flag}: column(s) {', '.join(map(repr, missing))} not found in {path}; columns are: "
+                f"{flag}: column(s) {', '.join(map(repr, missing))} not found in {path}; columns "
+                "are: "
                 f"{', '.join(names[:30])}{', ...' if len(names) > 30 else ''}"
             )
 
@@ -98,9 +108,9 @@ def writable(url: str, flag: str) -> None:
         raise ConfigError(f"{flag} {url!r}: {existing} is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe of its own: two runs starting on one output must not delete each other's
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise ConfigError(f"{flag} {url!r} is not writable: {exc}") from exc
 

@@ -16,6 +16,8 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,9 +99,10 @@ class RunRecord:
     flow_run_id: str | None
     run_id: str = ""
     started_at: str = ""
-    stage: str = "start"
+    current_stage: str = "start"
     stages: list[dict[str, Any]] = field(default_factory=list)
     completed: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
     work_dir: Path = field(init=False)
     _t0: float = 0.0
     _stage_t0: float = 0.0
@@ -120,6 +123,7 @@ class RunRecord:
             if self.run_dir.exists():
                 raise FileExistsError(f"run directory {self.run_dir} already exists")
             self.work_dir = Path(tempfile.mkdtemp(prefix=f"imbalance-{self.run_id}-"))
+        log.info("run %s: data %s -> %s", self.run_id, self.config.data, self.run_dir)
 
     @property
     def output(self) -> UPath:
@@ -139,11 +143,32 @@ class RunRecord:
         """Where the run's files are written until it completes."""
         return self.output / f".{self.run_id}.partial" if self.renames else self.run_dir
 
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:
+        """A run that fails before it completes leaves only `run.json`, naming the stage and
+        the cause; the error goes on to the caller. After completion nothing is undone."""
+        if error is not None and not self.completed:
+            self.fail(error)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage: it runs until the next one starts (`run.json` lists them)."""
+        self.enter(name)
+        yield
+
+    def note(self, **facts: Any) -> None:
+        """Facts every later record of this run carries (the report's, `run.json`'s)."""
+        self.facts.update(facts)
+
     def enter(self, stage: str) -> None:
         now = time.perf_counter()
-        if self.stage != "start":
-            self.stages.append({"stage": self.stage, "seconds": round(now - self._stage_t0, 3)})
-        self.stage, self._stage_t0 = stage, now
+        if self.current_stage != "start":
+            self.stages.append(
+                {"stage": self.current_stage, "seconds": round(now - self._stage_t0, 3)}
+            )
+        self.current_stage, self._stage_t0 = stage, now
 
     def _record(self, status: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -155,6 +180,7 @@ class RunRecord:
             "seconds": round(time.perf_counter() - self._t0, 3),
             "stages": self.stages,
             "config": self.config.model_dump(mode="json"),
+            **self.facts,
             **extra,
         }
 
@@ -182,7 +208,7 @@ class RunRecord:
         return self.run_dir
 
     def fail(self, error: BaseException) -> UPath:
-        failed_stage = self.stage
+        failed_stage = self.current_stage
         self.enter("failed")
         remove_tree(self.work_dir)
         remove_tree(self.staging)
@@ -191,7 +217,12 @@ class RunRecord:
         messages = [f"{gate} gate: {line}" for line in error.failures] if gate else [str(error)]
         write_json(
             self.run_dir / "run.json",
-            self._record("failed", failed_stage=failed_stage, failed_gate=gate,
-                         error_type=type(error).__name__, messages=messages),
-        )  # fmt: skip
+            self._record(
+                "failed",
+                failed_stage=failed_stage,
+                failed_gate=gate,
+                error_type=type(error).__name__,
+                messages=messages,
+            ),
+        )
         return self.run_dir

@@ -163,9 +163,12 @@ def assign_splits(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
         inside = split == "validation"
         if inside.any():
             halves = assign_components(
-                pd.factorize(component[inside])[0], y[inside], (0.5, 0.5), (per_half, per_half),
+                pd.factorize(component[inside])[0],
+                y[inside],
+                (0.5, 0.5),
+                (per_half, per_half),
                 config.seed + 1,
-            )  # fmt: skip
+            )
             half[inside] = np.array(["stop", "tune"], dtype=object)[halves]
     else:
         train, validation, test = config.split
@@ -221,9 +224,11 @@ def split_facts(
 def _method(config: TrainConfig) -> str:
     if config.time_column:
         return f"time:{config.time_column}"
-    linked = f"rows sharing feature values or a value of {config.group}" if config.group else (
-        "rows sharing feature values"
-    )  # fmt: skip
+    linked = (
+        f"rows sharing feature values or a value of {config.group}"
+        if config.group
+        else ("rows sharing feature values")
+    )
     return f"stratified; {linked} kept in one split (largest groups first)"
 
 
@@ -232,10 +237,12 @@ def _tallies(
 ) -> dict[str, dict[str, int]]:
     y = assignment[TARGET_COLUMN]
     return {
-        name: {"rows": int((assignment[column] == name).sum()),
-               "positives": int(y[assignment[column] == name].sum())}
+        name: {
+            "rows": int((assignment[column] == name).sum()),
+            "positives": int(y[assignment[column] == name].sum()),
+        }
         for name in names
-    }  # fmt: skip
+    }
 
 
 @task(name="split", cache_policy=NO_CACHE)
@@ -259,24 +266,36 @@ def split(config: TrainConfig, ingest: IngestResult, work_dir: Path) -> SplitRes
             )
         except (ValueError, TypeError, OverflowError) as exc:
             raise DataInputError(
-                f"--split-by {config.split_by}: the column has values that are not dates or times ({exc})"
+                f"--split-by {config.split_by}: the column has values that are not dates or times "
+                f"({exc})"
             ) from exc
     assignment = assign_splits(frame, config)
     group_values = frame[f"__{config.group}"] if config.group else None
     facts = split_facts(assignment, config, group_values)
     report = gates.validate(
-        "split", "split", {"facts": facts},
-        {"splits": list(SPLITS), "halves": ["stop", "tune"], "group": config.group,
-         "random_split": not config.time_column},
-        {"split_ratio_tolerance": config.split_ratio_tolerance,
-         "min_positives_per_split": config.min_positives_per_split,
-         "min_positives_per_half": config.min_positives_per_half},
-    )  # fmt: skip
+        "split",
+        "split",
+        {"facts": facts},
+        {
+            "splits": list(SPLITS),
+            "halves": ["stop", "tune"],
+            "group": config.group,
+            "random_split": not config.time_column,
+        },
+        {
+            "split_ratio_tolerance": config.split_ratio_tolerance,
+            "min_positives_per_split": config.min_positives_per_split,
+            "min_positives_per_half": config.min_positives_per_half,
+        },
+    )
     counts = _tallies(assignment, SPLIT_COLUMN, SPLITS)
     path = write_parquet(work_dir / "split.parquet", assignment.drop(columns=HASH_COLUMN))
     return SplitResult(
-        assignment_path=str(path), counts=counts, halves=_tallies(assignment, HALF_COLUMN, ("stop", "tune")),
-        shares={name: c["rows"] / len(assignment) for name, c in counts.items()}, method=_method(config),
+        assignment_path=str(path),
+        counts=counts,
+        halves=_tallies(assignment, HALF_COLUMN, ("stop", "tune")),
+        shares={name: c["rows"] / len(assignment) for name, c in counts.items()},
+        method=_method(config),
         duplicates_across_splits=int(facts["duplicate_groups_in_two_splits"].iloc[0]),
         gate=report.as_dict(),
-    )  # fmt: skip
+    )

@@ -123,7 +123,7 @@ STRATEGIES: dict[str, Strategy] = {
             "average of k models, each on a different balanced undersample",
             sampler=_undersampler,
             ensemble=True,
-        ),  # fmt: skip
+        ),
     )
 }
 

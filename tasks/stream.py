@@ -108,8 +108,11 @@ def streaming_reason(config: TrainConfig) -> str | None:
         return None  # unreadable: the in-memory reader reports it properly
     if estimate <= budget:
         return None
-    return (f"the data needs ~{estimate / 2**30:.2f} GiB in memory ({WORKING_COPIES} x "
-            f"{estimate / WORKING_COPIES / 2**20:.0f} MiB uncompressed), over --memory-budget {config.memory_budget}")  # fmt: skip
+    return (
+        f"the data needs ~{estimate / 2**30:.2f} GiB in memory ({WORKING_COPIES} x "
+        f"{estimate / WORKING_COPIES / 2**20:.0f} MiB uncompressed), over --memory-budget "
+        f"{config.memory_budget}"
+    )
 
 
 # --- reading in batches -----------------------------------------------------------------------
@@ -221,10 +224,16 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     source = BatchSource(path, config.sep)
     source.drop_empty_trailing_columns()
     roles, declared = resolve_roles(pd.DataFrame(columns=source.columns), config, None, None)
-    row_bindings = {"target": roles.target, "target_present": False, "binary_target": False,
-                    "declared_columns": declared, "numeric_features": roles.numeric,
-                    "numeric_dtypes": NUMERIC_DTYPES, "id": None,
-                    "complete_features": roles.features if config.impute == "none" else []}  # fmt: skip
+    row_bindings = {
+        "target": roles.target,
+        "target_present": False,
+        "binary_target": False,
+        "declared_columns": declared,
+        "numeric_features": roles.numeric,
+        "numeric_dtypes": NUMERIC_DTYPES,
+        "id": None,
+        "complete_features": roles.features if config.impute == "none" else [],
+    }
 
     def gate_rows(frame: pd.DataFrame, first_row: int) -> gates.GateReport:
         stage = f"raw (rows {first_row}-{first_row + len(frame) - 1})"
@@ -242,11 +251,23 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     target = keys[roles.target]
     binary = target.nunique() == 2 and not target.isna().any()
     facts = pd.DataFrame({"minority_count": [int(target.value_counts().min()) if binary else 0]})
-    table_bindings = {"target": roles.target, "target_present": True, "binary_target": binary,
-                      "declared_columns": [], "numeric_features": [], "numeric_dtypes": NUMERIC_DTYPES,
-                      "complete_features": [], "id": roles.id}  # fmt: skip
-    table_report = gates.validate("raw", "raw", {"data": keys, "facts": facts}, table_bindings,
-                                  {"min_class_count": config.min_class_count})  # fmt: skip
+    table_bindings = {
+        "target": roles.target,
+        "target_present": True,
+        "binary_target": binary,
+        "declared_columns": [],
+        "numeric_features": [],
+        "numeric_dtypes": NUMERIC_DTYPES,
+        "complete_features": [],
+        "id": roles.id,
+    }
+    table_report = gates.validate(
+        "raw",
+        "raw",
+        {"data": keys, "facts": facts},
+        table_bindings,
+        {"min_class_count": config.min_class_count},
+    )
     positive, negative, y = resolve_positive(target, config.positive)
     target_dtype = str(target.dtype)
     del keys, target
@@ -276,13 +297,21 @@ def ingest_streaming(config: TrainConfig, work_dir: Path, reason: str) -> Ingest
     checked = table_report.checked + first_report.checked
     report = gates.GateReport(stage="raw", success=True, checked=checked)
     return IngestResult(
-        raw_path=str(work_dir / "raw.parquet"), source=str(path), source_sha256=sha256_of(path),
+        raw_path=str(work_dir / "raw.parquet"),
+        source=str(path),
+        source_sha256=sha256_of(path),
         notes=[*source.notes, f"out of core, in batches of {BATCH_ROWS:,} rows: {reason}"],
-        roles=roles, positive_label=positive, negative_label=negative, target_dtype=target_dtype,
-        n_rows=start, class_counts={positive: int(y.sum()), negative: int(len(y) - y.sum())},
-        exact_duplicate_rows=exact, conflicting_duplicate_rows=conflicting,
-        gate=report.as_dict(), streaming=True,
-    )  # fmt: skip
+        roles=roles,
+        positive_label=positive,
+        negative_label=negative,
+        target_dtype=target_dtype,
+        n_rows=start,
+        class_counts={positive: int(y.sum()), negative: int(len(y) - y.sum())},
+        exact_duplicate_rows=exact,
+        conflicting_duplicate_rows=conflicting,
+        gate=report.as_dict(),
+        streaming=True,
+    )
 
 
 def _conform(table: pa.Table, schema: pa.Schema, first_row: int) -> pa.Table:
@@ -329,8 +358,9 @@ def training_sample(raw_path: str, rows: np.ndarray, columns: list[str]) -> pd.D
     """The raw values of the sampled rows (sorted `__row` values), read batch by batch."""
     wanted = pd.Index(rows)
     parts = [
-        frame[frame[ROW_COLUMN].isin(wanted)] for frame in raw_batches(raw_path, [*columns, TARGET_COLUMN])
-    ]  # fmt: skip
+        frame[frame[ROW_COLUMN].isin(wanted)]
+        for frame in raw_batches(raw_path, [*columns, TARGET_COLUMN])
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -349,8 +379,13 @@ def train_moments(
     raw_path: str, lookup: RowLookup, columns: list[str], prepare=None
 ) -> TrainingPass:
     """One pass over the training rows `lookup` keeps (see TrainingPass)."""
-    result = TrainingPass(RunningMoments(len(columns)), RunningMoments(len(columns)) if prepare else None,
-                          {c: set() for c in columns}, dict.fromkeys(columns, True), 0)  # fmt: skip
+    result = TrainingPass(
+        RunningMoments(len(columns)),
+        RunningMoments(len(columns)) if prepare else None,
+        {c: set() for c in columns},
+        dict.fromkeys(columns, True),
+        0,
+    )
     for frame in raw_batches(raw_path, columns):
         mask = lookup.kept_train(frame[ROW_COLUMN].to_numpy())
         train = frame.loc[mask, columns].astype("float64")
@@ -379,8 +414,9 @@ def category_counts(raw_path: str, lookup: RowLookup, columns: list[str]) -> dic
     return counts
 
 
-def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path, names: tuple[str, ...],
-                 seed: int) -> tuple[dict[str, dict[str, int]], int]:  # fmt: skip
+def write_splits(
+    raw_path: str, lookup: RowLookup, prep, directory: Path, names: tuple[str, ...], seed: int
+) -> tuple[dict[str, dict[str, int]], int]:
     """Transform every kept row batch by batch into `<directory>/<split>.parquet` (and ids.parquet);
     returns rows and positives per split, and how many stored numeric values are not finite.
 
@@ -407,8 +443,14 @@ def write_splits(raw_path: str, lookup: RowLookup, prep, directory: Path, names:
             keep = ~lookup.removed[rows]
             frame, rows = frame[keep], rows[keep]
             split = lookup.split[rows]
-            ids = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(), "split": split.astype(str),
-                                "half": lookup.half[rows].astype(str), "y": frame[TARGET_COLUMN].to_numpy()})  # fmt: skip
+            ids = pd.DataFrame(
+                {
+                    ID_COLUMN: frame[ID_COLUMN].to_numpy(),
+                    "split": split.astype(str),
+                    "half": lookup.half[rows].astype(str),
+                    "y": frame[TARGET_COLUMN].to_numpy(),
+                }
+            )
             append("ids", ids, directory / "ids.parquet")
             for name in names:
                 part = frame[split == name]
@@ -488,8 +530,12 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
         bounds = fit_bounds(sample, columns, "iqr", config.outlier_z, config.outlier_iqr_k)
     else:  # zscore, clip: from the merged training moments
         where = {c: i for i, c in enumerate(numeric)}
-        bounds = {c: zscore_bounds(moments.stored.mean[where[c]], moments.stored.std[where[c]],
-                                   config.outlier_z) for c in columns}  # fmt: skip
+        bounds = {
+            c: zscore_bounds(
+                moments.stored.mean[where[c]], moments.stored.std[where[c]], config.outlier_z
+            )
+            for c in columns
+        }
     train_counts = split.counts["train"]
     name = {1: positive, 0: negative}
     removed, clipped, removed_rows = {positive: 0, negative: 0}, {positive: 0, negative: 0}, []
@@ -516,10 +562,15 @@ def outliers_streaming(config: TrainConfig, ingest: IngestResult, split, work_di
     with atomic_path(removed_path) as tmp:
         pd.DataFrame({ROW_COLUMN: rows.astype("int64")}).to_parquet(tmp, index=False)
     return OutlierResult(
-        method=method, columns=columns, bounds=bounds, removed_path=str(removed_path),
-        removed=removed, clipped_values=clipped, gate=report,
+        method=method,
+        columns=columns,
+        bounds=bounds,
+        removed_path=str(removed_path),
+        removed=removed,
+        clipped_values=clipped,
+        gate=report,
         seed_rule_removed={},  # needs every row at once; not computed out of core
-    )  # fmt: skip
+    )
 
 
 def features_streaming(config: TrainConfig, ingest: IngestResult, split, outliers):
@@ -533,7 +584,7 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
         Preprocessing,
         build_manifest,
         commit_feature_set,
-        features_gate,  # fmt: skip
+        features_gate,
         histogram_bins,
         impute_and_clip,
     )
@@ -575,18 +626,29 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
     stds = dict(zip(numeric, fit.prepared.std, strict=True))
     constant = [c for c in numeric if not stds[c] > 0]
     kept = [c for c in numeric if c not in constant]
-    categories = {c: sorted({k for k in counts[c] if k is not None} | ({impute_values[c]} if c in impute_values else set()))
-                  for c in categorical}  # fmt: skip
+    categories = {
+        c: sorted(
+            {k for k in counts[c] if k is not None}
+            | ({impute_values[c]} if c in impute_values else set())
+        )
+        for c in categorical
+    }
     prep = Preprocessing(
-        numeric=kept, categorical=categorical, impute=config.impute,
+        numeric=kept,
+        categorical=categorical,
+        impute=config.impute,
         impute_values={k: v for k, v in impute_values.items() if k not in constant},
         clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
         means={c: float(m) for c, m in zip(numeric, fit.prepared.mean, strict=True) if c in kept},
-        scales={c: float(stds[c]) for c in kept}, categories=categories, dropped_constant=constant,
+        scales={c: float(stds[c]) for c in kept},
+        categories=categories,
+        dropped_constant=constant,
         integer_valued=[c for c in kept if fit.whole[c]],
-        positive_label=ingest.positive_label, negative_label=ingest.negative_label,
-        target=roles.target, id=roles.id,
-    )  # fmt: skip
+        positive_label=ingest.positive_label,
+        negative_label=ingest.negative_label,
+        target=roles.target,
+        id=roles.id,
+    )
 
     # the drift reference describes the raw training values, before any row is filtered
     if lookup.removed.any():
@@ -604,31 +666,49 @@ def features_streaming(config: TrainConfig, ingest: IngestResult, split, outlier
         i = where[c]
         values = reference_sample[c].astype("float64")
         percentiles = values.quantile([q / 100 for q in range(101)]).tolist()
-        stats[c] = {"kind": "numeric", "dtype": "float64", "mean": float(reference.stored.mean[i]),
-                    "std": float(reference.stored.std[i]), "percentiles": [float(q) for q in percentiles],
-                    "bins": {"edges": bins[c]["edges"], "shares": shares[c]},
-                    "missing_share": float(1 - reference.stored.n[i] / max(reference.rows, 1)),
-                    "approximate": reference.rows > len(reference_sample)}  # fmt: skip
+        stats[c] = {
+            "kind": "numeric",
+            "dtype": "float64",
+            "mean": float(reference.stored.mean[i]),
+            "std": float(reference.stored.std[i]),
+            "percentiles": [float(q) for q in percentiles],
+            "bins": {"edges": bins[c]["edges"], "shares": shares[c]},
+            "missing_share": float(1 - reference.stored.n[i] / max(reference.rows, 1)),
+            "approximate": reference.rows > len(reference_sample),
+        }
     for c in categorical:
         total = max(sum(reference_counts[c].values()), 1)
-        stats[c] = {"kind": "categorical", "dtype": "string",
-                    "frequencies": {MISSING_LEVEL if k is None else str(k): v / total
-                                    for k, v in reference_counts[c].most_common()},
-                    "missing_share": reference_counts[c].get(None, 0) / total}  # fmt: skip
+        stats[c] = {
+            "kind": "categorical",
+            "dtype": "string",
+            "frequencies": {
+                MISSING_LEVEL if k is None else str(k): v / total
+                for k, v in reference_counts[c].most_common()
+            },
+            "missing_share": reference_counts[c].get(None, 0) / total,
+        }
 
     tolerance = max(config.scale_tolerance, 6 / np.sqrt(max(len(sample), 1)))
 
     def write(staging: Path, fp: str) -> dict[str, Any]:
         split_counts, nonfinite = write_splits(raw, lookup, prep, staging, SPLITS, config.seed)
         schemas = [pq.ParquetFile(staging / f"{name}.parquet").schema_arrow for name in SPLITS]
-        gate = features_gate(prep.transform(sample).reset_index(drop=True), nonfinite,
-                             all(s.equals(schemas[0]) for s in schemas), prep, tolerance)  # fmt: skip
+        gate = features_gate(
+            prep.transform(sample).reset_index(drop=True),
+            nonfinite,
+            all(s.equals(schemas[0]) for s in schemas),
+            prep,
+            tolerance,
+        )
         (staging / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
         layout = {
             "columns": list(schemas[0].names),
             "dtypes": {f.name: str(f.type) for f in schemas[0]},
-            "splits": {name: c | {"negatives": c["rows"] - c["positives"]} for name, c in split_counts.items()},
-        }  # fmt: skip
+            "splits": {
+                name: c | {"negatives": c["rows"] - c["positives"]}
+                for name, c in split_counts.items()
+            },
+        }
         return build_manifest(
             config, ingest, split, outliers, prep, layout, stats, staging, fp, gate
         )

@@ -44,7 +44,8 @@ def parse_objective(text: str) -> Objective:
         if 0 < precision <= 1:
             return Objective("recall@precision", min_precision=precision)
     raise ConfigError(
-        f"unknown objective {text!r}; use f1, fbeta:B (B > 0), cost:FP=a,FN=b or recall@precision:P (0 < P <= 1)"
+        f"unknown objective {text!r}; use f1, fbeta:B (B > 0), cost:FP=a,FN=b or "
+        "recall@precision:P (0 < P <= 1)"
     )
 
 
@@ -61,8 +62,9 @@ def confusion_at_each_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarra
     return thresholds, tp, fp, positives - tp, negatives - fp
 
 
-def objective_values(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, objective: Objective,
-                     n_rows: int | None = None) -> np.ndarray:  # fmt: skip
+def objective_values(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, objective: Objective, n_rows: int | None = None
+) -> np.ndarray:
     """The objective at each confusion count (arrays broadcast): F-beta, minus the cost (per row
     when `n_rows` is given), or recall for recall@precision."""
     tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
@@ -86,8 +88,11 @@ def tune_threshold(y: np.ndarray, p: np.ndarray, objective: Objective) -> tuple[
     thresholds, tp, fp, fn, _ = confusion_at_each_threshold(y, p)
     nothing = np.nextafter(thresholds[0], np.inf) if len(thresholds) else 1.0
     thresholds, tp, fp, fn = (
-        np.r_[nothing, thresholds], np.r_[0, tp], np.r_[0, fp], np.r_[int(y.sum()), fn]
-    )  # fmt: skip
+        np.r_[nothing, thresholds],
+        np.r_[0, tp],
+        np.r_[0, fp],
+        np.r_[int(y.sum()), fn],
+    )
     value = objective_values(tp, fp, fn, objective)
     score = value
     if objective.kind == "recall@precision":

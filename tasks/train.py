@@ -49,8 +49,19 @@ from tasks.thresholds import Objective, objective_values, parse_objective, tune_
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "stop", "tune", "test")
-METRIC_KEYS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy",
-               "g_mean", "brier", "log_loss", "confusion_matrix")  # fmt: skip
+METRIC_KEYS = (
+    "pr_auc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+    "mcc",
+    "balanced_accuracy",
+    "g_mean",
+    "brier",
+    "log_loss",
+    "confusion_matrix",
+)
 
 
 @dataclass
@@ -79,8 +90,9 @@ class Part:
 class StoreRows:
     """A stored split read one parquet row group at a time (any fsspec store)."""
 
-    def __init__(self, path: UPath, numeric: list[str], categorical: list[str],
-                 cardinalities: list[int]):  # fmt: skip
+    def __init__(
+        self, path: UPath, numeric: list[str], categorical: list[str], cardinalities: list[int]
+    ):
         self.path, self.numeric, self.categorical = path, numeric, categorical
         self.cardinalities = cardinalities
         metadata = open_parquet(path).metadata
@@ -89,9 +101,11 @@ class StoreRows:
 
     def features(self, group: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled numerics (float32) and integer category codes of one row group."""
-        frame = open_parquet(self.path).read_row_group(
-            group, columns=[*self.numeric, *self.categorical]
-        ).to_pandas()  # fmt: skip
+        frame = (
+            open_parquet(self.path)
+            .read_row_group(group, columns=[*self.numeric, *self.categorical])
+            .to_pandas()
+        )
         return frame[self.numeric].to_numpy(dtype=np.float32), code_matrix(frame, self.categorical)
 
     def inputs(self, group: int) -> np.ndarray:
@@ -174,14 +188,24 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
 
     def part(frame: pd.DataFrame) -> Part:
         values, codes = frame[numeric].to_numpy(dtype=np.float32), code_matrix(frame, categorical)
-        return Part(numeric=values, codes=codes, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
-                    ids=frame[ID_COLUMN].to_numpy(), inputs=one_hot_inputs(values, codes, cardinalities))  # fmt: skip
+        return Part(
+            numeric=values,
+            codes=codes,
+            y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
+            ids=frame[ID_COLUMN].to_numpy(),
+            inputs=one_hot_inputs(values, codes, cardinalities),
+        )
 
     def streamed(path: UPath) -> Part:
         frame = read_parquet(path, columns=[TARGET_COLUMN, ID_COLUMN])
-        return Part(numeric=None, codes=None, y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
-                    ids=frame[ID_COLUMN].to_numpy(), inputs=None,
-                    store=StoreRows(path, numeric, categorical, cardinalities))  # fmt: skip
+        return Part(
+            numeric=None,
+            codes=None,
+            y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
+            ids=frame[ID_COLUMN].to_numpy(),
+            inputs=None,
+            store=StoreRows(path, numeric, categorical, cardinalities),
+        )
 
     validation = read_parquet(feature_set.split_path("validation"))
     half = validation[ID_COLUMN].map(halves)
@@ -235,8 +259,11 @@ def resample(
     numeric = x_res[:, :n_numeric]
     if prep is not None:
         numeric = prep.snap_whole(numeric)
-    return Resampled(numeric=numeric.astype(np.float32), codes=np.rint(x_res[:, n_numeric:]).astype(np.int32),
-                     y=np.asarray(y_res, dtype=np.int64))  # fmt: skip
+    return Resampled(
+        numeric=numeric.astype(np.float32),
+        codes=np.rint(x_res[:, n_numeric:]).astype(np.int32),
+        y=np.asarray(y_res, dtype=np.int64),
+    )
 
 
 def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
@@ -249,16 +276,25 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs)
 
 
-def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, prep: Preprocessing,
-               labels: tuple[str, str], model_dir: UPath) -> Scores:  # fmt: skip
+def fit_neural(
+    strategy: Strategy,
+    parts: dict[str, Part],
+    config: TrainConfig,
+    prep: Preprocessing,
+    labels: tuple[str, str],
+    model_dir: UPath,
+) -> Scores:
     train = parts["train"]
     cardinalities = [len(prep.categories[c]) for c in prep.categorical]
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
     settings = TrainSettings(
-        hidden=tuple(config.hidden), dropout=config.dropout, learning_rate=config.learning_rate,
-        batch_size=batch, **schedule(len(train.y), minority, batch, config.epochs, config.patience),
-    )  # fmt: skip
+        hidden=tuple(config.hidden),
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+        batch_size=batch,
+        **schedule(len(train.y), minority, batch, config.epochs, config.patience),
+    )
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     true_prior = float(train.y.mean())
     models, members, calibration = [], [], None
@@ -276,10 +312,16 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, 
             seen = train.y[sample.rows]
         prior = strategy.effective_prior(seen)
         model, info = fit_member(
-            stream, inputs["stop"], parts["stop"].y, settings, seed=seed,
-            output_bias=float(np.log(prior / (1 - prior))), loss=strategy.loss,
-            focal_alpha=strategy.focal_alpha(seen), class_weight=strategy.class_weights(seen),
-        )  # fmt: skip
+            stream,
+            inputs["stop"],
+            parts["stop"].y,
+            settings,
+            seed=seed,
+            output_bias=float(np.log(prior / (1 - prior))),
+            loss=strategy.loss,
+            focal_alpha=strategy.focal_alpha(seen),
+            class_weight=strategy.class_weights(seen),
+        )
         with atomic_path(model_dir / f"member_{member}.keras") as tmp:
             model.save(tmp)
         models.append(model)
@@ -301,15 +343,18 @@ def fit_neural(strategy: Strategy, parts: dict[str, Part], config: TrainConfig, 
             "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
             "members": [{k: v for k, v in m.items() if k != "history"} for m in members],
             "history": [m["history"] for m in members],
-            "schedule": {"batch_size": batch, "steps_per_check": settings.steps_per_check,
-                         "max_steps": settings.max_checks * settings.steps_per_check,
-                         "patience_checks": settings.patience,
-                         "steps_per_full_pass": steps_per_epoch(len(train.y), batch)},
+            "schedule": {
+                "batch_size": batch,
+                "steps_per_check": settings.steps_per_check,
+                "max_steps": settings.max_checks * settings.steps_per_check,
+                "patience_checks": settings.patience,
+                "steps_per_full_pass": steps_per_epoch(len(train.y), batch),
+            },
             "training_data": "streamed from the store by row group"
             if train.streamed
             else "in memory",
         },
-    )  # fmt: skip
+    )
 
 
 REFERENCE_STREAMED_ROWS = 500_000  # out of core: the reference fits on a sample this large
@@ -370,14 +415,17 @@ def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
 THRESHOLD_METRICS = ("f1", "mcc", "balanced_accuracy", "g_mean", "objective")
 
 
-def crossfit(stop: Part, tune: Part, p_stop: np.ndarray, p_tune: np.ndarray,
-             objective: Objective) -> dict[str, float]:  # fmt: skip
+def crossfit(
+    stop: Part, tune: Part, p_stop: np.ndarray, p_tune: np.ndarray, objective: Objective
+) -> dict[str, float]:
     """Threshold-dependent metrics measured honestly on the validation split: the threshold
     tuned on one half is scored on the other, both ways, and the two are averaged. Ranking by a
     metric on the very rows its threshold was tuned on would favour the noisiest scores."""
     values = []
-    for (fit_y, fit_p), (eval_y, eval_p) in (((stop.y, p_stop), (tune.y, p_tune)),
-                                             ((tune.y, p_tune), (stop.y, p_stop))):  # fmt: skip
+    for (fit_y, fit_p), (eval_y, eval_p) in (
+        ((stop.y, p_stop), (tune.y, p_tune)),
+        ((tune.y, p_tune), (stop.y, p_stop)),
+    ):
         try:
             threshold, _ = tune_threshold(fit_y, fit_p, objective)
         except StrategyError:  # no feasible threshold on that half: it flags nothing
@@ -391,8 +439,9 @@ def crossfit(stop: Part, tune: Part, p_stop: np.ndarray, p_tune: np.ndarray,
     return {k: float(np.mean([v[k] for v in values])) for k in THRESHOLD_METRICS}
 
 
-def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: TrainConfig,
-                  out_dir: UPath) -> dict[str, Any]:  # fmt: skip
+def finish_branch(
+    name: str, scores: Scores, parts: dict[str, Part], config: TrainConfig, out_dir: UPath
+) -> dict[str, Any]:
     """Gate the predictions, tune the threshold on the tuning half, evaluate on test."""
     probabilities, corrected = scores.probabilities, scores.corrected
     _prediction_gate(name, probabilities)
@@ -409,10 +458,17 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
     at_half = evaluate(test.y, probabilities["test"], 0.5, corrected["test"])
 
     rows = [
-        pd.DataFrame({"part": part, ID_COLUMN: parts[part].ids, "y": parts[part].y,
-                      "probability": probabilities[part], "probability_corrected": corrected[part]})
+        pd.DataFrame(
+            {
+                "part": part,
+                ID_COLUMN: parts[part].ids,
+                "y": parts[part].y,
+                "probability": probabilities[part],
+                "probability_corrected": corrected[part],
+            }
+        )
         for part in ("stop", "tune", "test")
-    ]  # fmt: skip
+    ]
     write_parquet(out_dir / "predictions.parquet", pd.concat(rows, ignore_index=True))
     if "history" in scores.info:
         write_json(out_dir / "history.json", scores.info["history"])
@@ -431,9 +487,12 @@ def finish_branch(name: str, scores: Scores, parts: dict[str, Part], config: Tra
         "log_loss_corrected": at_threshold["log_loss_corrected"],
         "at_0_5": at_half,
         "validation": validation,
-        **{k: scores.info[k] for k in ("members", "schedule", "training_data", "trained_on")
-           if k in scores.info},
-    }  # fmt: skip
+        **{
+            k: scores.info[k]
+            for k in ("members", "schedule", "training_data", "trained_on")
+            if k in scores.info
+        },
+    }
 
 
 def _now() -> str:
@@ -446,8 +505,13 @@ def train_branch(
 ) -> dict[str, Any]:
     """Train and evaluate one strategy (or the reference). Raises BranchFailed with the record
     when anything goes wrong, so the task shows as failed and the run goes on."""
-    record: dict[str, Any] = {"strategy": name, "status": "ok", "error": None, "started_at": _now(),
-                              "eligible": name != REFERENCE}  # fmt: skip
+    record: dict[str, Any] = {
+        "strategy": name,
+        "status": "ok",
+        "error": None,
+        "started_at": _now(),
+        "eligible": name != REFERENCE,
+    }
     branch_dir = location(out_dir) / name
     try:
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
@@ -459,11 +523,16 @@ def train_branch(
         budget = config.memory_budget_bytes
         reason = None
         if synthetic and parts["train"].streamed:
-            reason = (f"skipped: it synthesises rows from the whole training split in memory "
-                      f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store")  # fmt: skip
+            reason = (
+                f"skipped: it synthesises rows from the whole training split in memory "
+                f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store"
+            )
         elif budget is not None and needed > budget:
-            reason = (f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} GiB, "
-                      f"over --memory-budget {config.memory_budget}")  # fmt: skip
+            reason = (
+                f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} "
+                "GiB, "
+                f"over --memory-budget {config.memory_budget}"
+            )
         if reason:
             log.warning("strategy %s %s", name, reason)
             return record | {"status": "skipped", "error": reason, "finished_at": _now()}
@@ -482,8 +551,13 @@ def train_branch(
         }
         raise BranchFailed(record) from exc
     record["finished_at"] = _now()
-    log.info("strategy %s: tuning-half %s %.4f, threshold %.4f", name, config.rank_by,
-             rank_value(record, config.rank_by), record["threshold"])  # fmt: skip
+    log.info(
+        "strategy %s: tuning-half %s %.4f, threshold %.4f",
+        name,
+        config.rank_by,
+        rank_value(record, config.rank_by),
+        record["threshold"],
+    )
     return record
 
 
@@ -506,11 +580,33 @@ def select(records: list[dict[str, Any]], rank_by: str) -> tuple[list[dict[str, 
     return ok + rest, selected
 
 
-LEADERBOARD_COLUMNS = ("rank", "strategy", "status", "eligible", "threshold", "validation_rank_metric",
-                       "pr_auc", "roc_auc", "f1", "precision", "recall", "mcc", "balanced_accuracy",
-                       "g_mean", "brier", "log_loss", "brier_corrected", "log_loss_corrected",
-                       "f1_at_0_5", "recall_at_0_5", "precision_at_0_5", "steps", "train_seconds",
-                       "calibration_method", "error")  # fmt: skip
+LEADERBOARD_COLUMNS = (
+    "rank",
+    "strategy",
+    "status",
+    "eligible",
+    "threshold",
+    "validation_rank_metric",
+    "pr_auc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+    "mcc",
+    "balanced_accuracy",
+    "g_mean",
+    "brier",
+    "log_loss",
+    "brier_corrected",
+    "log_loss_corrected",
+    "f1_at_0_5",
+    "recall_at_0_5",
+    "precision_at_0_5",
+    "steps",
+    "train_seconds",
+    "calibration_method",
+    "error",
+)
 
 
 def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) -> None:

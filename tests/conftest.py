@@ -149,7 +149,31 @@ def tiny_model(tmp_path_factory):
     from flows.train import main as train_main
 
     output = tmp_path_factory.mktemp("tiny-model") / "runs"
-    assert train_main(["--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes", "--id", "account_id",
-                       "--categorical", "segment", "--output", str(output), "--hidden", "4", "--epochs", "1",
-                       "--batch-size", "64", "--strategies", "baseline"]) == 0  # fmt: skip
+    assert (
+        train_main(
+            [
+                "--data",
+                str(SYNTHETIC),
+                "--target",
+                "churned",
+                "--positive",
+                "yes",
+                "--id",
+                "account_id",
+                "--categorical",
+                "segment",
+                "--output",
+                str(output),
+                "--hidden",
+                "4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--strategies",
+                "baseline",
+            ]
+        )
+        == 0
+    )
     return output / "latest" / "model"

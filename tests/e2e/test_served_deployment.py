@@ -35,7 +35,8 @@ def wait_for(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(
-                f"{what}: process exited ({proc.returncode}):\n{log.read_text()[-3000:] if log else ''}"
+                f"{what}: process exited ({proc.returncode}):\n"
+                f"{log.read_text()[-3000:] if log else ''}"
             )
         result = check()
         if result:
@@ -68,8 +69,22 @@ def server(tmp_path):
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: healthy(url), 120, "the Prefect server", proc, log)
         yield url
@@ -88,23 +103,44 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateType,
-    )  # fmt: skip
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     output = tmp_path / "runs"
-    config = {"data": str(SYNTHETIC), "target": "churned", "positive": "yes", "id": "account_id",
-              "categorical": ["segment"], "output": str(output), "strategies": ["baseline", "class_weight"],
-              **FAST}  # fmt: skip
+    config = {
+        "data": str(SYNTHETIC),
+        "target": "churned",
+        "positive": "yes",
+        "id": "account_id",
+        "categorical": ["segment"],
+        "output": str(output),
+        "strategies": ["baseline", "class_weight"],
+        **FAST,
+    }
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    env = os.environ | {"PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    env = os.environ | {
+        "PREFECT_API_URL": server,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        served = subprocess.Popen([sys.executable, "deployments/serve.py", "--config", str(config_file),
-                                   "--model-name", "synthetic-churned"], cwd=ROOT, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        served = subprocess.Popen(
+            [
+                sys.executable,
+                "deployments/serve.py",
+                "--config",
+                str(config_file),
+                "--model-name",
+                "synthetic-churned",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         with temporary_settings({PREFECT_API_URL: server}):
 
@@ -128,10 +164,15 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
             async def scheduled_runs():
                 async with get_client() as client:
                     return await client.read_flow_runs(
-                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["weekly-retrain"])),
-                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-                    )  # fmt: skip
+                        deployment_filter=DeploymentFilter(
+                            name=DeploymentFilterName(any_=["weekly-retrain"])
+                        ),
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(
+                                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                            )
+                        ),
+                    )
 
             runs = wait_for(
                 lambda: asyncio.run(scheduled_runs()), 60, "scheduled runs of the cron deployment"

@@ -29,8 +29,15 @@ def test_a_missing_fact_column_fails_the_gate():
 
 
 def test_limits_are_suite_parameters_overridable_by_config():
-    facts = pd.DataFrame([{"removed_share_positive": 0.0, "removed_share_negative": 0.15,
-                           "rows_removed_outside_train": 0}])  # fmt: skip
+    facts = pd.DataFrame(
+        [
+            {
+                "removed_share_positive": 0.0,
+                "removed_share_negative": 0.15,
+                "rows_removed_outside_train": 0,
+            }
+        ]
+    )
     bindings = {"classes": ["positive", "negative"]}
     assert gates.validate("outliers", "outliers", {"facts": facts}, bindings).success  # default 0.2
     with pytest.raises(GateFailed, match="share of 0.15 of the 'negative' class"):

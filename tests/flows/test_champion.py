@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,8 @@ def test_an_identical_challenger_is_not_promoted(lineage):
     assert d["comparison"]["pr_auc_difference"] == 0.0
     assert d["comparison"]["pr_auc_interval"] == {"low": 0.0, "high": 0.0}
     assert "lower bound +0.0000 <= margin 0" in d["reason"]
-    # rows neither model trained on: the test split, minus the champion's training ids (none overlap)
+    # rows neither model trained on: the test split, minus the champion's training ids
+    # (none overlap)
     assert d["rows"] == 80
     assert same.registry["decision"] == "kept_champion"
 
@@ -167,39 +167,6 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     assert champion_main(["--output", str(output), "show", "other"]) == 2
 
 
-def test_concurrent_runs_keep_store_runs_and_registry_consistent(tmp_path):
-    """Two runs of one model name at once (sharing the store and the registry) both complete;
-    the registry records both, in turn, and stays valid JSON."""
-    output = tmp_path / "runs"
-    results, errors = [], []
-
-    def run(seed_offset):
-        try:
-            results.append(train_flow(fast_config(output, **BASELINE_ONLY, max_parallel=1)))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert len({r.run_id for r in results}) == 2
-    history = registry(output)["history"]
-    assert sorted(e["run_id"] for e in history) == sorted(r.run_id for r in results)
-    assert [e["event"] for e in history][0] == "promoted"  # exactly one first model
-    assert [e["event"] for e in history].count("promoted") + [e["event"] for e in history].count(
-        "kept_champion"
-    ) == 2
-    stores = [p for p in (output / "store").iterdir()]
-    assert (
-        len(stores) == 1 and (stores[0] / "manifest.json").is_file()
-    )  # one valid feature set, no debris
-    for r in results:
-        assert json.loads((Path(r.run_dir) / "run.json").read_text())["status"] == "completed"
-
-
 def test_retraining_checks_drift_against_the_champion(lineage, tmp_path):
     output, *_ = lineage
     shifted = pd.read_csv(SYNTHETIC)
@@ -236,8 +203,13 @@ def weekly_file(path: Path, frame: pd.DataFrame) -> Path:
 
 
 def weekly_config(output, data, **overrides):
-    settings = {"id": None, "categorical": ["segment", "region"], "impute": "most_frequent",
-                "model_name": "weekly", **BASELINE_ONLY} | overrides  # fmt: skip
+    settings = {
+        "id": None,
+        "categorical": ["segment", "region"],
+        "impute": "most_frequent",
+        "model_name": "weekly",
+        **BASELINE_ONLY,
+    } | overrides
     return fast_config(output, data=str(data), **settings)
 
 
@@ -269,7 +241,7 @@ def test_without_ids_the_champion_is_never_scored_on_rows_it_saw(tmp_path):
             weekly_file(tmp_path / "w2.csv", week2),
             promote_metric="objective",
             objective="fbeta:2",
-        )  # fmt: skip
+        )
     )
     d = decision(second)
 
@@ -329,12 +301,28 @@ def test_new_levels_are_scored_and_an_unreadable_champion_is_kept(tmp_path):
     # saw, so it is kept (with its feature set still there, its ids decide instead)
     Path(champion["seen_rows"]).unlink()
     shutil.rmtree(Path(first.feature_set.path))
-    d = decision(train_flow(weekly_config(output, weekly_file(tmp_path / "w4.csv", week1.iloc[:-2]),
-                                          id="account_id", promote_margin=-1.0)))  # fmt: skip
+    d = decision(
+        train_flow(
+            weekly_config(
+                output,
+                weekly_file(tmp_path / "w4.csv", week1.iloc[:-2]),
+                id="account_id",
+                promote_margin=-1.0,
+            )
+        )
+    )
     assert d["action"] == "keep" and d["reason"] == "champion_rows_unknown"
 
     shutil.rmtree(Path(champion["model_dir"]))
-    d = decision(train_flow(weekly_config(output, weekly_file(tmp_path / "w5.csv", week1.iloc[:-3]),
-                                          id="account_id", promote_margin=-1.0)))  # fmt: skip
+    d = decision(
+        train_flow(
+            weekly_config(
+                output,
+                weekly_file(tmp_path / "w5.csv", week1.iloc[:-3]),
+                id="account_id",
+                promote_margin=-1.0,
+            )
+        )
+    )
     assert d["action"] == "keep" and d["reason"] == "champion_unreadable"
     assert registry_of(output, "weekly")["champion"]["run_id"] == first.run_id

@@ -12,16 +12,34 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from flows.predict import main as predict_main
+from tasks.runs import OWNER_FILE
 from tasks.storage import read_pointer
 from tests.conftest import SYNTHETIC
 
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = ["--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes", "--id", "account_id",
-         "--categorical", "segment", "--hidden", "4", "--epochs", "3", "--batch-size", "64",
-         "--strategies", "baseline,ensemble", "--ensemble-k", "2"]  # fmt: skip
+FLAGS = [
+    "--data",
+    str(SYNTHETIC),
+    "--target",
+    "churned",
+    "--positive",
+    "yes",
+    "--id",
+    "account_id",
+    "--categorical",
+    "segment",
+    "--hidden",
+    "4",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "64",
+    "--strategies",
+    "baseline,ensemble",
+    "--ensemble-k",
+    "2",
+]
 
 # stage -> a file that exists only once the run has reached it
 STAGES = {
@@ -41,36 +59,49 @@ def api_url() -> str:
 
 def start(output: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url(), "PREFECT_LOGGING_TO_API_ENABLED": "false"}
-    return subprocess.Popen([sys.executable, "-m", "flows.train", *FLAGS, "--output", str(output)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *FLAGS, "--output", str(output)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-# each stage costs a killed process and a recovery run (~45 s); the suite kills at the latest
-# stage, which leaves the most behind: the staging directory with branch models, and a stored
-# (or half-built) feature set. `pytest -m kill_stages` also kills at the earlier ones.
-@pytest.mark.parametrize(
-    "stage",
-    ["train", *(pytest.param(s, marks=pytest.mark.kill_stages) for s in ("ingest", "features"))],
-)
-def test_a_run_killed_at_a_stage_leaves_nothing_that_is_read_and_the_next_run_succeeds(
-    stage, tmp_path, capsys
-):
-    output = tmp_path / "runs"
+def owned_by(staging: Path, pid: int) -> bool:
+    try:
+        return json.loads((staging / OWNER_FILE).read_text())["pid"] == pid
+    except (OSError, ValueError):  # not written yet, or half written
+        return False
+
+
+def run_until_killed(output: Path, stage: str) -> None:
+    """Start a training process and SIGKILL it once its own files show it reached `stage`."""
     process = start(output)
     reached = STAGES[stage]
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            partials = list(output.glob(".*.partial")) if output.exists() else []
-            if partials and reached(partials[0], output / "store"):
+            mine = [p for p in output.glob(".*.partial") if owned_by(p, process.pid)]
+            if mine and reached(mine[0], output / "store"):
                 break
             time.sleep(0.05)
-        assert process.poll() is None, "the run finished before the stage was reached"
+        assert process.poll() is None, f"the run finished before reaching {stage}"
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    assert list(output.glob(".*.partial")), "the killed run left its staging directory"
-    assert read_pointer(output, "latest") is None  # nothing published
+
+
+def test_runs_killed_at_each_stage_leave_nothing_that_is_read_and_the_next_run_succeeds(
+    tmp_path, capsys
+):
+    """One process killed at each stage in turn (each next process starts by cleaning what the
+    previous one left); then a run in this process completes and its model predicts."""
+    output = tmp_path / "runs"
+    for stage in STAGES:
+        run_until_killed(output, stage)
+        assert list(output.glob(".*.partial")), f"the run killed at {stage} left its staging"
+        assert read_pointer(output, "latest") is None, stage  # nothing published
 
     from flows.train import main as train_main
 

@@ -34,8 +34,12 @@ def streamed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("streamed")
     data = tmp / "synthetic.csv.gz"
     data.write_bytes(gzip.compress(SYNTHETIC.read_bytes()))
-    config = fast_config(tmp / "runs", data=str(data), memory_budget="10KB",
-                         strategies=["baseline", "undersample", "smote"])  # fmt: skip
+    config = fast_config(
+        tmp / "runs",
+        data=str(data),
+        memory_budget="10KB",
+        strategies=["baseline", "undersample", "smote"],
+    )
     try:
         yield config, train_flow(config)
     finally:

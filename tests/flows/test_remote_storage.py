@@ -41,13 +41,25 @@ def test_runs_land_on_a_store_without_rename(memory_runs):
         run = json.loads((run_dir / "run.json").read_text())
         assert run["status"] == "completed"
         assert sorted(p.name for p in run_dir.iterdir()) == [
-            "MODEL_CARD.md", "branches", "leaderboard.csv", "metrics.json", "model", "report.html",
-            "run.json", "seen_rows.parquet"]  # fmt: skip
+            "MODEL_CARD.md",
+            "branches",
+            "leaderboard.csv",
+            "metrics.json",
+            "model",
+            "report.html",
+            "run.json",
+            "seen_rows.parquet",
+        ]
         assert "work" not in [p.name for p in run_dir.iterdir()]  # intermediates stayed local
     assert read_pointer(output, "latest").name == second.run_id  # a pointer file, not a symlink
     members = sorted(p.name for p in (location(second.model_dir)).iterdir())
-    assert members == ["MODEL_CARD.md", "evaluation.parquet", "member_0.keras", "model.json",
-                       "preprocessing.json"]  # fmt: skip
+    assert members == [
+        "MODEL_CARD.md",
+        "evaluation.parquet",
+        "member_0.keras",
+        "model.json",
+        "preprocessing.json",
+    ]
     metrics = json.loads(location(second.metrics_path).read_text())
     assert {r["strategy"] for r in metrics["strategies"]} == {*STRATEGIES, "reference"}
     assert all(r["status"] == "ok" for r in metrics["strategies"])
@@ -78,11 +90,16 @@ def test_registry_and_predict_work_from_urls(memory_runs, tmp_path):
     data = tmp_path / "rows.csv"
     raw.drop(columns="churned").head(60).to_csv(data, index=False)
     scored_url = f"{config.output}/scored/latest.parquet"
-    by_latest = predict_flow(model=f"{config.output}/latest/model", data=str(data),
-                             out=scored_url, output=config.output)  # fmt: skip
+    by_latest = predict_flow(
+        model=f"{config.output}/latest/model", data=str(data), out=scored_url, output=config.output
+    )
     assert by_latest["model"] == second.model_dir  # <output>/latest followed through its pointer
-    by_name = predict_flow(model="synthetic-churned", data=str(data), out=str(tmp_path / "s.parquet"),
-                           output=config.output)  # fmt: skip
+    by_name = predict_flow(
+        model="synthetic-churned",
+        data=str(data),
+        out=str(tmp_path / "s.parquet"),
+        output=config.output,
+    )
     assert by_name["model"] == f"{first.run_dir}/model"  # the champion
     scored = read_parquet(scored_url)
     assert len(scored) == 60 and scored["probability"].between(0, 1).all()
@@ -94,10 +111,28 @@ def test_champion_cli_on_a_url_registry(memory_runs, capsys):
     config, first, second = memory_runs
     assert champion_main(["--output", config.output, "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed == [{"name": "synthetic-churned", "champion": first.run_id, "strategy": listed[0]["strategy"],
-                       "pr_auc": listed[0]["pr_auc"], "events": 2}]  # fmt: skip
-    assert champion_main(["--output", config.output, "set-threshold", "synthetic-churned",
-                          "--objective", "recall@precision:0.5"]) == 0  # fmt: skip
+    assert listed == [
+        {
+            "name": "synthetic-churned",
+            "champion": first.run_id,
+            "strategy": listed[0]["strategy"],
+            "pr_auc": listed[0]["pr_auc"],
+            "events": 2,
+        }
+    ]
+    assert (
+        champion_main(
+            [
+                "--output",
+                config.output,
+                "set-threshold",
+                "synthetic-churned",
+                "--objective",
+                "recall@precision:0.5",
+            ]
+        )
+        == 0
+    )
     changed = json.loads(capsys.readouterr().out)
     assert changed["model_dir"] == f"{first.run_dir}/model-v2"
     meta = json.loads((location(changed["model_dir"]) / "model.json").read_text())

@@ -217,8 +217,18 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
 
 
 def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
-    code = predict_main(["--model", "nope", "--data", str(SYNTHETIC), "--out", str(tmp_path / "o.parquet"),
-                         "--output", str(tmp_path)])  # fmt: skip
+    code = predict_main(
+        [
+            "--model",
+            "nope",
+            "--data",
+            str(SYNTHETIC),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "no model at 'nope'" in capsys.readouterr().err
 
 
@@ -286,8 +296,18 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     )
 
     failed = tmp_path / "failed.parquet"
-    code = predict_main(["--model", result.model_dir, "--data", str(shifted_file), "--out", str(failed),
-                         "--drift-action", "fail"])  # fmt: skip
+    code = predict_main(
+        [
+            "--model",
+            result.model_dir,
+            "--data",
+            str(shifted_file),
+            "--out",
+            str(failed),
+            "--drift-action",
+            "fail",
+        ]
+    )
     err = capsys.readouterr().err
     assert (
         code == 2

@@ -18,8 +18,14 @@ def test_kaggle_breast_cancer_file_trains_end_to_end(tmp_path):
     assert (
         b"\r\n" in path.read_bytes()[:2000]
     )  # the shape this test is about: CRLF + trailing comma
-    config = TrainConfig(data=str(path), target="diagnosis", id="id", output=str(tmp_path / "runs"),
-                         strategies=["baseline", "class_weight"], **FAST)  # fmt: skip
+    config = TrainConfig(
+        data=str(path),
+        target="diagnosis",
+        id="id",
+        output=str(tmp_path / "runs"),
+        strategies=["baseline", "class_weight"],
+        **FAST,
+    )
     result = train_flow(config)
     manifest = result.feature_set.manifest
     assert manifest["positive_label"] == "M" and len(manifest["features"]["numeric"]) == 30
@@ -33,8 +39,13 @@ def test_kaggle_breast_cancer_file_trains_end_to_end(tmp_path):
 
 def test_bank_marketing_semicolons_and_categoricals(tmp_path):
     path = needs_shared("bank_marketing/bank-full.csv.gz")
-    config = TrainConfig(data=str(path), target="y", positive="yes", output=str(tmp_path),
-                         categorical="job,marital,education,default,housing,loan,contact,month,poutcome")  # fmt: skip
+    config = TrainConfig(
+        data=str(path),
+        target="y",
+        positive="yes",
+        output=str(tmp_path),
+        categorical="job,marital,education,default,housing,loan,contact,month,poutcome",
+    )
     work = tmp_path / "w"
     work.mkdir()
     result = ingest.fn(config, work)

@@ -29,13 +29,15 @@ def heavy_data(n: int = 900, seed: int = 0) -> pd.DataFrame:
     and an integer-coded categorical, ~10% positives related to the features."""
     rng = np.random.default_rng(seed)
     base = n * 6 // 10
-    frame = pd.DataFrame({
-        "amount": np.round(rng.standard_t(2, base) * 10 + 50, 2),
-        "score": np.round(rng.normal(size=base), 3),
-        "count": rng.poisson(2, base),
-        "city": rng.choice(["north", "south", "east", None], base, p=[0.4, 0.3, 0.2, 0.1]),
-        "region": rng.choice([1, 2, 3], base),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "amount": np.round(rng.standard_t(2, base) * 10 + 50, 2),
+            "score": np.round(rng.normal(size=base), 3),
+            "count": rng.poisson(2, base),
+            "city": rng.choice(["north", "south", "east", None], base, p=[0.4, 0.3, 0.2, 0.1]),
+            "region": rng.choice([1, 2, 3], base),
+        }
+    )
     logit = -2.6 + 1.2 * frame["score"] + 0.3 * (frame["count"] - 2)
     frame["label"] = np.where(rng.random(base) < 1 / (1 + np.exp(-logit)), "bad", "good")
     repeats = frame.sample(n - base, replace=True, random_state=seed)
@@ -43,8 +45,14 @@ def heavy_data(n: int = 900, seed: int = 0) -> pd.DataFrame:
 
 
 def data_config(make_config, path: Path, **overrides):
-    settings = {"data": str(path), "target": "label", "positive": "bad", "id": None,
-                "categorical": ["city", "region"], "impute": "most_frequent"} | overrides  # fmt: skip
+    settings = {
+        "data": str(path),
+        "target": "label",
+        "positive": "bad",
+        "id": None,
+        "categorical": ["city", "region"],
+        "impute": "most_frequent",
+    } | overrides
     return make_config(**settings)
 
 
@@ -141,8 +149,10 @@ def test_a_label_sorted_file_streams_mixed_batches_out_of_core(
     config = data_config(make_config, write_csv(frame))
     _, _, feature_set = run_stages(config, tmp_path / "ooc", True)
     train = pq.ParquetFile(feature_set.split_path("train"))
-    rates = [train.read_row_group(g, columns=[TARGET_COLUMN]).column(0).to_numpy().mean()
-             for g in range(train.num_row_groups)]  # fmt: skip
+    rates = [
+        train.read_row_group(g, columns=[TARGET_COLUMN]).column(0).to_numpy().mean()
+        for g in range(train.num_row_groups)
+    ]
     overall = pd.read_parquet(feature_set.split_path("train"))[TARGET_COLUMN].mean()
     sizes = [train.metadata.row_group(g).num_rows for g in range(train.num_row_groups)]
     assert len(rates) > 1
@@ -153,8 +163,14 @@ def test_a_label_sorted_file_streams_mixed_batches_out_of_core(
 def test_too_few_positives_for_a_validation_half_is_refused_with_counts(make_config, write_csv):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=400), "label": ["good"] * 385 + ["bad"] * 15})
-    config = make_config(data=str(write_csv(frame)), target="label", positive="bad", id=None,
-                         categorical=[], min_class_count=10)  # fmt: skip
+    config = make_config(
+        data=str(write_csv(frame)),
+        target="label",
+        positive="bad",
+        id=None,
+        categorical=[],
+        min_class_count=10,
+    )
     with pytest.raises(
         GateFailed,
         match=r"the '(stop|tune)' half of the validation split has \d positive rows; at least 5",
@@ -162,7 +178,7 @@ def test_too_few_positives_for_a_validation_half_is_refused_with_counts(make_con
         train_flow(config)
 
 
-# --- probabilities -----------------------------------------------------------------------------------
+# --- probabilities --------------------------------------------------------------------------------
 
 
 def posterior_data(n: int = 6000, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
@@ -178,8 +194,12 @@ def posterior_data(n: int = 6000, seed: int = 3) -> tuple[pd.DataFrame, np.ndarr
 def expected_calibration_error(p: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
     """Equal-mass bins of the predicted probability; gap to the known posterior in each."""
     order = np.argsort(p, kind="mergesort")
-    return float(sum(len(c) / len(p) * abs(p[c].mean() - truth[c].mean())
-                     for c in np.array_split(order, bins)))  # fmt: skip
+    return float(
+        sum(
+            len(c) / len(p) * abs(p[c].mean() - truth[c].mean())
+            for c in np.array_split(order, bins)
+        )
+    )
 
 
 @pytest.mark.slow
@@ -210,13 +230,24 @@ def test_every_strategy_reports_calibrated_probabilities(tmp_path):
 def fast_config_for(tmp_path, path, **overrides):
     from tasks.config import TrainConfig
 
-    settings = {**FAST, "hidden": [16], "epochs": 15, "patience": 4, "batch_size": 128, "ensemble_k": 3,
-                "data": str(path), "target": "y", "positive": "1", "id": "row", "output": str(tmp_path / "runs"),
-                "max_parallel": 2} | overrides  # fmt: skip
+    settings = {
+        **FAST,
+        "hidden": [16],
+        "epochs": 15,
+        "patience": 4,
+        "batch_size": 128,
+        "ensemble_k": 3,
+        "data": str(path),
+        "target": "y",
+        "positive": "1",
+        "id": "row",
+        "output": str(tmp_path / "runs"),
+        "max_parallel": 2,
+    } | overrides
     return TrainConfig(**settings)
 
 
-# --- outliers ---------------------------------------------------------------------------------------
+# --- outliers -------------------------------------------------------------------------------------
 
 
 def test_extreme_values_do_not_become_a_sign_of_the_rare_class(tmp_path):
@@ -255,8 +286,15 @@ def test_row_filters_drop_extremes_of_both_classes_alike(make_config, write_csv,
     """The filters are label-free: on labels independent of the features, both classes lose
     the same share of their training rows (within sampling noise), and positives are dropped."""
     frame = independent_labels()
-    config = make_config(data=str(write_csv(frame)), target="y", positive="1", id="row", categorical=[],
-                         outlier=method, max_removed_share=0.5)  # fmt: skip
+    config = make_config(
+        data=str(write_csv(frame)),
+        target="y",
+        positive="1",
+        id="row",
+        categorical=[],
+        outlier=method,
+        max_removed_share=0.5,
+    )
     result = stages(config, upto="outliers")
     removed, counts = result["outliers"].removed, result["split"].counts["train"]
     positives, negatives = counts["positives"], counts["rows"] - counts["positives"]

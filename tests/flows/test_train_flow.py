@@ -17,10 +17,32 @@ from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective, tune_threshold
 from tests.conftest import fast_config
 
-RECORD_KEYS = {"strategy", "status", "error", "threshold", "threshold_objective", "started_at",
-               "finished_at", "steps", "train_seconds", "calibration", "train_class_counts", "pr_auc", "roc_auc",
-               "f1", "precision", "recall", "mcc", "balanced_accuracy", "g_mean", "brier", "log_loss",
-               "confusion_matrix", "at_0_5", "validation"}  # fmt: skip
+RECORD_KEYS = {
+    "strategy",
+    "status",
+    "error",
+    "threshold",
+    "threshold_objective",
+    "started_at",
+    "finished_at",
+    "steps",
+    "train_seconds",
+    "calibration",
+    "train_class_counts",
+    "pr_auc",
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+    "mcc",
+    "balanced_accuracy",
+    "g_mean",
+    "brier",
+    "log_loss",
+    "confusion_matrix",
+    "at_0_5",
+    "validation",
+}
 
 
 def branch_predictions(result, strategy) -> pd.DataFrame:
@@ -31,8 +53,13 @@ def test_run_layout_and_output_contract(full_run):
     config, result, metrics = full_run
     run_dir = Path(result.run_dir)
     output = Path(config.output)
-    completed = sorted(p.name for p in output.iterdir() if not p.is_symlink()
-                       and (p / "run.json").is_file() and json.loads((p / "run.json").read_text())["status"] == "completed")  # fmt: skip
+    completed = sorted(
+        p.name
+        for p in output.iterdir()
+        if not p.is_symlink()
+        and (p / "run.json").is_file()
+        and json.loads((p / "run.json").read_text())["status"] == "completed"
+    )
     assert result.run_id in completed
     assert (output / "latest").is_symlink() and (output / "latest").resolve().name == completed[-1]
     assert sorted(p.name for p in run_dir.iterdir()) == [
@@ -125,9 +152,17 @@ def test_thresholds_come_from_the_tuning_half_and_metrics_from_test(full_run):
         assert record["at_0_5"]["threshold"] == 0.5
 
 
-CALIBRATION_METHODS = {"baseline": "identity", "reference": "identity", "class_weight": "prior",
-                       "undersample": "prior", "oversample": "prior", "balanced_batches": "prior",
-                       "ensemble": "prior", "focal_loss": "focal", "smote": "platt"}  # fmt: skip
+CALIBRATION_METHODS = {
+    "baseline": "identity",
+    "reference": "identity",
+    "class_weight": "prior",
+    "undersample": "prior",
+    "oversample": "prior",
+    "balanced_batches": "prior",
+    "ensemble": "prior",
+    "focal_loss": "focal",
+    "smote": "platt",
+}
 
 
 def test_calibrated_probabilities_follow_each_strategys_map(full_run):
@@ -161,10 +196,13 @@ def test_branches_are_task_runs_named_after_strategies_and_overlap(full_run):
     runs = asyncio.run(task_runs())
     names = {run.name for run in runs}
     assert {f"train-{name}" for name in [*STRATEGIES, "reference"]} <= names
-    assert {"ingest", "split", "outliers", "features"} <= {run.task_key.split("-")[0] for run in runs} | {
-        n.rsplit("-", 1)[0] for n in names}  # fmt: skip
-    intervals = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
-                       for r in metrics["strategies"])  # fmt: skip
+    assert {"ingest", "split", "outliers", "features"} <= {
+        run.task_key.split("-")[0] for run in runs
+    } | {n.rsplit("-", 1)[0] for n in names}
+    intervals = sorted(
+        (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+        for r in metrics["strategies"]
+    )
     overlaps = sum(
         1 for (s1, e1), (s2, e2) in zip(intervals, intervals[1:], strict=False) if s2 < e1
     )
@@ -217,14 +255,24 @@ def test_identical_results_threaded_or_sequential(tmp_path):
 
 def test_a_failing_branch_does_not_sink_the_run(tmp_path, synthetic_frame):
     # 10 positives overall: 5 in training, too few for SMOTE's 5 neighbours.
-    frame = pd.concat([synthetic_frame[synthetic_frame.churned == "no"],
-                       synthetic_frame[synthetic_frame.churned == "yes"].iloc[:10]])  # fmt: skip
+    frame = pd.concat(
+        [
+            synthetic_frame[synthetic_frame.churned == "no"],
+            synthetic_frame[synthetic_frame.churned == "yes"].iloc[:10],
+        ]
+    )
     data = tmp_path / "few.csv"
     frame.to_csv(data, index=False)
-    config = fast_config(tmp_path / "runs", data=str(data), strategies=["baseline", "smote"],
-                         split=(0.5, 0.25, 0.25), min_positives_per_split=1, min_positives_per_half=1,
-                         min_class_count=5,
-                         split_ratio_tolerance=0.1)  # fmt: skip
+    config = fast_config(
+        tmp_path / "runs",
+        data=str(data),
+        strategies=["baseline", "smote"],
+        split=(0.5, 0.25, 0.25),
+        min_positives_per_split=1,
+        min_positives_per_half=1,
+        min_class_count=5,
+        split_ratio_tolerance=0.1,
+    )
     result = train_flow(config)
     records = {
         r["strategy"]: r for r in json.loads(Path(result.metrics_path).read_text())["strategies"]
@@ -265,8 +313,20 @@ def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame,
     data = tmp_path / "bad.csv"
     bad.to_csv(data, index=False)
     output = tmp_path / "runs"
-    code = main(["--data", str(data), "--target", "churned", "--categorical", "segment",
-                 "--output", str(output), "--strategies", "baseline"])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(data),
+            "--target",
+            "churned",
+            "--categorical",
+            "segment",
+            "--output",
+            str(output),
+            "--strategies",
+            "baseline",
+        ]
+    )
     assert code == 2
     assert "raw gate failed" in capsys.readouterr().err
     (run_dir,) = [p for p in output.iterdir()]
@@ -289,10 +349,26 @@ def test_internal_error_exits_1_with_the_failed_stage(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(train_module, "select", broken)
+    monkeypatch.setattr(train_module, "select_strategy", broken)
     output = tmp_path / "runs"
-    code = main(["--data", str(fast_config(output).data), "--target", "churned", "--categorical", "segment",
-                 "--output", str(output), "--strategies", "baseline", "--epochs", "1", "--hidden", "4"])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(fast_config(output).data),
+            "--target",
+            "churned",
+            "--categorical",
+            "segment",
+            "--output",
+            str(output),
+            "--strategies",
+            "baseline",
+            "--epochs",
+            "1",
+            "--hidden",
+            "4",
+        ]
+    )
     assert code == 1
     (run_dir,) = [p for p in output.iterdir() if p.name != "store"]
     run = json.loads((run_dir / "run.json").read_text())
@@ -302,9 +378,26 @@ def test_internal_error_exits_1_with_the_failed_stage(tmp_path, monkeypatch):
 
 def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     output = tmp_path / "runs"
-    code = main(["--data", str(fast_config(output).data), "--target", "churned", "--categorical", "segment",
-                 "--id", "account_id", "--output", str(output), "--strategies", "class_weight",
-                 "--epochs", "2", "--hidden", "4"])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(fast_config(output).data),
+            "--target",
+            "churned",
+            "--categorical",
+            "segment",
+            "--id",
+            "account_id",
+            "--output",
+            str(output),
+            "--strategies",
+            "class_weight",
+            "--epochs",
+            "2",
+            "--hidden",
+            "4",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     printed = json.loads(out[out.index('{\n  "run_id"') :])
@@ -315,9 +408,26 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
 
 def test_infeasible_objective_fails_every_branch_and_the_run(tmp_path, capsys):
     output = tmp_path / "runs"
-    code = main(["--data", str(fast_config(output).data), "--target", "churned", "--categorical", "segment",
-                 "--output", str(output), "--strategies", "baseline", "--epochs", "1", "--hidden", "4",
-                 "--objective", "recall@precision:1.0"])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(fast_config(output).data),
+            "--target",
+            "churned",
+            "--categorical",
+            "segment",
+            "--output",
+            str(output),
+            "--strategies",
+            "baseline",
+            "--epochs",
+            "1",
+            "--hidden",
+            "4",
+            "--objective",
+            "recall@precision:1.0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "every strategy failed: baseline: StrategyError: no threshold reaches precision 1" in err

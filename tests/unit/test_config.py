@@ -1,9 +1,13 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from flows.train import build_parser, config_from_args, main
+from flows.cli import config_from_args, train_parser
+from flows.train import main
 from tasks.config import TrainConfig
 from tasks.errors import ConfigError
 from tasks.strategies import STRATEGIES
@@ -11,10 +15,27 @@ from tasks.strategies import STRATEGIES
 
 def test_cli_flags_build_the_config():
     config = config_from_args(
-        ["--data", "x.csv", "--target", "Response", "--positive", "1", "--categorical",
-         "Gender,Vehicle_Age", "--split", "0.7,0.15,0.15", "--seed", "7", "--outlier", "iqr",
-         "--strategies", "baseline,smote", "--hidden", "16,8"]
-    )  # fmt: skip
+        [
+            "--data",
+            "x.csv",
+            "--target",
+            "Response",
+            "--positive",
+            "1",
+            "--categorical",
+            "Gender,Vehicle_Age",
+            "--split",
+            "0.7,0.15,0.15",
+            "--seed",
+            "7",
+            "--outlier",
+            "iqr",
+            "--strategies",
+            "baseline,smote",
+            "--hidden",
+            "16,8",
+        ]
+    )
     assert config.categorical == ["Gender", "Vehicle_Age"]
     assert config.split == (0.7, 0.15, 0.15)
     assert config.seed == 7 and config.outlier == "iqr"
@@ -55,7 +76,7 @@ def test_config_file_is_loaded_and_flags_override_it(tmp_path):
         "size-word",
         "size-unit",
         "size-zero",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_settings_are_rejected_with_the_reason(kwargs, message):
     with pytest.raises((ValidationError, ConfigError), match=message):
@@ -78,7 +99,7 @@ def test_feature_settings_exclude_training_and_paths():
 
 def test_help_shows_examples_and_exit_codes(capsys):
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["--help"])
+        train_parser().parse_args(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--categorical" in out and "exit codes" in out
@@ -97,3 +118,22 @@ def test_cli_exits_2_on_bad_flags(capsys, tmp_path):
 )
 def test_memory_budget_sizes(text, size):
     assert TrainConfig(memory_budget=text).memory_budget_bytes == size
+
+
+def test_a_misspelt_target_is_refused_before_prefect_tensorflow_or_sklearn_load(tmp_path):
+    """Issue 12 item 12: `python -m flows.train` answers header problems before its heavy imports
+    (the time it takes is a figure in `make bench`, section refuse)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,churned\n1,no\n2,yes\n")
+    command = [sys.executable, "-X", "importtime", "-m", "flows.train", "--data", str(bad)]
+    command += ["--target", "churn", "--output", str(tmp_path / "runs")]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert any("churn" in line for line in errors), errors
+    timings = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    loaded = {line.split("|")[-1].strip() for line in timings}
+    assert not loaded & {"prefect", "tensorflow", "sklearn", "great_expectations"}
+    assert "tasks.preflight" in loaded  # the checks did run
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -17,8 +17,11 @@ from tasks.io import retry_on_io_errors
 
 
 def numeric_stats(values: pd.Series) -> dict:
-    return {"kind": "numeric", "percentiles": values.quantile([i / 100 for i in range(101)]).tolist(),
-            "bins": histogram_bins(values)}  # fmt: skip
+    return {
+        "kind": "numeric",
+        "percentiles": values.quantile([i / 100 for i in range(101)]).tolist(),
+        "bins": histogram_bins(values),
+    }
 
 
 @pytest.fixture

@@ -82,12 +82,26 @@ def test_early_stopping_score_is_the_stop_half_average_precision():
     x = rng.normal(size=(400, 4)).astype(np.float32)
     y = (x[:, 0] + 0.8 * rng.normal(size=400) > 1.2).astype(np.int64)
     x_stop, y_stop = x[300:], y[300:]
-    settings = TrainSettings(hidden=(8,), dropout=0.0, learning_rate=0.01, batch_size=64,
-                             steps_per_check=5, max_checks=8, patience=3)  # fmt: skip
+    settings = TrainSettings(
+        hidden=(8,),
+        dropout=0.0,
+        learning_rate=0.01,
+        batch_size=64,
+        steps_per_check=5,
+        max_checks=8,
+        patience=3,
+    )
     model, info = fit_member(
-        BatchStream(x[:300], y[:300], 64, 1, False), x_stop, y_stop, settings, seed=1,
-        output_bias=-1.0, loss="bce", focal_alpha=0.5, class_weight=None,
-    )  # fmt: skip
+        BatchStream(x[:300], y[:300], 64, 1, False),
+        x_stop,
+        y_stop,
+        settings,
+        seed=1,
+        output_bias=-1.0,
+        loss="bce",
+        focal_alpha=0.5,
+        class_weight=None,
+    )
     logged = info["history"]["val_pr_auc"]
     assert len(logged) == info["checks_run"] and info["best_check"] == int(np.argmax(logged)) + 1
     assert info["steps"] == 5 * info["checks_run"] and info["best_step"] == 5 * info["best_check"]
@@ -111,15 +125,29 @@ def test_several_steps_per_execution_train_exactly_like_one(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 5)).astype(np.float32)
     y = (x[:, 1] + rng.normal(size=600) > 1.0).astype(np.int64)
-    settings = TrainSettings(hidden=(8, 4), dropout=0.1, learning_rate=0.01, batch_size=32,
-                             steps_per_check=16, max_checks=4, patience=10)  # fmt: skip
+    settings = TrainSettings(
+        hidden=(8, 4),
+        dropout=0.1,
+        learning_rate=0.01,
+        batch_size=32,
+        steps_per_check=16,
+        max_checks=4,
+        patience=10,
+    )
 
     def train(limit: int):
         monkeypatch.setattr(model_module, "MAX_STEPS_PER_EXECUTION", limit)
         return fit_member(
-            BatchStream(x[:500], y[:500], 32, 3, False), x[500:], y[500:], settings, seed=3,
-            output_bias=-1.0, loss="bce", focal_alpha=0.5, class_weight={0: 1.0, 1: 3.0},
-        )  # fmt: skip
+            BatchStream(x[:500], y[:500], 32, 3, False),
+            x[500:],
+            y[500:],
+            settings,
+            seed=3,
+            output_bias=-1.0,
+            loss="bce",
+            focal_alpha=0.5,
+            class_weight={0: 1.0, 1: 3.0},
+        )
 
     one_model, one_info = train(1)
     many_model, many_info = train(8)

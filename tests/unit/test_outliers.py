@@ -40,8 +40,9 @@ def test_the_zscore_filter_drops_training_extremes_of_both_classes(make_config, 
     assert set(expected[ROW_COLUMN]) == removed
     dropped = raw[raw[ROW_COLUMN].isin(removed)]
     assert result["outliers"].removed == {
-        "yes": int((dropped[TARGET_COLUMN] == 1).sum()), "no": int((dropped[TARGET_COLUMN] == 0).sum())
-    }  # fmt: skip
+        "yes": int((dropped[TARGET_COLUMN] == 1).sum()),
+        "no": int((dropped[TARGET_COLUMN] == 0).sum()),
+    }
     assert result["outliers"].removed["yes"] > 0  # extremes of the rare class go too
 
 
@@ -54,7 +55,8 @@ def test_iqr_bounds(synthetic_frame):
 def test_gate_refuses_to_remove_too_much(make_config, stages):
     with pytest.raises(
         GateFailed,
-        match=r"remove a share of 0\.\d+ of the 'negative' class's training rows; at most 0.01 allowed",
+        match=r"remove a share of 0\.\d+ of the 'negative' class's training rows; "
+        r"at most 0.01 allowed",
     ):
         stages(
             make_config(outlier="iqr", outlier_iqr_k=0.1, max_removed_share=0.01), upto="outliers"

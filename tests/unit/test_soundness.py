@@ -204,7 +204,7 @@ def test_rank_metrics_are_cross_fitted_over_the_validation_halves():
     assert set(honest) == {"f1", "mcc", "balanced_accuracy", "g_mean", "objective"}
 
 
-# --- bootstrap -------------------------------------------------------------------------------------
+# --- bootstrap ------------------------------------------------------------------------------------
 
 
 def test_group_bootstrap_resamples_whole_groups():
@@ -247,13 +247,26 @@ def test_every_strategy_is_checked_on_one_schedule_within_a_pool_pass(n_train, m
     assert plan["steps_per_check"] % min(plan["steps_per_check"], 8) == 0
 
 
-# --- SMOTE -----------------------------------------------------------------------------------------
+# --- SMOTE ----------------------------------------------------------------------------------------
 
 
 def _prep(numeric, integer_valued, means, scales):
-    return Preprocessing(numeric=numeric, categorical=[], impute="none", impute_values={}, clip_bounds={},
-                         means=means, scales=scales, categories={}, integer_valued=integer_valued,
-                         dropped_constant=[], positive_label="1", negative_label="0", target="y", id=None)  # fmt: skip
+    return Preprocessing(
+        numeric=numeric,
+        categorical=[],
+        impute="none",
+        impute_values={},
+        clip_bounds={},
+        means=means,
+        scales=scales,
+        categories={},
+        integer_valued=integer_valued,
+        dropped_constant=[],
+        positive_label="1",
+        negative_label="0",
+        target="y",
+        id=None,
+    )
 
 
 def test_smote_keeps_whole_number_columns_whole():
@@ -268,9 +281,12 @@ def test_smote_keeps_whole_number_columns_whole():
     part = Part(
         numeric=scaled, codes=np.zeros((n, 0), np.int32), y=y, ids=np.arange(n), inputs=None
     )
-    prep = _prep(["flag", "count", "real"], ["flag", "count"],
-                 dict(zip(["flag", "count", "real"], means, strict=True)),
-                 dict(zip(["flag", "count", "real"], scales, strict=True)))  # fmt: skip
+    prep = _prep(
+        ["flag", "count", "real"],
+        ["flag", "count"],
+        dict(zip(["flag", "count", "real"], means, strict=True)),
+        dict(zip(["flag", "count", "real"], scales, strict=True)),
+    )
     sample = resample(STRATEGIES["smote"], part, seed=0, prep=prep)
     back = sample.numeric.astype(np.float64) * scales + means
     np.testing.assert_allclose(back[:, :2], np.round(back[:, :2]), atol=1e-4)
@@ -295,8 +311,12 @@ def test_ranking_by_a_threshold_metric_uses_the_cross_fitted_value():
     from tasks.train import select
 
     def record(name, in_sample, crossfitted):
-        return {"strategy": name, "status": "ok", "eligible": True,
-                "validation": {"f1": in_sample, "crossfit": {"f1": crossfitted}}}  # fmt: skip
+        return {
+            "strategy": name,
+            "status": "ok",
+            "eligible": True,
+            "validation": {"f1": in_sample, "crossfit": {"f1": crossfitted}},
+        }
 
     ranked, selected = select([record("lucky", 0.9, 0.2), record("steady", 0.6, 0.5)], "f1")
     assert selected == "steady" and [r["strategy"] for r in ranked] == ["steady", "lucky"]
@@ -308,8 +328,14 @@ def test_a_stricter_gate_limit_does_not_reuse_a_feature_set_built_under_a_looser
     from tasks.features import fingerprint
 
     config = TrainConfig()
-    for change in ({"split_ratio_tolerance": 0.01}, {"max_removed_share": 0.05}, {"scale_tolerance": 1e-6},
-                   {"min_positives_per_half": 8}, {"max_categories": 10}, {"min_class_count": 50}):  # fmt: skip
+    for change in (
+        {"split_ratio_tolerance": 0.01},
+        {"max_removed_share": 0.05},
+        {"scale_tolerance": 1e-6},
+        {"min_positives_per_half": 8},
+        {"max_categories": 10},
+        {"min_class_count": 50},
+    ):
         assert fingerprint(config.model_copy(update=change), "sha") != fingerprint(config, "sha"), (
             change
         )

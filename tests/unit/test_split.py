@@ -74,11 +74,16 @@ def test_time_split_trains_on_the_past(make_config, stages, synthetic_frame, wri
 def test_too_small_data_fails_the_split_gate_plainly(
     make_config, stages, synthetic_frame, write_csv
 ):
-    frame = pd.concat([synthetic_frame[synthetic_frame.churned == "no"],
-                       synthetic_frame[synthetic_frame.churned == "yes"].iloc[:12]])  # fmt: skip
+    frame = pd.concat(
+        [
+            synthetic_frame[synthetic_frame.churned == "no"],
+            synthetic_frame[synthetic_frame.churned == "yes"].iloc[:12],
+        ]
+    )
     with pytest.raises(
         GateFailed,
-        match=r"'validation' split has \d positive rows; at least 5 are needed: the data is too small",
+        match=r"'validation' split has \d positive rows; at least 5 are needed: "
+        r"the data is too small",
     ) as info:
         stages(make_config(data=str(write_csv(frame))), upto="split")
     assert info.value.stage == "split"

@@ -41,8 +41,11 @@ def memory_root():
 
 @pytest.fixture(params=["local", "file", "memory"])
 def root(request, tmp_path, memory_root):
-    return {"local": location(str(tmp_path)), "file": location(tmp_path.as_uri()),
-            "memory": memory_root}[request.param]  # fmt: skip
+    return {
+        "local": location(str(tmp_path)),
+        "file": location(tmp_path.as_uri()),
+        "memory": memory_root,
+    }[request.param]
 
 
 def test_kinds_of_location():
@@ -72,8 +75,9 @@ def test_parquet_json_copy_and_hash_round_trip(root, tmp_path):
         assert local.read_text().strip().startswith("{") and local.name == "m.json"
 
 
-def test_publish_dir_uploads_the_marker_last_and_a_failure_leaves_no_marker(memory_root,
-                                                                            tmp_path, monkeypatch):  # fmt: skip
+def test_publish_dir_uploads_the_marker_last_and_a_failure_leaves_no_marker(
+    memory_root, tmp_path, monkeypatch
+):
     source = tmp_path / "set"
     (source / "nested").mkdir(parents=True)
     for name in ("a.parquet", "manifest.json", "nested/b.parquet"):

@@ -19,10 +19,17 @@ def part():
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("baseline", (20, 180)), ("class_weight", (20, 180)), ("balanced_batches", (20, 180)),
-     ("focal_loss", (20, 180)), ("undersample", (20, 20)), ("ensemble", (20, 20)),
-     ("oversample", (180, 180)), ("smote", (180, 180))],
-)  # fmt: skip
+    [
+        ("baseline", (20, 180)),
+        ("class_weight", (20, 180)),
+        ("balanced_batches", (20, 180)),
+        ("focal_loss", (20, 180)),
+        ("undersample", (20, 20)),
+        ("ensemble", (20, 20)),
+        ("oversample", (180, 180)),
+        ("smote", (180, 180)),
+    ],
+)
 def test_class_counts_after_each_strategy(part, name, expected):
     sample = resample(STRATEGIES[name], part, seed=0)
     y = sample.y if sample.rows is None else part.y[sample.rows]
@@ -80,8 +87,13 @@ def test_registry_order_and_unknown_names():
 
 
 def _record(name, validation_pr_auc, test_pr_auc, eligible=True):
-    return {"strategy": name, "status": "ok", "eligible": eligible,
-            "validation": {"pr_auc": validation_pr_auc}, "pr_auc": test_pr_auc}  # fmt: skip
+    return {
+        "strategy": name,
+        "status": "ok",
+        "eligible": eligible,
+        "validation": {"pr_auc": validation_pr_auc},
+        "pr_auc": test_pr_auc,
+    }
 
 
 def test_selection_uses_the_tuning_half_not_test():

@@ -1,0 +1,189 @@
+"""The strategy branches: one Prefect task per strategy and repeat on the chosen task runner
+(threads, or a Dask cluster through prefect-dask), then selection on the validation tuning half
+and the run's `metrics.json` and `leaderboard.csv`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+from upath import UPath
+
+from tasks.compare import summarize_repeats
+from tasks.config import TrainConfig
+from tasks.errors import StrategyError
+from tasks.features import FeatureSet
+from tasks.runs import RunRecord
+from tasks.storage import write_json
+from tasks.strategies import REFERENCE, STRATEGIES
+from tasks.train import (
+    METRIC_KEYS,
+    BranchFailed,
+    release_parts,
+    select,
+    train_branch,
+    write_leaderboard,
+)
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def branch_runner(config: TrainConfig) -> Iterator[Any]:
+    """The task runner the branches run on: a thread pool here, or a Dask cluster through
+    prefect-dask. Dask workers are pointed at this run's Prefect API (otherwise each starts a
+    server of its own) and get `tf_threads` TensorFlow threads each; the variables they inherit
+    are restored in this process afterwards."""
+    if config.runner == "threads":
+        with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
+            yield runner
+        return
+    from prefect.client.orchestration import get_client
+    from prefect_dask import DaskTaskRunner
+
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url).rstrip("/")
+    threads = str(config.tf_threads)
+    worker_env = {
+        "PREFECT_API_URL": api_url,
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": str(max(config.tf_threads, 2)),
+        "OMP_NUM_THREADS": threads,
+    }
+    saved = {key: os.environ.get(key) for key in worker_env}
+    os.environ.update(worker_env)
+    try:
+        if config.dask_address:
+            dask_runner = DaskTaskRunner(address=config.dask_address)
+        else:
+            dask_runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": config.max_parallel,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
+        with dask_runner as runner:
+            yield runner
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def releasing_parts() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        release_parts()  # the arrays the thread branches shared
+
+
+def repeat_config(config: TrainConfig, repeat: int) -> TrainConfig:
+    """Repeat r draws a new split and new training seeds: seed + 1000*r."""
+    return (
+        config if repeat == 0 else config.model_copy(update={"seed": config.seed + 1000 * repeat})
+    )
+
+
+def train_branches(
+    names: list[str], feature_sets: list[FeatureSet], config: TrainConfig, out_dir: UPath
+) -> list[dict[str, Any]]:
+    """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
+    becomes a `failed` record instead of failing the run. Repeat r trains on its own split
+    (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
+    # longest first (the ensemble trains k members), so no long branch starts last and runs alone
+    by_cost = sorted(names, key=lambda n: -STRATEGIES[n].members(config) if n in STRATEGIES else 0)
+    jobs = [(name, repeat) for repeat in range(config.repeats) for name in by_cost]
+    records = []
+    with branch_runner(config) as runner, releasing_parts():
+        futures = []
+        for name, repeat in jobs:
+            label = name if repeat == 0 else f"{name}-r{repeat}"
+            futures.append(
+                (
+                    name,
+                    repeat,
+                    runner.submit(
+                        train_branch.with_options(task_run_name=f"train-{label}"),
+                        {
+                            "name": name,
+                            "feature_set": feature_sets[repeat],
+                            "config": repeat_config(config, repeat),
+                            "out_dir": str(
+                                out_dir if repeat == 0 else out_dir / f"repeat-{repeat}"
+                            ),
+                        },
+                    ),
+                )
+            )
+        for name, repeat, future in futures:
+            future.wait()
+            if future.state.is_completed():
+                record = future.result()
+            else:
+                error = future.state.result(raise_on_failure=False)
+                record = (
+                    error.record
+                    if isinstance(error, BranchFailed)
+                    else {
+                        "strategy": name,
+                        "status": "failed",
+                        "eligible": name != REFERENCE,
+                        "error": f"{type(error).__name__}: {error}",
+                    }
+                )
+            records.append(record | {"repeat": repeat})
+    return records
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The ranked branch records of the first repeat, the selected strategy and its record."""
+
+    ranked: list[dict[str, Any]]
+    selected: str
+    chosen: dict[str, Any]
+    repeats: dict[str, Any] | None
+    metrics: dict[str, Any]
+
+
+def select_strategy(
+    records: list[dict[str, Any]],
+    config: TrainConfig,
+    feature_set: FeatureSet,
+    run: RunRecord,
+) -> Selection:
+    """Rank the first repeat's branches on the validation tuning half, select the best eligible
+    one, and write `metrics.json` and `leaderboard.csv` into the run's directory. Every branch failing is
+    an error naming each branch's cause."""
+    primary = [r for r in records if r["repeat"] == 0]
+    ranked, selected = select(primary, config.rank_by)
+    if selected is None:
+        errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok")
+        raise StrategyError(f"every strategy failed: {errors}")
+    scalar_metrics = [key for key in METRIC_KEYS if key != "confusion_matrix"]
+    repeats = summarize_repeats(records, scalar_metrics) if config.repeats > 1 else None
+    metrics = {
+        "run_id": run.run_id,
+        "flow_run_id": run.flow_run_id,
+        "config": config.model_dump(mode="json"),
+        "data_fingerprint": feature_set.fingerprint,
+        "rank_by": config.rank_by,
+        "selected": selected,
+        "strategies": ranked,
+        "repeats": repeats,
+    }
+    write_json(run.staging / "metrics.json", metrics)
+    write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
+    log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
+    chosen = next(r for r in ranked if r["strategy"] == selected)
+    return Selection(ranked, selected, chosen, repeats, metrics)

@@ -1,0 +1,69 @@
+"""Two `python -m flows.train` processes on one `--output` at once, each with the temporary
+Prefect server it starts by default, on one new Prefect database (the hardest case: both servers
+would migrate it at the same moment). Both complete with distinct runs; the feature store holds
+one valid feature set; the registry records both runs in turn and stays valid JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flows.cli import SERVER_START_LOCK
+from tasks.preflight import writable
+from tasks.storage import read_pointer
+from tests.conftest import SYNTHETIC
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = [
+    *("--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes"),
+    *("--id", "account_id", "--categorical", "segment", "--strategies", "baseline"),
+    *("--hidden", "4", "--epochs", "2", "--batch-size", "64", "--bootstrap", "1000"),
+]
+
+
+def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(tmp_path):
+    output, home = tmp_path / "runs", tmp_path / "prefect-home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.train", *FLAGS, "--output", str(output)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    finished = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, finished, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+        assert "database is locked" not in stderr
+    answers = [json.loads(stdout[stdout.index("{") :]) for stdout, _ in finished]
+    run_ids = sorted(answer["run_id"] for answer in answers)
+    assert len(set(run_ids)) == 2
+    for run_id in run_ids:
+        assert json.loads((output / run_id / "run.json").read_text())["status"] == "completed"
+    assert read_pointer(output, "latest").name in run_ids
+    assert (home / SERVER_START_LOCK).exists()  # the start-ups took turns
+
+    registry = json.loads((output / "registry" / "synthetic-churned.json").read_text())
+    events = [entry["event"] for entry in registry["history"]]
+    assert sorted(entry["run_id"] for entry in registry["history"]) == run_ids
+    assert events[0] == "promoted" and events.count("promoted") + events.count("kept_champion") == 2
+    assert registry["champion"]["run_id"] in run_ids
+    stores = [path for path in (output / "store").iterdir()]
+    assert len(stores) == 1 and (stores[0] / "manifest.json").is_file()  # one set, no debris
+    assert not list(output.glob(".*.partial"))
+
+
+def test_the_write_probe_never_touches_a_name_another_process_may_hold(tmp_path):
+    """Regression: both processes probed `<output>/.write-test` and one deleted the other's probe
+    ("No such file or directory"). A name held by someone else must not matter."""
+    (tmp_path / ".write-test").mkdir()  # as if another run held the old fixed name
+    writable(str(tmp_path), "--output")
+    assert [p.name for p in tmp_path.iterdir()] == [".write-test"]  # its own probe is gone

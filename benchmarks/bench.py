@@ -256,9 +256,8 @@ for name in [*STRATEGIES, REFERENCE]:
     if name == REFERENCE:
         scores = fit_reference(parts, config, labels)
     else:
-        categories = fs.preprocessing().categories
-        cards = [len(categories[c]) for c in manifest["features"]["categorical"]]
-        scores = fit_neural(STRATEGIES[name], parts, config, cards, labels, out / name / "model")
+        prep = fs.preprocessing()
+        scores = fit_neural(STRATEGIES[name], parts, config, prep, labels, out / name / "model")
     finish_branch(name, scores, parts, config, out / name)
 print(json.dumps({"train_s": time.perf_counter() - t}))
 """
@@ -277,18 +276,9 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/api"
     home = work / "prefect-home"
     server_env = ENV | {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [*command, "--port", str(port)],
         env=server_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -9,11 +9,11 @@ from typing import Any, Literal
 from prefect import flow
 
 from flows.cli import configure_logging, run_command, start_temporary_server
+from tasks.config import DriftSettings
 from tasks.datasets import BUILTINS
-from tasks.drift import DriftSettings
-from tasks.export import resolve_model
 from tasks.io import existing_file
 from tasks.predict import check_output, predict_file
+from tasks.registry import resolve_model
 from tasks.storage import location
 
 DEFAULT_DRIFT = DriftSettings()

@@ -12,6 +12,8 @@ if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heav
 import importlib
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,22 @@ from pydantic import BaseModel
 from upath import UPath
 
 from flows.cli import config_from_args, configure_logging, run_command, start_temporary_server
+from tasks import out_of_core
 from tasks.branches import repeat_config, select_strategy, train_branches
-from tasks.champion import SEEN_ROWS_FILE, challenge, record_decision, seen_rows
+from tasks.champion import challenge, seen_rows
 from tasks.compare import compare_with_baseline
 from tasks.config import TrainConfig
 from tasks.export import export_model
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import IngestResult, ingest
 from tasks.model import configure_tensorflow
-from tasks.outliers import handle_outliers
+from tasks.outliers import OutlierResult, handle_outliers
 from tasks.preflight import preflight_training
+from tasks.registry import SEEN_ROWS_FILE, record_decision, registry_lock
 from tasks.report import publish_artifacts, write_report
 from tasks.runs import RunRecord
-from tasks.split import split
-from tasks.storage import locked
+from tasks.split import SplitResult, split
 from tasks.strategies import REFERENCE, resolve_strategies
-from tasks.stream import ingest_streaming, streaming_reason
 
 log = logging.getLogger("flows.train")
 
@@ -71,24 +73,56 @@ class TrainResult(BaseModel):
         )
 
 
-def ingest_data(config: TrainConfig, work_dir: Path) -> IngestResult:
-    """The one place the data path is chosen: in memory, or out of core when the data would
-    exceed --memory-budget; later stages follow `IngestResult.streaming`."""
-    reason = streaming_reason(config)
+@dataclass(frozen=True)
+class DataPath:
+    """The stages of one data path. Both paths take the same arguments, share the split and
+    the fit helpers, and write the same feature-store layout."""
+
+    name: str
+    ingest: Callable[[TrainConfig, Path], IngestResult]
+    split: Callable[..., SplitResult]
+    handle_outliers: Callable[..., OutlierResult]
+    build_features: Callable[..., FeatureSet]
+
+
+IN_MEMORY = DataPath("in memory", ingest, split, handle_outliers, build_features)
+OUT_OF_CORE = DataPath(
+    "out of core",
+    out_of_core.ingest,
+    out_of_core.split,
+    out_of_core.handle_outliers,
+    out_of_core.build_features,
+)
+
+
+def data_path(config: TrainConfig) -> DataPath:
+    """The one place the data path is chosen: out of core when the data would exceed
+    --memory-budget in memory, else in memory."""
+    reason = out_of_core.reason(config)
     if reason is None:
-        return ingest(config, work_dir)
+        return IN_MEMORY
     log.info("out-of-core data path: %s", reason)
-    return ingest_streaming(config, work_dir, reason)
+    return OUT_OF_CORE
+
+
+def prepare_feature_sets(
+    stages: DataPath, config: TrainConfig, ingested: IngestResult, run: RunRecord
+) -> list[FeatureSet]:
+    """One feature set per repeat (repeat r draws its own split with seed + 1000*r)."""
+    return [
+        prepare_features(stages, repeat_config(config, r), ingested, run, r)
+        for r in range(config.repeats)
+    ]
 
 
 def prepare_features(
-    config: TrainConfig, ingested: IngestResult, run: RunRecord, repeat: int = 0
+    stages: DataPath, config: TrainConfig, ingested: IngestResult, run: RunRecord, repeat: int = 0
 ) -> FeatureSet:
     """The stored feature set for these settings: reused when valid, else split, outliers and
     features are run (each behind its gate)."""
     suffix = "" if repeat == 0 else f" (repeat {repeat})"
     with run.stage("feature-store" + suffix):
-        address = fingerprint(config, ingested.source_sha256, ingested.streaming)
+        address = fingerprint(config, ingested.source_sha256, ingested.out_of_core)
         feature_set = load_valid_feature_set(config.store_dir, address)
     if feature_set is not None:
         log.info("reusing feature set %s", feature_set.fingerprint)
@@ -96,11 +130,11 @@ def prepare_features(
     work = run.work_dir if repeat == 0 else run.work_dir / f"repeat-{repeat}"
     work.mkdir(exist_ok=True)
     with run.stage("split" + suffix):
-        splits = split(config, ingested, work)
+        splits = stages.split(config, ingested, work)
     with run.stage("outliers" + suffix):
-        outliers = handle_outliers(config, ingested, splits, work)
+        outliers = stages.handle_outliers(config, ingested, splits, work)
     with run.stage("features" + suffix):
-        return build_features(config, ingested, splits, outliers)
+        return stages.build_features(config, ingested, splits, outliers)
 
 
 def _flow_run_name() -> str:
@@ -123,12 +157,10 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     branches = run.staging / "branches"
     with run:  # on any error: run.json records the failed stage; nothing else is left
         with run.stage("ingest"):
-            ingested = ingest_data(config, run.work_dir)
+            stages = data_path(config)
+            ingested = stages.ingest(config, run.work_dir)
             run.note(ingest=ingested.model_dump(exclude={"raw_path"}))
-        feature_sets = [
-            prepare_features(repeat_config(config, r), ingested, run, r)
-            for r in range(config.repeats)
-        ]
+        feature_sets = prepare_feature_sets(stages, config, ingested, run)
         feature_set = feature_sets[0]
         run.note(
             data_fingerprint=feature_set.fingerprint,
@@ -149,7 +181,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             )
             seen_rows(ingested.raw_path, feature_set, run.staging / SEEN_ROWS_FILE)
         model_name = config.resolved_model_name(feature_set.manifest["target"])
-        with locked(config.registry_dir / f"{model_name}.json"):  # concurrent runs decide in turn
+        with registry_lock(config.registry_dir, model_name):  # concurrent runs decide in turn
             with run.stage("champion"):
                 decision = challenge(
                     config, model_name, feature_set, ingested, branches, chosen.chosen

@@ -18,11 +18,11 @@ from tasks.compare import summarize_repeats
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
 from tasks.features import FeatureSet
+from tasks.records import SCALAR_METRICS, SCHEMA_VERSION, RunMetrics
 from tasks.runs import RunRecord
 from tasks.storage import write_json
 from tasks.strategies import REFERENCE, STRATEGIES
 from tasks.train import (
-    METRIC_KEYS,
     BranchFailed,
     release_parts,
     select,
@@ -101,7 +101,9 @@ def train_branches(
     becomes a `failed` record instead of failing the run. Repeat r trains on its own split
     (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
     # longest first (the ensemble trains k members), so no long branch starts last and runs alone
-    by_cost = sorted(names, key=lambda n: -STRATEGIES[n].members(config) if n in STRATEGIES else 0)
+    by_cost = sorted(
+        names, key=lambda n: -STRATEGIES[n].members(config.ensemble_k) if n in STRATEGIES else 0
+    )
     jobs = [(name, repeat) for repeat in range(config.repeats) for name in by_cost]
     records = []
     with branch_runner(config) as runner, releasing_parts():
@@ -163,16 +165,16 @@ def select_strategy(
     run: RunRecord,
 ) -> Selection:
     """Rank the first repeat's branches on the validation tuning half, select the best eligible
-    one, and write `metrics.json` and `leaderboard.csv` into the run's directory. Every branch failing is
-    an error naming each branch's cause."""
+    one, and write `metrics.json` and `leaderboard.csv` into the run's directory. Every branch
+    failing is an error naming each branch's cause."""
     primary = [r for r in records if r["repeat"] == 0]
     ranked, selected = select(primary, config.rank_by)
     if selected is None:
         errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok")
         raise StrategyError(f"every strategy failed: {errors}")
-    scalar_metrics = [key for key in METRIC_KEYS if key != "confusion_matrix"]
-    repeats = summarize_repeats(records, scalar_metrics) if config.repeats > 1 else None
+    repeats = summarize_repeats(records, list(SCALAR_METRICS)) if config.repeats > 1 else None
     metrics = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run.run_id,
         "flow_run_id": run.flow_run_id,
         "config": config.model_dump(mode="json"),
@@ -182,7 +184,7 @@ def select_strategy(
         "strategies": ranked,
         "repeats": repeats,
     }
-    write_json(run.staging / "metrics.json", metrics)
+    write_json(run.staging / "metrics.json", RunMetrics.check(metrics))
     write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
     log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
     chosen = next(r for r in ranked if r["strategy"] == selected)

@@ -19,7 +19,6 @@ model name decide in turn."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,6 @@ from tasks.compare import paired_bootstrap, row_groups
 from tasks.config import TrainConfig
 from tasks.drift import drift_table, overall_status, table_records
 from tasks.errors import DriftError
-from tasks.export import read_registry, write_registry
 from tasks.features import FeatureSet, Preprocessing
 from tasks.ingest import (
     HASH_COLUMN,
@@ -42,15 +40,13 @@ from tasks.ingest import (
     beyond_float32,
     row_hashes,
 )
-from tasks.io import io_task_options
 from tasks.predict import LoadedModel, reference_positive_rate, score
-from tasks.storage import address, copy_file, location, read_parquet, write_parquet
+from tasks.registry import read_registry
+from tasks.storage import location, read_parquet, write_parquet
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
 PROMOTION_BOOTSTRAP = 2000  # a promotion decision never rests on fewer resamples
-SEEN_ROWS_FILE = "seen_rows.parquet"  # in the run directory
-REGISTRY_METRICS = ("pr_auc", "roc_auc", "f1", "precision", "recall")  # kept per entry
 
 
 def _decision(
@@ -146,6 +142,48 @@ def check_drift(
     return {"status": status, "table": table_records(table)}
 
 
+def unseen_scorable_rows(
+    rows: pd.DataFrame,
+    seen: pd.DataFrame,
+    prep: Preprocessing,
+    by_id: bool,
+    id_column: str | None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The test rows the champion never trained or tuned on (matched by id, else by the hash of
+    the normalised feature row) and can score, with the counts of what was left out."""
+    if by_id:
+        excluded = rows[ID_COLUMN].isin(set(seen[ID_COLUMN])).to_numpy()
+        matched_by = f"id column {id_column}"
+    else:
+        hashes = row_hashes(rows, prep.numeric, prep.categorical)
+        excluded = np.isin(hashes, seen[HASH_COLUMN].to_numpy())
+        matched_by = "feature-row hash"
+    rows = rows[~excluded]
+    cannot = unscorable(rows, prep).to_numpy()
+    rows = rows[~cannot]
+    counts = {
+        "test_rows_excluded_as_seen_by_champion": int(excluded.sum()),
+        "matched_by": matched_by,
+        "rows_the_champion_cannot_score": int(cannot.sum()),
+        "rows": len(rows),
+    }
+    return rows, counts
+
+
+def _compared_metric(config: TrainConfig, model: LoadedModel) -> tuple[str, str | None]:
+    """`--promote-metric`, except that an objective is only compared when both thresholds were
+    tuned for it (else PR-AUC decides, with a note saying why)."""
+    objective = parse_objective(config.objective)
+    if config.promote_metric == "pr_auc":
+        return "pr_auc", None
+    if model.meta["threshold_objective"] != objective.label:
+        return "pr_auc", (
+            f"the champion's threshold was tuned for {model.meta['threshold_objective']}, not "
+            f"{objective.label}: compared on PR-AUC"
+        )
+    return "objective", None
+
+
 @task(name="champion-challenger", cache_policy=NO_CACHE)
 def challenge(
     config: TrainConfig,
@@ -198,24 +236,7 @@ def challenge(
                 "entry, so a comparison could score it on its own training rows"
             ],
         )
-    if by_id:
-        excluded = rows[ID_COLUMN].isin(set(seen[ID_COLUMN]))
-        matched_by = f"id column {id_column}"
-    else:
-        excluded = pd.Series(
-            np.isin(row_hashes(rows, prep.numeric, prep.categorical), seen[HASH_COLUMN].to_numpy()),
-            index=rows.index,
-        )
-        matched_by = "feature-row hash"
-    rows = rows[~excluded.to_numpy()]
-    cannot = unscorable(rows, prep)
-    rows = rows[~cannot.to_numpy()]
-    counts = {
-        "test_rows_excluded_as_seen_by_champion": int(excluded.sum()),
-        "matched_by": matched_by,
-        "rows_the_champion_cannot_score": int(cannot.sum()),
-        "rows": len(rows),
-    }
+    rows, counts = unseen_scorable_rows(rows, seen, prep, by_id, id_column)
     champion_scores = score(model, rows)["probability"].to_numpy() if len(rows) else np.zeros(0)
     rate = float(np.mean(champion_scores >= model.meta["threshold"])) if len(rows) else None
     drift_summary = check_drift(train_rows, model, config, rate)
@@ -229,34 +250,22 @@ def challenge(
         )
 
     predictions = read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
-    challenger = (
-        predictions[predictions.part == "test"]
-        .set_index(ID_COLUMN)
-        .loc[rows[ID_COLUMN], "probability"]
-    )
-    objective = parse_objective(config.objective)
-    key, note = ("pr_auc" if config.promote_metric == "pr_auc" else "objective"), None
-    if key == "objective" and model.meta["threshold_objective"] != objective.label:
-        key = "pr_auc"
-        note = (
-            f"the champion's threshold was tuned for {model.meta['threshold_objective']}, not "
-            f"{objective.label}: compared on PR-AUC"
-        )
-    groups = row_groups(raw_path, config.group, rows[ID_COLUMN].to_numpy())
-    n_boot = max(config.bootstrap, PROMOTION_BOOTSTRAP)
+    test = predictions[predictions.part == "test"].set_index(ID_COLUMN)
+    challenger = test.loc[rows[ID_COLUMN], "probability"].to_numpy()
+    key, note = _compared_metric(config, model)
     comparison = paired_bootstrap(
         rows[TARGET_COLUMN].to_numpy(),
-        challenger.to_numpy(),
+        challenger,
         champion_scores,
         selected["threshold"],
         model.meta["threshold"],
-        objective,
-        n_boot,
+        parse_objective(config.objective),
+        max(config.bootstrap, PROMOTION_BOOTSTRAP),
         config.seed,
-        groups,
+        row_groups(raw_path, config.group, rows[ID_COLUMN].to_numpy()),
     )
     low = comparison[f"{key}_interval"]["low"]
-    metric = "pr_auc" if key == "pr_auc" else objective.label
+    metric = "pr_auc" if key == "pr_auc" else parse_objective(config.objective).label
     better = low > config.promote_margin
     action = "promote" if better else "keep"
     reason = (
@@ -273,54 +282,3 @@ def challenge(
         drift=drift_summary,
         **counts,
     )
-
-
-@task(name="record-decision", **io_task_options())
-def record_decision(
-    registry_dir: UPath,
-    model_name: str,
-    run_dir: UPath,
-    chosen: dict[str, Any],
-    decision: dict[str, Any],
-) -> dict[str, Any]:
-    """Append the completed run in `run_dir` to the registry's history; make it champion when
-    promoted. The caller holds the registry lock."""
-    run_id, model_dir, seen_rows_file = run_dir.name, run_dir / "model", run_dir / SEEN_ROWS_FILE
-    path = registry_dir / f"{model_name}.json"
-    registry = read_registry(registry_dir, model_name) or {
-        "name": model_name,
-        "champion": None,
-        "candidates": [],
-        "history": [],
-    }
-    seen_copy = registry_dir / model_name / "seen" / f"{run_id}.parquet"
-    copy_file(seen_rows_file, seen_copy)  # kept with the registry: stores and runs may be cleaned
-    entry = {
-        "run_id": run_id,
-        "model_dir": address(model_dir),
-        "strategy": chosen["strategy"],
-        "metrics": {k: chosen[k] for k in REGISTRY_METRICS},
-        "seen_rows": address(seen_copy),
-        "recorded_at": datetime.now(UTC).isoformat(),
-    }
-    event = {
-        **entry,
-        "event": "promoted" if decision["action"] == "promote" else "kept_champion",
-        "reason": decision["reason"],
-        "champion_before": decision.get("champion_run_id"),
-        "interval": (decision.get("comparison") or {}).get(
-            "pr_auc_interval" if decision.get("metric") == "pr_auc" else "objective_interval"
-        ),
-    }
-    if decision["action"] == "promote":
-        registry["champion"] = entry
-    else:
-        registry["candidates"].append(entry)
-    registry["history"].append(event)
-    write_registry(registry_dir, model_name, registry)
-    return {
-        "decision": event["event"],
-        "reason": decision["reason"],
-        "registry": str(path),
-        "champion": registry["champion"]["run_id"],
-    }

@@ -22,6 +22,20 @@ ImputeMethod = Literal["none", "median", "most_frequent"]
 RankMetric = Literal["pr_auc", "roc_auc", "f1", "mcc", "balanced_accuracy", "g_mean", "objective"]
 
 
+class DriftSettings(BaseModel):
+    """Limits of the drift checks on new data (prediction) and new training data."""
+
+    psi_warn: float = Field(0.1, gt=0, description="PSI that warns")
+    psi_fail: float = Field(0.25, gt=0, description="PSI that fails")
+    ks_warn: float = Field(0.2, gt=0, description="KS statistic that warns")
+    rate_ratio_limit: float = Field(
+        2.0, gt=1, description="predicted-positive rate ratio (either way) that fails"
+    )
+    action: Literal["warn", "fail"] = Field(
+        "warn", description="on failing drift: warn and write, or fail and write nothing"
+    )
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs. CLI flags, YAML/JSON files and deployment parameters all
     build this object; `feature_settings()` is the subset that changes the stored features."""
@@ -205,7 +219,7 @@ class TrainConfig(BaseModel):
     @field_validator("objective")
     @classmethod
     def _objective_form(cls, value: str) -> str:
-        from tasks.thresholds import parse_objective  # local: avoid a cycle at import
+        from tasks.thresholds import parse_objective  # local: keeps the command line's start light
 
         parse_objective(value)
         return value
@@ -213,7 +227,7 @@ class TrainConfig(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, value: list[str] | None) -> list[str] | None:
-        from tasks.strategies import resolve_strategies  # local: the registry imports config types
+        from tasks.strategies import resolve_strategies  # local: the registry loads numpy
 
         return None if value is None else resolve_strategies(value)
 
@@ -254,9 +268,7 @@ class TrainConfig(BaseModel):
     def store_dir(self) -> UPath:
         return location(self.store) if self.store else self.output_dir / "store"
 
-    def drift_settings(self):
-        from tasks.drift import DriftSettings
-
+    def drift_settings(self) -> DriftSettings:
         return DriftSettings(
             psi_warn=self.drift_psi_warn,
             psi_fail=self.drift_psi_fail,

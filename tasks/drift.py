@@ -10,27 +10,15 @@ fails when it moves by more than `rate_ratio_limit` times either way."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
 
+from tasks.config import DriftSettings
 from tasks.ingest import MISSING_LEVEL, canonical_categories
 
 EPS = 1e-4
-
-
-class DriftSettings(BaseModel):
-    psi_warn: float = Field(0.1, gt=0, description="PSI that warns")
-    psi_fail: float = Field(0.25, gt=0, description="PSI that fails")
-    ks_warn: float = Field(0.2, gt=0, description="KS statistic that warns")
-    rate_ratio_limit: float = Field(
-        2.0, gt=1, description="predicted-positive rate ratio (either way) that fails"
-    )
-    action: Literal["warn", "fail"] = Field(
-        "warn", description="on failing drift: warn and write, or fail and write nothing"
-    )
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -10,11 +9,11 @@ from typing import Any
 from prefect import task
 from upath import UPath
 
-from tasks.config import SAFE_NAME, TrainConfig
-from tasks.errors import StorageError
+from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
 from tasks.io import io_task_options
-from tasks.storage import copy_file, location, read_pointer, write_json, write_text
+from tasks.records import TEST_METRICS
+from tasks.storage import copy_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +63,7 @@ def export_model(
         "calibration": selected["calibration"],
         "prior": {"trained": selected["trained_prior"], "true": selected["true_prior"]},
         "metrics": {
-            "test": {
-                k: selected[k]
-                for k in (
-                    "pr_auc",
-                    "roc_auc",
-                    "f1",
-                    "precision",
-                    "recall",
-                    "mcc",
-                    "balanced_accuracy",
-                    "g_mean",
-                    "brier",
-                    "log_loss",
-                    "brier_corrected",
-                    "log_loss_corrected",
-                    "confusion_matrix",
-                )
-            },
+            "test": {k: selected[k] for k in TEST_METRICS},
             "test_at_0_5": selected["at_0_5"],
             "validation_tuning_half": selected["validation"],
         },
@@ -194,70 +176,3 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-# --- registry -----------------------------------------------------------------------------------
-
-
-def read_registry(registry_dir: UPath, name: str) -> dict[str, Any] | None:
-    """A model name's registry; one found empty or corrupt (a crash mid-write on a disk that
-    lost the rename's data) is restored from the previous version kept beside it."""
-    path = registry_dir / f"{name}.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        previous = registry_dir / f"{name}.json.previous"
-        if not previous.is_file():
-            raise StorageError(
-                f"registry {path} is corrupt ({exc}) and has no previous version"
-            ) from exc
-        log.warning("registry %s is corrupt (%s); restoring its previous version", path, exc)
-        registry = json.loads(previous.read_text())
-        write_json(path, registry)
-        return registry
-
-
-def write_registry(registry_dir: UPath, name: str, registry: dict[str, Any]) -> None:
-    """Write a registry, keeping the version it replaces as `<name>.json.previous`. Callers
-    hold the registry lock."""
-    path = registry_dir / f"{name}.json"
-    if path.is_file():
-        try:
-            json.loads(path.read_text())
-            copy_file(path, registry_dir / f"{name}.json.previous")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # never keep a corrupt file as the fallback
-    write_json(path, registry)
-
-
-def registered_names(registry_dir: UPath) -> list[str]:
-    return sorted(p.stem for p in registry_dir.glob("*.json")) if registry_dir.is_dir() else []
-
-
-def resolve_model(model: str, registry_dir: UPath) -> UPath:
-    """A model directory, a run directory (`<output>/latest` included, also on stores that
-    have its pointer file instead of a symlink), or a registry name resolved to its champion."""
-    path = location(model)
-    if path.name == "model" and path.parent.name == "latest":
-        path = path.parent
-    if path.name == "latest" and not path.is_dir():
-        path = read_pointer(path.parent, "latest") or path
-    if (path / MODEL_FILE).is_file():
-        return path
-    if (path / "model" / MODEL_FILE).is_file():  # a run directory
-        return path / "model"
-    registry = (
-        read_registry(registry_dir, model)
-        if SAFE_NAME.fullmatch(model) and ".." not in model
-        else None
-    )
-    if registry and registry.get("champion"):
-        return location(registry["champion"]["model_dir"])
-    from tasks.errors import DataInputError
-
-    raise DataInputError(
-        f"no model at {model!r}: not a model directory and not a registered name "
-        f"(registered in {registry_dir}: {', '.join(registered_names(registry_dir)) or 'none'})"
-    )

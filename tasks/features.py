@@ -315,7 +315,7 @@ def build_manifest(
         "source": ingest.source,
         "source_sha256": ingest.source_sha256,
         "settings": config.feature_settings(),
-        "out_of_core": ingest.streaming,
+        "out_of_core": ingest.out_of_core,
         "target": ingest.roles.target,
         "positive_label": ingest.positive_label,
         "negative_label": ingest.negative_label,
@@ -409,10 +409,6 @@ def load_valid_feature_set(store: UPath, fp: str) -> FeatureSet | None:
 def build_features(
     config: TrainConfig, ingest: IngestResult, split: SplitResult, outliers: OutlierResult
 ) -> FeatureSet:
-    if ingest.streaming:
-        from tasks.stream import features_streaming
-
-        return features_streaming(config, ingest, split, outliers)
     raw = pd.read_parquet(ingest.raw_path)
     assignment = pd.read_parquet(
         split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN, HALF_COLUMN]
@@ -467,7 +463,7 @@ def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> Feat
     which returns the manifest, written last; then publish the directory into the store (one
     rename on a local disk, the manifest uploaded last elsewhere). A set a concurrent run
     finished first is kept."""
-    fp = fingerprint(config, ingest.source_sha256, ingest.streaming)
+    fp = fingerprint(config, ingest.source_sha256, ingest.out_of_core)
     store = config.store_dir
     staging = scratch_dir(store, f".{fp}.tmp-")
     try:

@@ -74,7 +74,7 @@ class IngestResult(BaseModel):
     exact_duplicate_rows: int
     conflicting_duplicate_rows: int
     gate: dict[str, Any]
-    streaming: bool = False  # read and written in batches (the out-of-core path)
+    out_of_core: bool = False  # read and written in batches (`tasks.out_of_core`)
 
 
 def resolve_roles(
@@ -291,6 +291,44 @@ def normalise(
     return normalised
 
 
+def raw_gate(
+    frame: pd.DataFrame, roles: ColumnRoles, config: TrainConfig, declared: list[str], rows: bool
+) -> gates.GateReport:
+    """The raw gate's table-wide checks (the target is there and binary, enough of each class,
+    unique ids) and, with `rows`, its per-row checks (declared columns, numeric types,
+    completeness). The out-of-core path runs the per-row checks batch by batch
+    (`raw_row_bindings`) and the table-wide ones here on the target and id columns only."""
+    present = roles.target in frame.columns
+    target = frame[roles.target] if present else pd.Series(dtype=object)
+    binary = present and target.nunique() == 2 and not target.isna().any()
+    facts = pd.DataFrame({"minority_count": [int(target.value_counts().min()) if binary else 0]})
+    bindings = raw_row_bindings(roles, config, declared) if rows else raw_row_bindings(roles)
+    bindings |= {"target_present": present, "binary_target": binary, "id": roles.id}
+    return gates.validate(
+        "raw",
+        "raw",
+        {"data": frame, "facts": facts},
+        bindings,
+        {"min_class_count": config.min_class_count},
+    )
+
+
+def raw_row_bindings(
+    roles: ColumnRoles, config: TrainConfig | None = None, declared: list[str] | None = None
+) -> dict[str, Any]:
+    """The raw suite's per-row parameters; without a config, per-row checks are off."""
+    return {
+        "target": roles.target,
+        "target_present": False,
+        "binary_target": False,
+        "declared_columns": declared or [],
+        "numeric_features": roles.numeric if config else [],
+        "numeric_dtypes": NUMERIC_DTYPES,
+        "complete_features": roles.features if config and config.impute == "none" else [],
+        "id": None,
+    }
+
+
 @task(name="ingest", **io_task_options())
 def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     """Load `config.data`, validate it with the raw gate and write a normalised parquet copy
@@ -304,29 +342,7 @@ def ingest(config: TrainConfig, work_dir: Path) -> IngestResult:
     roles, declared = resolve_roles(
         frame, config, builtin.target if builtin else None, builtin.id if builtin else None
     )
-    target_present = roles.target in frame.columns
-    n_classes = frame[roles.target].nunique() if target_present else 0
-    binary = target_present and n_classes == 2 and not frame[roles.target].isna().any()
-    facts = pd.DataFrame(
-        {"minority_count": [int(frame[roles.target].value_counts().min()) if binary else 0]}
-    )
-    bindings = {
-        "target": roles.target,
-        "target_present": target_present,
-        "binary_target": binary,
-        "declared_columns": declared,
-        "numeric_features": roles.numeric,
-        "numeric_dtypes": NUMERIC_DTYPES,
-        "complete_features": roles.features if config.impute == "none" else [],
-        "id": roles.id,
-    }
-    report = gates.validate(
-        "raw",
-        "raw",
-        {"data": frame, "facts": facts},
-        bindings,
-        {"min_class_count": config.min_class_count},
-    )
+    report = raw_gate(frame, roles, config, declared, rows=True)
 
     check_values(frame, roles, config)
     positive_default = (

@@ -102,10 +102,6 @@ def seed_article_rule(
 def handle_outliers(
     config: TrainConfig, ingest: IngestResult, split: SplitResult, work_dir: Path
 ) -> OutlierResult:
-    if ingest.streaming:
-        from tasks.stream import outliers_streaming
-
-        return outliers_streaming(config, ingest, split, work_dir)
     raw = pd.read_parquet(ingest.raw_path)
     assignment = pd.read_parquet(split.assignment_path, columns=[ROW_COLUMN, SPLIT_COLUMN])
     raw = raw.merge(assignment, on=ROW_COLUMN, how="left", validate="one_to_one")
@@ -139,9 +135,35 @@ def handle_outliers(
     }
     train_totals = {label: int((train_labels == label).sum()) for label in removed}
     outside_train = int((removed_mask & (raw[SPLIT_COLUMN] != "train")).sum())
-    report = outlier_gate(config, ingest, removed, train_totals, outside_train)
     seed_rule = seed_article_rule(raw, columns or ingest.roles.numeric, labels, config.outlier_z)
-    removed_path = write_parquet(work_dir / "removed.parquet", raw.loc[removed_mask, [ROW_COLUMN]])
+    return finish_outliers(
+        config,
+        ingest,
+        (method, columns, bounds),
+        (removed, clipped, train_totals, outside_train),
+        raw.loc[removed_mask, ROW_COLUMN].to_numpy(),
+        seed_rule,
+        work_dir,
+    )
+
+
+def finish_outliers(
+    config: TrainConfig,
+    ingest: IngestResult,
+    fitted: tuple[str, list[str], dict[str, tuple[float, float]]],
+    counts: tuple[dict[str, int], dict[str, int], dict[str, int], int],
+    removed_rows: np.ndarray,
+    seed_rule: dict[str, Any],
+    work_dir: Path,
+) -> OutlierResult:
+    """What both data paths end with: the outlier gate on the counts (removed, clipped, training
+    totals per class, removed outside training) and the removed rows' `__row` values stored for
+    the feature stage. `fitted` is (method, columns, bounds)."""
+    method, columns, bounds = fitted
+    removed, clipped, train_totals, removed_outside_train = counts
+    gate = outlier_gate(config, ingest, removed, train_totals, removed_outside_train)
+    frame = pd.DataFrame({ROW_COLUMN: np.asarray(removed_rows, dtype="int64")})
+    removed_path = write_parquet(work_dir / "removed.parquet", frame)
     return OutlierResult(
         method=method,
         columns=columns,
@@ -150,7 +172,7 @@ def handle_outliers(
         removed=removed,
         clipped_values=clipped,
         seed_rule_removed=seed_rule,
-        gate=report,
+        gate=gate,
     )
 
 

@@ -14,7 +14,8 @@ from upath import UPath
 
 from tasks import gates
 from tasks.calibration import Calibration
-from tasks.drift import DriftSettings, drift_table, overall_status, publish_drift
+from tasks.config import DriftSettings
+from tasks.drift import drift_table, overall_status, publish_drift
 from tasks.errors import DataInputError, DriftError
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing, code_matrix

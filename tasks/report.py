@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
 from tasks.io import io_task_options
+from tasks.records import BOARD_METRICS, HEADLINE_METRICS
 from tasks.storage import is_local, local_path, read_parquet, write_text
 from tasks.thresholds import (
     Objective,
@@ -314,16 +315,6 @@ def write_report(
     return write_text(path, body)
 
 
-BOARD_METRICS = (
-    "pr_auc",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-    "mcc",
-    "g_mean",
-    "brier_corrected",
-)
 BOARD_EXTRAS = ("f1 @0.5", "recall @0.5", "steps", "train seconds", "calibration", "error")
 
 
@@ -554,7 +545,7 @@ def publish_artifacts(
             row |= {
                 f"tune_{metrics['rank_by']}": round(r["validation"][metrics["rank_by"]], 4),
                 "threshold": round(r["threshold"], 4),
-                **{k: round(r[k], 4) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall")},
+                **{k: round(r[k], 4) for k in HEADLINE_METRICS},
             }
         rows.append(row)
     create_table_artifact(

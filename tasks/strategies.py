@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from tasks.calibration import Calibration
 from tasks.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tasks.config import TrainConfig
 
 REFERENCE = "reference"  # HistGradientBoosting on the same splits; ranked, never champion
 FOCAL_GAMMA = 2.0
@@ -59,8 +56,9 @@ class Strategy:
     batches: Literal["shuffled", "balanced"] = "shuffled"
     ensemble: bool = False  # average config.ensemble_k members, member i sampled with seed + i
 
-    def members(self, config: TrainConfig) -> int:
-        return config.ensemble_k if self.ensemble else 1
+    def members(self, ensemble_k: int) -> int:
+        """How many networks this strategy trains, given `--ensemble-k`."""
+        return ensemble_k if self.ensemble else 1
 
     def class_weights(self, y: np.ndarray) -> dict[int, float] | None:
         """Balanced weights n / (2 * n_class) (scikit-learn's compute_class_weight)."""

@@ -36,6 +36,13 @@ from tasks.model import (
     schedule,
     steps_per_epoch,
 )
+from tasks.records import (
+    AT_HALF,
+    LEADERBOARD_COLUMNS,
+    TEST_METRICS,
+    THRESHOLD_METRICS,
+    check_branch,
+)
 from tasks.storage import (
     atomic_path,
     location,
@@ -49,19 +56,6 @@ from tasks.thresholds import Objective, objective_values, parse_objective, tune_
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "stop", "tune", "test")
-METRIC_KEYS = (
-    "pr_auc",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-    "mcc",
-    "balanced_accuracy",
-    "g_mean",
-    "brier",
-    "log_loss",
-    "confusion_matrix",
-)
 
 
 @dataclass
@@ -77,7 +71,7 @@ class Part:
     store: StoreRows | None = None
 
     @property
-    def streamed(self) -> bool:
+    def out_of_core(self) -> bool:
         return self.store is not None
 
     def widths(self) -> tuple[int, int, int]:
@@ -196,7 +190,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
             inputs=one_hot_inputs(values, codes, cardinalities),
         )
 
-    def streamed(path: UPath) -> Part:
+    def from_store(path: UPath) -> Part:
         frame = read_parquet(path, columns=[TARGET_COLUMN, ID_COLUMN])
         return Part(
             numeric=None,
@@ -211,7 +205,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     half = validation[ID_COLUMN].map(halves)
     train_path = feature_set.split_path("train")
     return {
-        "train": streamed(train_path)
+        "train": from_store(train_path)
         if manifest.get("out_of_core")
         else part(read_parquet(train_path)),
         "stop": part(validation[half == "stop"]),
@@ -298,13 +292,13 @@ def fit_neural(
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     true_prior = float(train.y.mean())
     models, members, calibration = [], [], None
-    for member in range(strategy.members(config)):
+    for member in range(strategy.members(config.ensemble_k)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"
         sample = resample(strategy, train, seed, prep)
         if sample.rows is None:  # synthesised rows: their own (budget-checked) copy
             x = one_hot_inputs(sample.numeric, sample.codes, cardinalities)
             stream, seen = BatchStream(x, sample.y, batch, seed, balanced), sample.y
-        elif train.streamed:  # out of core: positions into the stored split, read by row group
+        elif train.out_of_core:  # out of core: positions into the stored split, read by row group
             stream = RowGroupStream(train.store, train.y, batch, seed, balanced, sample.rows)
             seen = train.y[sample.rows]
         else:  # positions into the shared arrays
@@ -351,7 +345,7 @@ def fit_neural(
                 "steps_per_full_pass": steps_per_epoch(len(train.y), batch),
             },
             "training_data": "streamed from the store by row group"
-            if train.streamed
+            if train.out_of_core
             else "in memory",
         },
     )
@@ -370,7 +364,7 @@ def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str
 
     train = parts["train"]
     info: dict[str, Any] = {}
-    if train.streamed:
+    if train.out_of_core:
         rows = np.arange(len(train.y))
         if len(rows) > REFERENCE_STREAMED_ROWS:
             rng = np.random.default_rng(config.seed)
@@ -410,9 +404,6 @@ def _prediction_gate(name: str, probabilities: dict[str, np.ndarray]) -> None:
         {"probability": np.concatenate([probabilities["tune"], probabilities["test"]])}
     )
     gates.validate(f"predictions[{name}]", "predictions", frame, {}, {})
-
-
-THRESHOLD_METRICS = ("f1", "mcc", "balanced_accuracy", "g_mean", "objective")
 
 
 def crossfit(
@@ -482,9 +473,7 @@ def finish_branch(
         "trained_prior": scores.trained_prior,
         "true_prior": true_prior,
         "calibration": scores.calibration.model_dump() | {"summary": scores.calibration.summary},
-        **{k: at_threshold[k] for k in METRIC_KEYS},
-        "brier_corrected": at_threshold["brier_corrected"],
-        "log_loss_corrected": at_threshold["log_loss_corrected"],
+        **{k: at_threshold[k] for k in TEST_METRICS},
         "at_0_5": at_half,
         "validation": validation,
         **{
@@ -522,7 +511,7 @@ def train_branch(
         needed = synthetic_copy_bytes(STRATEGIES[name], parts["train"]) if synthetic else 0
         budget = config.memory_budget_bytes
         reason = None
-        if synthetic and parts["train"].streamed:
+        if synthetic and parts["train"].out_of_core:
             reason = (
                 f"skipped: it synthesises rows from the whole training split in memory "
                 f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store"
@@ -551,6 +540,7 @@ def train_branch(
         }
         raise BranchFailed(record) from exc
     record["finished_at"] = _now()
+    check_branch(record)  # a missing or mistyped key fails here, naming it
     log.info(
         "strategy %s: tuning-half %s %.4f, threshold %.4f",
         name,
@@ -580,35 +570,6 @@ def select(records: list[dict[str, Any]], rank_by: str) -> tuple[list[dict[str, 
     return ok + rest, selected
 
 
-LEADERBOARD_COLUMNS = (
-    "rank",
-    "strategy",
-    "status",
-    "eligible",
-    "threshold",
-    "validation_rank_metric",
-    "pr_auc",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-    "mcc",
-    "balanced_accuracy",
-    "g_mean",
-    "brier",
-    "log_loss",
-    "brier_corrected",
-    "log_loss_corrected",
-    "f1_at_0_5",
-    "recall_at_0_5",
-    "precision_at_0_5",
-    "steps",
-    "train_seconds",
-    "calibration_method",
-    "error",
-)
-
-
 def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LEADERBOARD_COLUMNS, extrasaction="ignore")
@@ -618,5 +579,5 @@ def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) 
             if r["status"] == "ok":
                 row["validation_rank_metric"] = rank_value(r, rank_by)
                 row["calibration_method"] = r["calibration"]["method"]
-                row |= {f"{k}_at_0_5": r["at_0_5"][k] for k in ("f1", "recall", "precision")}
+                row |= {f"{k}_at_0_5": r["at_0_5"][k] for k in AT_HALF}
             writer.writerow(row)

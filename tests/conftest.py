@@ -27,6 +27,37 @@ from tasks.config import TrainConfig  # noqa: E402
 
 DATA_DIR = Path(__file__).parent / "data"
 SYNTHETIC = DATA_DIR / "synthetic.csv"
+
+
+# the synthetic fixture's columns, as settings
+SYNTHETIC_SETTINGS = {
+    "data": str(SYNTHETIC),
+    "target": "churned",
+    "positive": "yes",
+    "id": "account_id",
+    "categorical": ["segment"],
+}
+
+# what a completed run directory holds, on every store
+RUN_FILES = [
+    "MODEL_CARD.md",
+    "branches",
+    "leaderboard.csv",
+    "metrics.json",
+    "model",
+    "report.html",
+    "run.json",
+    "seen_rows.parquet",
+]
+
+
+def argv(template: str, *extra: str, **values: object) -> list[str]:
+    """Command-line arguments from one line: `argv("--data {data} --epochs 2", data=path)`.
+    The template is split on whitespace before the values go in, so a path with spaces stays
+    one argument; `extra` lists are appended."""
+    return [token.format(**values) for token in template.split()] + list(extra)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 FAST = {
@@ -59,15 +90,7 @@ def synthetic_frame() -> pd.DataFrame:
 
 def fast_config(output: Path, **overrides) -> TrainConfig:
     """TrainConfig for the synthetic data with fast training; keyword arguments override."""
-    settings = {
-        "data": str(SYNTHETIC),
-        "target": "churned",
-        "positive": "yes",
-        "id": "account_id",
-        "categorical": ["segment"],
-        "output": str(output),
-        **FAST,
-    }
+    settings = {**SYNTHETIC_SETTINGS, "output": str(output), **FAST}
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -151,28 +174,12 @@ def tiny_model(tmp_path_factory):
     output = tmp_path_factory.mktemp("tiny-model") / "runs"
     assert (
         train_main(
-            [
-                "--data",
-                str(SYNTHETIC),
-                "--target",
-                "churned",
-                "--positive",
-                "yes",
-                "--id",
-                "account_id",
-                "--categorical",
-                "segment",
-                "--output",
-                str(output),
-                "--hidden",
-                "4",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "64",
-                "--strategies",
-                "baseline",
-            ]
+            argv(
+                "--data {a0} --target churned --positive yes --id account_id --categorical segment "
+                "--output {output} --hidden 4 --epochs 1 --batch-size 64 --strategies baseline",
+                a0=SYNTHETIC,
+                output=output,
+            )
         )
         == 0
     )

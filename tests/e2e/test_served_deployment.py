@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAST, SYNTHETIC
+from tests.conftest import FAST, SYNTHETIC_SETTINGS
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,18 +69,9 @@ def server(tmp_path):
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "server.log"
     with open(log, "w") as out:
+        command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*command, "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -108,16 +99,8 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     output = tmp_path / "runs"
-    config = {
-        "data": str(SYNTHETIC),
-        "target": "churned",
-        "positive": "yes",
-        "id": "account_id",
-        "categorical": ["segment"],
-        "output": str(output),
-        "strategies": ["baseline", "class_weight"],
-        **FAST,
-    }
+    strategies = ["baseline", "class_weight"]
+    config = {**SYNTHETIC_SETTINGS, "output": str(output), "strategies": strategies, **FAST}
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = os.environ | {
@@ -127,15 +110,9 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
     }
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
+        command = [sys.executable, "deployments/serve.py", "--model-name", "synthetic-churned"]
         served = subprocess.Popen(
-            [
-                sys.executable,
-                "deployments/serve.py",
-                "--config",
-                str(config_file),
-                "--model-name",
-                "synthetic-churned",
-            ],
+            [*command, "--config", str(config_file)],
             cwd=ROOT,
             env=env,
             stdout=out,

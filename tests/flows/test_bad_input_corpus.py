@@ -19,9 +19,9 @@ import pytest
 
 from flows.predict import main as predict_main
 from flows.train import main as train_main
-from tests.conftest import SYNTHETIC
+from tests.conftest import SYNTHETIC, argv
 
-FAST_FLAGS = ["--hidden", "4", "--epochs", "1", "--batch-size", "64", "--strategies", "baseline"]
+FAST_FLAGS = argv("--hidden 4 --epochs 1 --batch-size 64 --strategies baseline")
 
 
 def base() -> pd.DataFrame:
@@ -195,7 +195,7 @@ TRAINING_CASES = [
         "tied classes",
         csv(changed(churned=lambda f: np.where(np.arange(len(f)) % 2, "yes", "no"))),
         r"classes are tied",
-        ["--target", "churned", "--id", "account_id", "--categorical", "segment"],
+        argv("--target churned --id account_id --categorical segment"),
         standard=False,
     ),
     Case(
@@ -342,20 +342,13 @@ def test_bad_training_input_is_refused_by_name(case, tmp_path, capsys):
     data = case.build(tmp_path)
     output = tmp_path / "runs"
     flags = [f.replace("{dir}", str(tmp_path)) for f in case.flags]
-    standard = [
-        "--target",
-        "churned",
-        "--positive",
-        "yes",
-        "--id",
-        "account_id",
-        "--categorical",
-        "segment",
-    ]
+    standard = argv("--target churned --positive yes --id account_id --categorical segment")
     if not case.standard:
         standard = []
-    argv = ["--data", str(data), "--output", str(output), *FAST_FLAGS, *standard, *flags]
-    code = train_main(argv)
+    args = argv(
+        "--data {data} --output {output}", *FAST_FLAGS, *standard, *flags, data=data, output=output
+    )
+    code = train_main(args)
     err = capsys.readouterr().err
     assert code == 2, err
     assert re.search(case.message, err, re.S), err
@@ -437,20 +430,17 @@ def test_bad_prediction_input_is_refused_by_name(case, model, tmp_path, capsys):
     data = case.build(tmp_path)
     out = tmp_path / "scored.parquet"
     flags = [f.replace("{dir}", str(tmp_path)) for f in case.flags]
-    argv = [
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--output",
-        str(tmp_path),
+    args = argv(
+        "--model {model} --data {data} --out {out} --output {tmp_path}",
         *flags,
-    ]
+        model=model,
+        data=data,
+        out=out,
+        tmp_path=tmp_path,
+    )
     if "--model" in flags:
-        argv = argv[2:]
-    code = predict_main(argv)
+        args = args[2:]
+    code = predict_main(args)
     err = capsys.readouterr().err
     assert code == 2, err
     assert re.search(case.message, err, re.S), err
@@ -466,7 +456,12 @@ def test_good_controls_pass(model, tmp_path, capsys):
     out = tmp_path / "scored.csv"
     copied = tmp_path / "elsewhere" / "model"  # a complete model directory copied anywhere
     shutil.copytree(Path(model).resolve(), copied)
-    assert predict_main(["--model", str(copied), "--data", str(data), "--out", str(out)]) == 0
+    assert (
+        predict_main(
+            argv("--model {copied} --data {data} --out {out}", copied=copied, data=data, out=out)
+        )
+        == 0
+    )
     capsys.readouterr()
     scored = pd.read_csv(out)
     assert len(scored) == 400 and np.isfinite(scored.probability).all()
@@ -477,7 +472,12 @@ def test_good_controls_pass(model, tmp_path, capsys):
     out = tmp_path / "messy.parquet"
     assert (
         predict_main(
-            ["--model", str(model), "--data", str(data), "--out", str(out), "--on-bad-rows", "skip"]
+            argv(
+                "--model {model} --data {data} --out {out} --on-bad-rows skip",
+                model=model,
+                data=data,
+                out=out,
+            )
         )
         == 0
     )
@@ -509,23 +509,13 @@ def test_boolean_labels_and_integer_codes_round_trip(tmp_path, capsys):
     output = tmp_path / "runs"
     assert (
         train_main(
-            [
-                "--data",
-                str(data),
-                "--target",
-                "churned",
-                "--positive",
-                "true",
-                "--id",
-                "account_id",
-                "--categorical",
-                "segment,region",
-                "--impute",
-                "most_frequent",
-                "--output",
-                str(output),
+            argv(
+                "--data {data} --target churned --positive true --id account_id --categorical "
+                "segment,region --impute most_frequent --output {output}",
                 *FAST_FLAGS,
-            ]
+                data=data,
+                output=output,
+            )
         )
         == 0
     )
@@ -535,16 +525,12 @@ def test_boolean_labels_and_integer_codes_round_trip(tmp_path, capsys):
     new.to_csv(new_data, index=False)
     out = tmp_path / "scored.parquet"
     code = predict_main(
-        [
-            "--model",
-            str(output / "latest" / "model"),
-            "--data",
-            str(new_data),
-            "--out",
-            str(out),
-            "--on-unseen",
-            "refuse",
-        ]
+        argv(
+            "--model {a0} --data {new_data} --out {out} --on-unseen refuse",
+            a0=output / "latest" / "model",
+            new_data=new_data,
+            out=out,
+        )
     )
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
@@ -563,21 +549,13 @@ def test_class_labels_that_look_like_mathtext_still_get_a_report(tmp_path, capsy
     output = tmp_path / "runs"
     assert (
         train_main(
-            [
-                "--data",
-                str(data),
-                "--target",
-                "churned",
-                "--positive",
-                "$churn",
-                "--id",
-                "account_id",
-                "--categorical",
-                "segment",
-                "--output",
-                str(output),
+            argv(
+                "--data {data} --target churned --positive $churn --id account_id --categorical "
+                "segment --output {output}",
                 *FAST_FLAGS,
-            ]
+                data=data,
+                output=output,
+            )
         )
         == 0
     )

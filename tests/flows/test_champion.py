@@ -10,7 +10,7 @@ import pytest
 
 from flows.champion import main as champion_main
 from flows.train import train_flow
-from tests.conftest import SYNTHETIC, fast_config
+from tests.conftest import SYNTHETIC, argv, fast_config
 
 BASELINE_ONLY = {"strategies": ["baseline"], "bootstrap": 1000}
 
@@ -81,35 +81,23 @@ def test_schema_change_promotes_with_that_reason(lineage, tmp_path):
     assert registry(output)["champion"]["run_id"] != result.run_id
 
 
+def champion(output: Path, command: str, **values: object) -> int:
+    """`python -m flows.champion --output OUTPUT COMMAND...` in this process."""
+    return champion_main(argv("--output {output} " + command, output=output, **values))
+
+
 def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     output, first, _, forced = lineage
     assert champion_main(["--output", str(output), "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["name"] == "synthetic-churned"
 
-    assert (
-        champion_main(
-            ["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]
-        )
-        == 0
-    )
+    assert champion(output, "rollback synthetic-churned --to {run}", run=first.run_id) == 0
     capsys.readouterr()
     assert registry(output)["champion"]["run_id"] == first.run_id
     assert registry(output)["history"][-1]["event"] == "rolled_back_to"
 
-    assert (
-        champion_main(
-            [
-                "--output",
-                str(output),
-                "set-threshold",
-                "synthetic-churned",
-                "--objective",
-                "fbeta:2",
-            ]
-        )
-        == 0
-    )
+    assert champion(output, "set-threshold synthetic-churned --objective fbeta:2") == 0
     changed = json.loads(capsys.readouterr().out)
     # a new model version beside the old one; the old one is untouched (rollback target)
     old_meta = json.loads((Path(first.model_dir) / "model.json").read_text())
@@ -147,12 +135,7 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     capsys.readouterr()
     assert registry(output)["champion"]["run_id"] == forced.run_id
     assert registry(output)["history"][-1]["event"] == "promoted_manually"
-    assert (
-        champion_main(
-            ["--output", str(output), "rollback", "synthetic-churned", "--to", first.run_id]
-        )
-        == 0
-    )
+    assert champion(output, "rollback synthetic-churned --to {run}", run=first.run_id) == 0
     capsys.readouterr()
 
     assert champion_main(["--output", str(output), "show", "synthetic-churned"]) == 0
@@ -160,7 +143,7 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     assert shown["champion"]["run_id"] == first.run_id
 
     assert (
-        champion_main(["--output", str(output), "rollback", "synthetic-churned", "--to", "nope"])
+        champion_main(argv("--output {output} rollback synthetic-churned --to nope", output=output))
         == 2
     )
     assert "not in the registry's history" in capsys.readouterr().err
@@ -301,28 +284,17 @@ def test_new_levels_are_scored_and_an_unreadable_champion_is_kept(tmp_path):
     # saw, so it is kept (with its feature set still there, its ids decide instead)
     Path(champion["seen_rows"]).unlink()
     shutil.rmtree(Path(first.feature_set.path))
-    d = decision(
-        train_flow(
-            weekly_config(
-                output,
-                weekly_file(tmp_path / "w4.csv", week1.iloc[:-2]),
-                id="account_id",
-                promote_margin=-1.0,
-            )
+
+    def retrain(name: str, rows: pd.DataFrame) -> dict:
+        data = weekly_file(tmp_path / name, rows)
+        return decision(
+            train_flow(weekly_config(output, data, id="account_id", promote_margin=-1.0))
         )
-    )
+
+    d = retrain("w4.csv", week1.iloc[:-2])
     assert d["action"] == "keep" and d["reason"] == "champion_rows_unknown"
 
     shutil.rmtree(Path(champion["model_dir"]))
-    d = decision(
-        train_flow(
-            weekly_config(
-                output,
-                weekly_file(tmp_path / "w5.csv", week1.iloc[:-3]),
-                id="account_id",
-                promote_margin=-1.0,
-            )
-        )
-    )
+    d = retrain("w5.csv", week1.iloc[:-3])
     assert d["action"] == "keep" and d["reason"] == "champion_unreadable"
     assert registry_of(output, "weekly")["champion"]["run_id"] == first.run_id

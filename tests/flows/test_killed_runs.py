@@ -15,31 +15,14 @@ from pathlib import Path
 from flows.predict import main as predict_main
 from tasks.runs import OWNER_FILE
 from tasks.storage import read_pointer
-from tests.conftest import SYNTHETIC
+from tests.conftest import SYNTHETIC, argv
 
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = [
-    "--data",
-    str(SYNTHETIC),
-    "--target",
-    "churned",
-    "--positive",
-    "yes",
-    "--id",
-    "account_id",
-    "--categorical",
-    "segment",
-    "--hidden",
-    "4",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "64",
-    "--strategies",
-    "baseline,ensemble",
-    "--ensemble-k",
-    "2",
-]
+FLAGS = argv(
+    "--data {a0} --target churned --positive yes --id account_id --categorical segment --hidden 4 "
+    "--epochs 2 --batch-size 64 --strategies ensemble --ensemble-k 2",
+    a0=SYNTHETIC,
+)
 
 # stage -> a file that exists only once the run has reached it
 STAGES = {
@@ -113,7 +96,7 @@ def test_runs_killed_at_each_stage_leave_nothing_that_is_read_and_the_next_run_s
     out = tmp_path / "scored.parquet"
     assert (
         predict_main(
-            ["--model", str(latest / "model"), "--data", str(SYNTHETIC), "--out", str(out)]
+            argv("--model {a0} --data {a1} --out {out}", a0=latest / "model", a1=SYNTHETIC, out=out)
         )
         == 0
     )

@@ -11,26 +11,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tasks.stream as stream
+import tasks.out_of_core.batches as batches
 from flows.train import train_flow
+from tasks import out_of_core
 from tasks.errors import DataInputError, GateFailed
-from tasks.stream import RunningMoments, streaming_reason, uncompressed_size
+from tasks.out_of_core.batches import RunningMoments, uncompressed_size
 from tests.conftest import SYNTHETIC, fast_config
 
 
 @pytest.fixture
 def small_batches(monkeypatch):
     """Batches of 64 rows and a 150-row sample, so 400 rows exercise every merge."""
-    monkeypatch.setattr(stream, "BATCH_ROWS", 64)
-    monkeypatch.setattr(stream, "SAMPLE_ROWS", 150)
+    monkeypatch.setattr(batches, "BATCH_ROWS", 64)
+    monkeypatch.setattr(batches, "SAMPLE_ROWS", 150)
 
 
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
     """One out-of-core run on the synthetic CSV, gzipped, with small batches."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(stream, "BATCH_ROWS", 64)
-    mp.setattr(stream, "SAMPLE_ROWS", 150)
+    mp.setattr(batches, "BATCH_ROWS", 64)
+    mp.setattr(batches, "SAMPLE_ROWS", 150)
     tmp = tmp_path_factory.mktemp("streamed")
     data = tmp / "synthetic.csv.gz"
     data.write_bytes(gzip.compress(SYNTHETIC.read_bytes()))
@@ -165,13 +166,13 @@ def test_only_files_over_the_budget_stream(tmp_path):
     data = tmp_path / "d.csv.gz"
     data.write_bytes(gzip.compress(SYNTHETIC.read_bytes()))
     assert uncompressed_size(data) == SYNTHETIC.stat().st_size
-    assert streaming_reason(fast_config(tmp_path, data=str(data))) is None  # no budget
-    assert streaming_reason(fast_config(tmp_path, data=str(data), memory_budget="1GB")) is None
-    assert "over --memory-budget 1KB" in streaming_reason(
+    assert out_of_core.reason(fast_config(tmp_path, data=str(data))) is None  # no budget
+    assert out_of_core.reason(fast_config(tmp_path, data=str(data), memory_budget="1GB")) is None
+    assert "over --memory-budget 1KB" in out_of_core.reason(
         fast_config(tmp_path, data=str(data), memory_budget="1KB")
     )
     assert (
-        streaming_reason(fast_config(tmp_path, data="breast_cancer", memory_budget="1KB")) is None
+        out_of_core.reason(fast_config(tmp_path, data="breast_cancer", memory_budget="1KB")) is None
     )
     table = tmp_path / "d.parquet"
     pd.DataFrame({"a": np.zeros(1000), "b": ["x"] * 1000}).to_parquet(table)
@@ -185,4 +186,4 @@ def test_a_header_without_rows_is_bad_input(tmp_path):
         tmp_path / "runs", data=str(data), id=None, categorical=[], memory_budget="1B"
     )
     with pytest.raises(DataInputError, match="header but no rows"):
-        stream.ingest_streaming.fn(config, tmp_path, "test")
+        out_of_core.ingest.fn(config, tmp_path)

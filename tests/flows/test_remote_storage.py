@@ -14,7 +14,7 @@ from flows.champion import main as champion_main
 from flows.predict import predict_flow
 from flows.train import train_flow
 from tasks.storage import location, read_parquet, read_pointer, remove_tree
-from tests.conftest import SYNTHETIC, fast_config
+from tests.conftest import RUN_FILES, SYNTHETIC, argv, fast_config
 
 STRATEGIES = ["baseline", "undersample"]
 
@@ -40,16 +40,7 @@ def test_runs_land_on_a_store_without_rename(memory_runs):
         run_dir = location(result.run_dir)
         run = json.loads((run_dir / "run.json").read_text())
         assert run["status"] == "completed"
-        assert sorted(p.name for p in run_dir.iterdir()) == [
-            "MODEL_CARD.md",
-            "branches",
-            "leaderboard.csv",
-            "metrics.json",
-            "model",
-            "report.html",
-            "run.json",
-            "seen_rows.parquet",
-        ]
+        assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
         assert "work" not in [p.name for p in run_dir.iterdir()]  # intermediates stayed local
     assert read_pointer(output, "latest").name == second.run_id  # a pointer file, not a symlink
     members = sorted(p.name for p in (location(second.model_dir)).iterdir())
@@ -122,14 +113,10 @@ def test_champion_cli_on_a_url_registry(memory_runs, capsys):
     ]
     assert (
         champion_main(
-            [
-                "--output",
-                config.output,
-                "set-threshold",
-                "synthetic-churned",
-                "--objective",
-                "recall@precision:0.5",
-            ]
+            argv(
+                "--output {a0} set-threshold synthetic-churned --objective recall@precision:0.5",
+                a0=config.output,
+            )
         )
         == 0
     )

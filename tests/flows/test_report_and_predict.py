@@ -16,7 +16,7 @@ from flows.train import train_flow
 from tasks.compare import paired_bootstrap, verdict_text
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective
-from tests.conftest import SYNTHETIC, fast_config
+from tests.conftest import SYNTHETIC, argv, fast_config
 
 
 class Tables(HTMLParser):
@@ -178,7 +178,9 @@ def test_predict_rejects_a_missing_column_naming_it(full_run, tmp_path, capsys):
     data = tmp_path / "no_age.csv"
     raw.drop(columns=["age"]).to_csv(data, index=False)
     out = tmp_path / "scored.parquet"
-    code = predict_main(["--model", result.model_dir, "--data", str(data), "--out", str(out)])
+    code = predict_main(
+        argv("--model {a0} --data {data} --out {out}", a0=result.model_dir, data=data, out=out)
+    )
     assert code == 2
     assert "column 'age' not found" in capsys.readouterr().err
     assert not out.exists()
@@ -194,12 +196,22 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
     data = tmp_path / "unseen.csv"
     unseen.to_csv(data, index=False)
     out = tmp_path / "o.parquet"
-    assert predict_main(["--model", result.run_dir, "--data", str(data), "--out", str(out)]) == 0
+    assert (
+        predict_main(
+            argv("--model {a0} --data {data} --out {out}", a0=result.run_dir, data=data, out=out)
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["unseen_levels"] == {"segment": 3}
     assert len(pd.read_parquet(out)) == len(unseen)
     out.unlink()
     code = predict_main(
-        ["--model", result.run_dir, "--data", str(data), "--out", str(out), "--on-unseen", "refuse"]
+        argv(
+            "--model {a0} --data {data} --out {out} --on-unseen refuse",
+            a0=result.run_dir,
+            data=data,
+            out=out,
+        )
     )
     assert (
         code == 2 and "segment: level not seen in training in 3 row(s)" in capsys.readouterr().err
@@ -210,7 +222,9 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
     bad["amount"] = bad["amount"].astype(str)
     bad.loc[bad.index[0], "amount"] = "lots"
     bad.to_csv(data, index=False)
-    code = predict_main(["--model", result.run_dir, "--data", str(data), "--out", str(out)])
+    code = predict_main(
+        argv("--model {a0} --data {data} --out {out}", a0=result.run_dir, data=data, out=out)
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "column 'amount' is not numeric" in err
@@ -218,16 +232,12 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
 
 def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
     code = predict_main(
-        [
-            "--model",
-            "nope",
-            "--data",
-            str(SYNTHETIC),
-            "--out",
-            str(tmp_path / "o.parquet"),
-            "--output",
-            str(tmp_path),
-        ]
+        argv(
+            "--model nope --data {a0} --out {a1} --output {tmp_path}",
+            a0=SYNTHETIC,
+            a1=tmp_path / "o.parquet",
+            tmp_path=tmp_path,
+        )
     )
     assert code == 2 and "no model at 'nope'" in capsys.readouterr().err
 
@@ -274,7 +284,12 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     data = tmp_path / "rows.csv"
     raw.to_csv(data, index=False)
     out = tmp_path / "ok.parquet"
-    assert predict_main(["--model", result.model_dir, "--data", str(data), "--out", str(out)]) == 0
+    assert (
+        predict_main(
+            argv("--model {a0} --data {data} --out {out}", a0=result.model_dir, data=data, out=out)
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["drift"] in ("ok", "warn") and out.exists()
 
@@ -284,7 +299,12 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     warned = tmp_path / "warned.parquet"
     assert (
         predict_main(
-            ["--model", result.model_dir, "--data", str(shifted_file), "--out", str(warned)]
+            argv(
+                "--model {a0} --data {shifted_file} --out {warned}",
+                a0=result.model_dir,
+                shifted_file=shifted_file,
+                warned=warned,
+            )
         )
         == 0
     )
@@ -297,16 +317,12 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
 
     failed = tmp_path / "failed.parquet"
     code = predict_main(
-        [
-            "--model",
-            result.model_dir,
-            "--data",
-            str(shifted_file),
-            "--out",
-            str(failed),
-            "--drift-action",
-            "fail",
-        ]
+        argv(
+            "--model {a0} --data {shifted_file} --out {failed} --drift-action fail",
+            a0=result.model_dir,
+            shifted_file=shifted_file,
+            failed=failed,
+        )
     )
     err = capsys.readouterr().err
     assert (

@@ -13,14 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tasks.stream as stream
-from flows.train import train_flow
+import tasks.out_of_core.batches as batches
+from flows.train import IN_MEMORY, OUT_OF_CORE, train_flow
 from tasks.errors import GateFailed
-from tasks.features import build_features
-from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN, ingest
-from tasks.outliers import handle_outliers
-from tasks.split import split
-from tasks.stream import ingest_streaming
+from tasks.ingest import HASH_COLUMN, ID_COLUMN, TARGET_COLUMN
 from tests.conftest import FAST
 
 
@@ -58,19 +54,16 @@ def data_config(make_config, path: Path, **overrides):
 
 def run_stages(config, work: Path, out_of_core: bool):
     work.mkdir(parents=True, exist_ok=True)
-    ingested = (
-        ingest_streaming.fn(config, work, "forced by the test")
-        if out_of_core
-        else ingest.fn(config, work)
-    )
-    splits = split.fn(config, ingested, work)
-    outliers = handle_outliers.fn(config, ingested, splits, work)
-    return ingested, splits, build_features.fn(config, ingested, splits, outliers)
+    stages = OUT_OF_CORE if out_of_core else IN_MEMORY  # the two twins, same signatures
+    ingested = stages.ingest.fn(config, work)
+    splits = stages.split.fn(config, ingested, work)
+    outliers = stages.handle_outliers.fn(config, ingested, splits, work)
+    return ingested, splits, stages.build_features.fn(config, ingested, splits, outliers)
 
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(stream, "BATCH_ROWS", 128)
+    monkeypatch.setattr(batches, "BATCH_ROWS", 128)
 
 
 @pytest.mark.parametrize("outlier", ["zscore"])  # a filter: the paths must also drop alike

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = [
     *("--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes"),
     *("--id", "account_id", "--categorical", "segment", "--strategies", "baseline"),
-    *("--hidden", "4", "--epochs", "2", "--batch-size", "64", "--bootstrap", "1000"),
+    *("--hidden", "4", "--epochs", "1", "--batch-size", "64", "--bootstrap", "1000"),
 ]
 
 

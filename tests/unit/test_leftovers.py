@@ -14,7 +14,7 @@ import pytest
 
 from tasks import runs, storage
 from tasks.errors import DataInputError, StorageError
-from tasks.export import read_registry, write_registry
+from tasks.registry import read_registry, write_registry
 from tasks.runs import OWNER_FILE, RunRecord, clean_stale, write_owner
 from tests.conftest import fast_config
 

@@ -11,30 +11,15 @@ from flows.train import main
 from tasks.config import TrainConfig
 from tasks.errors import ConfigError
 from tasks.strategies import STRATEGIES
+from tests.conftest import argv
 
 
 def test_cli_flags_build_the_config():
     config = config_from_args(
-        [
-            "--data",
-            "x.csv",
-            "--target",
-            "Response",
-            "--positive",
-            "1",
-            "--categorical",
-            "Gender,Vehicle_Age",
-            "--split",
-            "0.7,0.15,0.15",
-            "--seed",
-            "7",
-            "--outlier",
-            "iqr",
-            "--strategies",
-            "baseline,smote",
-            "--hidden",
-            "16,8",
-        ]
+        argv(
+            "--data x.csv --target Response --positive 1 --categorical Gender,Vehicle_Age --split "
+            "0.7,0.15,0.15 --seed 7 --outlier iqr --strategies baseline,smote --hidden 16,8"
+        )
     )
     assert config.categorical == ["Gender", "Vehicle_Age"]
     assert config.split == (0.7, 0.15, 0.15)

@@ -10,6 +10,7 @@ Sections
 - scaling:  generated data of the insurance shape (100k, 1M, 5M rows), epochs capped, with
             --memory-budget 1GB (5M rows take the out-of-core path, where SMOTE is skipped): time
             per strategy branch and peak memory of the run, so growth is visible.
+- wide:     569 rows x 5,000 numeric columns, baseline only, 2 epochs, end to end.
 - refuse:   how long `python -m flows.train` takes to refuse a file with a misspelt target column
             (exit 2): the header checks run before Prefect, TensorFlow and scikit-learn load.
 - overhead: the same strategies trained by a plain Python loop on the stored features (no Prefect)
@@ -206,6 +207,26 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
     frame.to_parquet(path, index=False)
 
 
+WIDE_SHAPE = (569, 5000)  # rows x numeric columns
+
+
+def section_wide(work: Path, quick: bool) -> dict[str, Any]:
+    """Many columns: the gates, statistics and preprocessing must scale with cells, not columns."""
+    import numpy as np
+    import pandas as pd
+
+    rows, columns = WIDE_SHAPE
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(rows, columns)).astype("float32")
+    frame = pd.DataFrame(values, columns=[f"x{i}" for i in range(columns)])
+    frame["y"] = (values[:, :5].sum(axis=1) + rng.normal(size=rows) > 2.5).astype(int)
+    path = work / "wide.parquet"
+    frame.to_parquet(path, index=False)
+    args = ["--data", str(path), "--target", "y", "--positive", "1"]
+    args += ["--strategies", "baseline", "--epochs", "2"]
+    return {f"{rows} rows x {columns} numeric columns, baseline, 2 epochs": train(work / "w", args)}
+
+
 SCALING_BUDGET = (
     "1GB"  # 5M rows (~2 GB as pandas tables) take the out-of-core path; SMOTE is skipped there
 )
@@ -345,6 +366,7 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
 SECTIONS = {
     "default": section_default,
     "refuse": section_refuse,
+    "wide": section_wide,
     "insurance": section_insurance,
     "scaling": section_scaling,
     "overhead": section_overhead,

@@ -13,6 +13,7 @@ from upath import UPath
 
 from tasks.config import TrainConfig
 from tasks.ingest import ID_COLUMN
+from tasks.records import Comparison
 from tasks.storage import read_parquet
 from tasks.thresholds import Objective, objective_values, parse_objective
 
@@ -117,23 +118,25 @@ def paired_bootstrap(
         low, high = np.percentile(values, [2.5, 97.5])
         return {"low": float(low), "high": float(high)}
 
-    return {
-        "objective": objective.label,
-        "objective_difference": float(
-            (
-                weighted_objective(ones, y, pred_a, objective)
-                - weighted_objective(ones, y, pred_b, objective)
-            )[0]
-        ),
-        "objective_interval": interval(objective_diff),
-        "pr_auc_difference": float(
-            average_precision_score(y, scores_a) - average_precision_score(y, scores_b)
-        ),
-        "pr_auc_interval": interval(pr_diff),
-        "n_boot": n_boot,
-        "n_rows": int(len(y)),
-        "resampled": "rows" if codes is None else f"{units} groups",
-    }
+    return Comparison.check(
+        {
+            "objective": objective.label,
+            "objective_difference": float(
+                (
+                    weighted_objective(ones, y, pred_a, objective)
+                    - weighted_objective(ones, y, pred_b, objective)
+                )[0]
+            ),
+            "objective_interval": interval(objective_diff),
+            "pr_auc_difference": float(
+                average_precision_score(y, scores_a) - average_precision_score(y, scores_b)
+            ),
+            "pr_auc_interval": interval(pr_diff),
+            "n_boot": n_boot,
+            "n_rows": int(len(y)),
+            "resampled": "rows" if codes is None else f"{units} groups",
+        }
+    )
 
 
 def group_codes(values: np.ndarray) -> np.ndarray:

@@ -118,9 +118,8 @@ class BatchStream(_Stream):
     `shuffled`: a fresh permutation of the rows every pass. `balanced`: every batch is half
     positives, half negatives, each class cycling through its own permutations (the minority
     class is revisited more often; nothing is duplicated in memory). Drawing whole batches keeps
-    the cost per step, not per row: tf.data's element-wise shuffle cost ~40 ms per 2048-row batch
-    and a class-balanced sample_from_datasets ~200 ms (measured on 228k rows), more than the
-    training step itself."""
+    the cost per step, not per row: tf.data's element-wise shuffle and class-balanced sampling
+    cost more per batch than the training step itself (docs/performance.md)."""
 
     def __init__(
         self,
@@ -363,7 +362,7 @@ MAX_STEPS_PER_EXECUTION = 8
 def steps_per_execution(steps: int) -> int:
     """How many training steps Keras runs per call into its compiled loop: the largest divisor
     of the epoch's `steps` up to MAX_STEPS_PER_EXECUTION. Fewer round trips through Python cut
-    a small MLP's training time (~1.4x measured at 112 steps of 2048 rows); a divisor keeps every
+    a small MLP's training time (docs/performance.md); a divisor keeps every
     epoch exactly `steps` long (Keras rounds an epoch up to whole executions), so the updates and
     the early-stopping checks are the same as one step at a time."""
     return next(d for d in range(min(MAX_STEPS_PER_EXECUTION, steps), 0, -1) if steps % d == 0)

@@ -106,6 +106,23 @@ class RunMetrics(Record):
     repeats: dict[str, Any] | None
 
 
+class Interval(BaseModel):
+    low: float
+    high: float
+
+
+class Comparison(Record):
+    """A paired bootstrap of model A minus model B on the same rows (see `tasks.compare`)."""
+
+    objective: str
+    objective_difference: float
+    objective_interval: Interval
+    pr_auc_difference: float
+    pr_auc_interval: Interval
+    n_boot: int
+    n_rows: int
+
+
 class Decision(Record):
     """Champion/challenger: promote or keep, and why (see `tasks.champion`)."""
 

@@ -151,7 +151,7 @@ _PARTS_CACHE: dict[str, dict[str, Part]] = {}
 
 def shared_parts(feature_set: FeatureSet) -> dict[str, Part]:
     """The feature set's arrays, read once per process and shared read-only by the branches that
-    run in it (each branch used to read the three split files itself)."""
+    run in it, so no branch reads the split files again."""
     with _PARTS_LOCK:
         if feature_set.fingerprint not in _PARTS_CACHE:
             _PARTS_CACHE.clear()  # one feature set at a time

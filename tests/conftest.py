@@ -38,6 +38,15 @@ SYNTHETIC_SETTINGS = {
     "categorical": ["segment"],
 }
 
+
+def predict_cli(model: object, data: object, out: object, flags: str = "") -> int:
+    """`python -m flows.predict --model M --data D --out O [flags]` in this process."""
+    from flows.predict import main
+
+    template = "--model {model} --data {data} --out {out} " + flags
+    return main(argv(template, model=model, data=data, out=out))
+
+
 # what a completed run directory holds, on every store
 RUN_FILES = [
     "MODEL_CARD.md",

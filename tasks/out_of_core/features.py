@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
@@ -32,7 +31,6 @@ from tasks.features import (
     impute_and_clip,
 )
 from tasks.ingest import (
-    ID_COLUMN,
     MISSING_LEVEL,
     ROW_COLUMN,
     TARGET_COLUMN,
@@ -40,7 +38,6 @@ from tasks.ingest import (
     LeakWatch,
 )
 from tasks.io import io_task_options
-from tasks.out_of_core import batches
 from tasks.out_of_core.batches import (
     RowLookup,
     TrainingPass,
@@ -50,6 +47,7 @@ from tasks.out_of_core.batches import (
     sample_rows,
     train_moments,
     training_sample,
+    write_splits,
 )
 from tasks.outliers import OutlierResult
 from tasks.split import SPLITS, SplitResult
@@ -245,82 +243,3 @@ def drift_reference(
             "missing_share": reference_counts[c].get(None, 0) / total,
         }
     return stats
-
-
-def write_splits(
-    raw_path: str, lookup: RowLookup, prep, directory: Path, names: tuple[str, ...], seed: int
-) -> tuple[dict[str, dict[str, int]], int]:
-    """Transform every kept row batch by batch into `<directory>/<split>.parquet` (and ids.parquet);
-    returns rows and positives per split, and how many stored numeric values are not finite.
-
-    The training split is written in a seeded random row order (an external shuffle: rows go to
-    random buckets of about `batches.BATCH_ROWS` rows, then each bucket is shuffled and
-    appended), so a source sorted by time or label still streams i.i.d. batches row group by
-    row group."""
-    writers: dict[str, pq.ParquetWriter] = {}
-    counts = {name: {"rows": 0, "positives": 0} for name in names}
-    nonfinite = 0
-    rng = np.random.default_rng(seed)
-    n_buckets = max(1, -(-len(lookup.train_rows()) // batches.BATCH_ROWS))
-    buckets = directory / ".train-buckets"
-    buckets.mkdir()
-
-    def append(name: str, out: pd.DataFrame, path: Path) -> None:
-        table = pa.Table.from_pandas(out, preserve_index=False)
-        if name not in writers:
-            writers[name] = pq.ParquetWriter(path, table.schema)
-        writers[name].write_table(table.cast(writers[name].schema))
-
-    try:
-        for frame in raw_batches(raw_path):
-            rows = frame[ROW_COLUMN].to_numpy()
-            keep = ~lookup.removed[rows]
-            frame, rows = frame[keep], rows[keep]
-            split = lookup.split[rows]
-            ids = pd.DataFrame(
-                {
-                    ID_COLUMN: frame[ID_COLUMN].to_numpy(),
-                    "split": split.astype(str),
-                    "half": lookup.half[rows].astype(str),
-                    "y": frame[TARGET_COLUMN].to_numpy(),
-                }
-            )
-            append("ids", ids, directory / "ids.parquet")
-            for name in names:
-                part = frame[split == name]
-                if part.empty:  # an empty batch part carries no reliable types
-                    continue
-                out = prep.transform(part)
-                nonfinite += int((~np.isfinite(out[prep.numeric].to_numpy(dtype="float64"))).sum())
-                out[TARGET_COLUMN] = part[TARGET_COLUMN].to_numpy(dtype="int8")
-                out[ID_COLUMN] = part[ID_COLUMN].to_numpy()
-                out = out.reset_index(drop=True)
-                counts[name]["rows"] += len(part)
-                counts[name]["positives"] += int(part[TARGET_COLUMN].sum())
-                if name != "train":
-                    append(name, out, directory / f"{name}.parquet")
-                    continue
-                bucket = rng.integers(n_buckets, size=len(out))
-                for b in np.unique(bucket):
-                    append(f"bucket-{b}", out[bucket == b], buckets / f"{b}.parquet")
-        for b in range(n_buckets):
-            writer = writers.pop(f"bucket-{b}", None)
-            if writer is None:
-                continue
-            writer.close()
-            rows = pq.read_table(buckets / f"{b}.parquet")
-            append(
-                "train",
-                rows.take(rng.permutation(rows.num_rows)).to_pandas(),
-                directory / "train.parquet",
-            )
-    finally:
-        for writer in writers.values():
-            writer.close()
-        for path in buckets.glob("*"):
-            path.unlink()
-        buckets.rmdir()
-    missing = [name for name in ("ids", *names) if name not in writers]
-    if missing:  # the split gate guarantees rows in every split; this is a bug, not bad input
-        raise RuntimeError(f"no rows were written for {', '.join(missing)}")
-    return counts, nonfinite

@@ -19,7 +19,7 @@ import pytest
 
 from flows.predict import main as predict_main
 from flows.train import main as train_main
-from tests.conftest import SYNTHETIC, argv
+from tests.conftest import SYNTHETIC, argv, predict_cli
 
 FAST_FLAGS = argv("--hidden 4 --epochs 1 --batch-size 64 --strategies baseline")
 
@@ -456,12 +456,7 @@ def test_good_controls_pass(model, tmp_path, capsys):
     out = tmp_path / "scored.csv"
     copied = tmp_path / "elsewhere" / "model"  # a complete model directory copied anywhere
     shutil.copytree(Path(model).resolve(), copied)
-    assert (
-        predict_main(
-            argv("--model {copied} --data {data} --out {out}", copied=copied, data=data, out=out)
-        )
-        == 0
-    )
+    assert predict_cli(copied, data, out) == 0
     capsys.readouterr()
     scored = pd.read_csv(out)
     assert len(scored) == 400 and np.isfinite(scored.probability).all()
@@ -470,17 +465,7 @@ def test_good_controls_pass(model, tmp_path, capsys):
     data = tmp_path / "messy.csv"
     messy.to_csv(data, index=False)
     out = tmp_path / "messy.parquet"
-    assert (
-        predict_main(
-            argv(
-                "--model {model} --data {data} --out {out} --on-bad-rows skip",
-                model=model,
-                data=data,
-                out=out,
-            )
-        )
-        == 0
-    )
+    assert predict_cli(model, data, out, "--on-bad-rows skip") == 0
     result = json.loads(capsys.readouterr().out)
     assert (
         result["rows"] == 399
@@ -524,14 +509,7 @@ def test_boolean_labels_and_integer_codes_round_trip(tmp_path, capsys):
     new_data = tmp_path / "new.csv"
     new.to_csv(new_data, index=False)
     out = tmp_path / "scored.parquet"
-    code = predict_main(
-        argv(
-            "--model {a0} --data {new_data} --out {out} --on-unseen refuse",
-            a0=output / "latest" / "model",
-            new_data=new_data,
-            out=out,
-        )
-    )
+    code = predict_cli(output / "latest" / "model", new_data, out, "--on-unseen refuse")
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     assert result["unseen_levels"] == {} and result["rows"] == 399

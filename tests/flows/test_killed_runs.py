@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from flows.predict import main as predict_main
 from tasks.runs import OWNER_FILE
 from tasks.storage import read_pointer
-from tests.conftest import SYNTHETIC, argv
+from tests.conftest import SYNTHETIC, argv, predict_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = argv(
@@ -94,10 +93,5 @@ def test_runs_killed_at_each_stage_leave_nothing_that_is_read_and_the_next_run_s
     latest = read_pointer(output, "latest")
     assert json.loads((Path(latest) / "run.json").read_text())["status"] == "completed"
     out = tmp_path / "scored.parquet"
-    assert (
-        predict_main(
-            argv("--model {a0} --data {a1} --out {out}", a0=latest / "model", a1=SYNTHETIC, out=out)
-        )
-        == 0
-    )
+    assert predict_cli(latest / "model", SYNTHETIC, out) == 0
     capsys.readouterr()

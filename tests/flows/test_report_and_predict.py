@@ -16,7 +16,7 @@ from flows.train import train_flow
 from tasks.compare import paired_bootstrap, verdict_text
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective
-from tests.conftest import SYNTHETIC, argv, fast_config
+from tests.conftest import SYNTHETIC, argv, fast_config, predict_cli
 
 
 class Tables(HTMLParser):
@@ -178,9 +178,7 @@ def test_predict_rejects_a_missing_column_naming_it(full_run, tmp_path, capsys):
     data = tmp_path / "no_age.csv"
     raw.drop(columns=["age"]).to_csv(data, index=False)
     out = tmp_path / "scored.parquet"
-    code = predict_main(
-        argv("--model {a0} --data {data} --out {out}", a0=result.model_dir, data=data, out=out)
-    )
+    code = predict_cli(result.model_dir, data, out)
     assert code == 2
     assert "column 'age' not found" in capsys.readouterr().err
     assert not out.exists()
@@ -196,23 +194,11 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
     data = tmp_path / "unseen.csv"
     unseen.to_csv(data, index=False)
     out = tmp_path / "o.parquet"
-    assert (
-        predict_main(
-            argv("--model {a0} --data {data} --out {out}", a0=result.run_dir, data=data, out=out)
-        )
-        == 0
-    )
+    assert predict_cli(result.run_dir, data, out) == 0
     assert json.loads(capsys.readouterr().out)["unseen_levels"] == {"segment": 3}
     assert len(pd.read_parquet(out)) == len(unseen)
     out.unlink()
-    code = predict_main(
-        argv(
-            "--model {a0} --data {data} --out {out} --on-unseen refuse",
-            a0=result.run_dir,
-            data=data,
-            out=out,
-        )
-    )
+    code = predict_cli(result.run_dir, data, out, "--on-unseen refuse")
     assert (
         code == 2 and "segment: level not seen in training in 3 row(s)" in capsys.readouterr().err
     )
@@ -222,9 +208,7 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
     bad["amount"] = bad["amount"].astype(str)
     bad.loc[bad.index[0], "amount"] = "lots"
     bad.to_csv(data, index=False)
-    code = predict_main(
-        argv("--model {a0} --data {data} --out {out}", a0=result.run_dir, data=data, out=out)
-    )
+    code = predict_cli(result.run_dir, data, out)
     err = capsys.readouterr().err
     assert code == 2
     assert "column 'amount' is not numeric" in err
@@ -284,12 +268,7 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     data = tmp_path / "rows.csv"
     raw.to_csv(data, index=False)
     out = tmp_path / "ok.parquet"
-    assert (
-        predict_main(
-            argv("--model {a0} --data {data} --out {out}", a0=result.model_dir, data=data, out=out)
-        )
-        == 0
-    )
+    assert predict_cli(result.model_dir, data, out) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["drift"] in ("ok", "warn") and out.exists()
 
@@ -297,17 +276,7 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     shifted_file = tmp_path / "shifted.csv"
     shifted.to_csv(shifted_file, index=False)
     warned = tmp_path / "warned.parquet"
-    assert (
-        predict_main(
-            argv(
-                "--model {a0} --data {shifted_file} --out {warned}",
-                a0=result.model_dir,
-                shifted_file=shifted_file,
-                warned=warned,
-            )
-        )
-        == 0
-    )
+    assert predict_cli(result.model_dir, shifted_file, warned) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (
         summary["drift"] == "fail"
@@ -316,14 +285,7 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     )
 
     failed = tmp_path / "failed.parquet"
-    code = predict_main(
-        argv(
-            "--model {a0} --data {shifted_file} --out {failed} --drift-action fail",
-            a0=result.model_dir,
-            shifted_file=shifted_file,
-            failed=failed,
-        )
-    )
+    code = predict_cli(result.model_dir, shifted_file, failed, "--drift-action fail")
     err = capsys.readouterr().err
     assert (
         code == 2

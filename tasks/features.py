@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import platform
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,19 +80,21 @@ class Preprocessing(BaseModel):
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Raw feature columns -> scaled float32 numerics and int32 category codes."""
-        out: dict[str, Any] = {}
-        for column in self.numeric:
-            values = impute_and_clip(
-                frame[column].astype("float64"), self.impute_values, self.clip_bounds
-            )
-            out[column] = ((values - self.means[column]) / self.scales[column]).astype("float32")
+        prepared = impute_and_clip(frame, self.numeric, self.impute_values, self.clip_bounds)
+        means = np.array([self.means[c] for c in self.numeric], dtype="float64")
+        scales = np.array([self.scales[c] for c in self.numeric], dtype="float64")
+        scaled = ((prepared.to_numpy() - means) / scales).astype("float32")
+        numeric = pd.DataFrame(scaled, columns=self.numeric, index=frame.index)
+        codes: dict[str, Any] = {}
         for column in self.categorical:
             values = canonical_categories(frame[column])
             if column in self.impute_values:
                 values = values.fillna(self.impute_values[column])
             lookup = {category: code for code, category in enumerate(self.categories[column])}
-            out[column] = values.map(lookup).fillna(-1).astype("int32")
-        return pd.DataFrame(out, index=frame.index)
+            codes[column] = values.map(lookup).fillna(-1).astype("int32")
+        if not codes:
+            return numeric
+        return pd.concat([numeric, pd.DataFrame(codes, index=frame.index)], axis=1)
 
     def snap_whole(self, numeric: np.ndarray) -> np.ndarray:
         """Scaled numerics (columns as in `numeric`) with each whole-number column moved to its
@@ -109,15 +112,21 @@ class Preprocessing(BaseModel):
 
 
 def impute_and_clip(
-    values: pd.Series, impute_values: dict[str, Any], clip_bounds: dict[str, tuple[float, float]]
-) -> pd.Series:
-    """A numeric column (named `values.name`) with its imputed value filled in, then clipped to
-    its bounds: what the scaler is fitted on and applied to."""
-    if values.name in impute_values:
-        values = values.fillna(impute_values[values.name])
-    if values.name in clip_bounds:
-        values = values.clip(*clip_bounds[values.name])
-    return values
+    frame: pd.DataFrame,
+    columns: list[str],
+    impute_values: dict[str, Any],
+    clip_bounds: dict[str, tuple[float, float]],
+) -> pd.DataFrame:
+    """The numeric `columns` as float64 with each column's imputed value filled in, then
+    clipped to its bounds: what the scaler is fitted on and applied to. One vectorised pass
+    over all columns (a column without an imputed value keeps its NaN; without bounds, its
+    range)."""
+    values = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+    fill = np.array([impute_values.get(c, np.nan) for c in columns], dtype="float64")
+    values = np.where(np.isnan(values), fill, values)
+    low = np.array([clip_bounds.get(c, (-np.inf, np.inf))[0] for c in columns], dtype="float64")
+    high = np.array([clip_bounds.get(c, (-np.inf, np.inf))[1] for c in columns], dtype="float64")
+    return pd.DataFrame(np.clip(values, low, high), columns=columns, index=frame.index)
 
 
 def code_matrix(frame: pd.DataFrame, categorical: list[str]) -> np.ndarray:
@@ -171,9 +180,7 @@ def fit_preprocessing(
             impute_values[column] = str(train[column].astype("string").mode().iloc[0])
     clip_bounds = outliers.bounds if outliers.method == "clip" else {}
 
-    prepared = train[numeric].astype("float64")
-    for column in numeric:
-        prepared[column] = impute_and_clip(prepared[column], impute_values, clip_bounds)
+    prepared = impute_and_clip(train, numeric, impute_values, clip_bounds)
     stds = prepared.std(ddof=0)
     constant = [c for c in numeric if not stds[c] > 0]
     if constant:
@@ -217,19 +224,25 @@ def histogram_bins(values: pd.Series) -> dict[str, list[float]]:
 
 
 def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, Any]:
-    """Raw-unit statistics of the training rows per feature (schema and drift reference)."""
+    """Raw-unit statistics of the training rows per feature (schema and drift reference); the
+    numeric ones computed for all columns at once."""
     stats: dict[str, Any] = {}
-    for column in prep.numeric:
-        values = train[column].astype("float64")
-        percentiles = values.quantile([i / 100 for i in range(101)]).tolist()
+    matrix = train[prep.numeric].to_numpy(dtype="float64", na_value=np.nan)
+    present = ~np.isnan(matrix)
+    dtypes = train.dtypes
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column gives NaN
+        percentiles = np.nanquantile(matrix, [i / 100 for i in range(101)], axis=0)
+        means, stds = np.nanmean(matrix, axis=0), np.nanstd(matrix, axis=0)
+    for j, column in enumerate(prep.numeric):
         stats[column] = {
             "kind": "numeric",
-            "dtype": str(train[column].dtype),
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=0)),
-            "percentiles": [float(q) for q in percentiles],
-            "bins": histogram_bins(values),
-            "missing_share": float(values.isna().mean()),
+            "dtype": str(dtypes[column]),
+            "mean": float(means[j]),
+            "std": float(stds[j]),
+            "percentiles": [float(q) for q in percentiles[:, j]],
+            "bins": histogram_bins(pd.Series(matrix[present[:, j], j])),
+            "missing_share": float(1 - present[:, j].mean()) if len(matrix) else 0.0,
             "approximate": False,
         }
     for column in prep.categorical:

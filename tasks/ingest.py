@@ -207,6 +207,9 @@ class LeakWatch:
         self.pairs: dict[str, set] = {c: set() for c in columns}
 
     def update(self, frame: pd.DataFrame, y: np.ndarray) -> None:
+        counts = distinct_counts(frame, list(self.pairs))
+        for column in [c for c, n in counts.items() if n > 2]:
+            del self.pairs[column]  # three values or more in this batch: no copy of the label
         for column in list(self.pairs):
             values = frame[column]
             if values.isna().any():
@@ -236,6 +239,24 @@ class LeakWatch:
                 "drop them "
                 "with --drop"
             )
+
+
+def distinct_counts(frame: pd.DataFrame, columns: list[str]) -> dict[str, int]:
+    """Distinct non-missing values per column; numeric columns counted together in one
+    vectorised pass (sort each column, count the steps), others one by one."""
+    dtypes = frame.dtypes
+    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(dtypes[c])]
+    counts: dict[str, int] = {}
+    if numeric:
+        matrix = np.sort(frame[numeric].to_numpy(dtype="float64", na_value=np.nan), axis=0)
+        present = ~np.isnan(matrix)  # NaNs sort last
+        steps = (np.diff(matrix, axis=0) != 0) & present[1:]
+        distinct = present[:1].astype(int) + steps.sum(axis=0) if len(matrix) else present.sum(0)
+        counts.update(zip(numeric, np.asarray(distinct).reshape(-1).tolist(), strict=True))
+    for column in columns:
+        if column not in counts:
+            counts[column] = int(frame[column].nunique(dropna=True))
+    return {column: counts[column] for column in columns}
 
 
 def is_whole(values: np.ndarray) -> bool:

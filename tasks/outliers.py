@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from tasks import gates
 from tasks.config import TrainConfig
-from tasks.ingest import ROW_COLUMN, TARGET_COLUMN, IngestResult
+from tasks.ingest import ROW_COLUMN, TARGET_COLUMN, IngestResult, distinct_counts
 from tasks.split import SPLIT_COLUMN, SplitResult
 from tasks.storage import write_parquet
 
@@ -42,7 +42,7 @@ class OutlierResult(BaseModel):
 def continuous_columns(train: pd.DataFrame, numeric: list[str]) -> list[str]:
     """Numeric columns with more than two distinct training values (0/1 flags are not
     'outliers')."""
-    return [c for c in numeric if train[c].nunique(dropna=True) > 2]
+    return [c for c, n in distinct_counts(train, numeric).items() if n > 2]
 
 
 def fit_bounds(
@@ -68,10 +68,16 @@ def zscore_bounds(mean: float, std: float, z: float) -> tuple[float, float]:
 
 def outside_bounds(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.Series:
     """True for rows with any column outside its bounds (one joint pass)."""
-    mask = pd.Series(False, index=frame.index)
-    for column, (low, high) in bounds.items():
-        mask |= (frame[column] < low) | (frame[column] > high)
-    return mask
+    return pd.Series(_outside(frame, bounds).any(axis=1), index=frame.index)
+
+
+def _outside(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> np.ndarray:
+    """(rows, columns of `bounds`): whether each value lies outside its column's bounds."""
+    columns = list(bounds)
+    values = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+    low = np.array([bounds[c][0] for c in columns], dtype="float64")
+    high = np.array([bounds[c][1] for c in columns], dtype="float64")
+    return (values < low) | (values > high)
 
 
 def seed_article_rule(
@@ -79,14 +85,18 @@ def seed_article_rule(
 ) -> dict[str, Any]:
     """What the seed article's filter would remove: |z| < 3 kept column after column (z recomputed
     on what is left), on every row of every class, before any split."""
-    kept = frame[columns]
-    for column in columns:
-        values = kept[column]
-        std = values.std(ddof=0)
+    matrix = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+    keep = np.ones(len(frame), dtype=bool)
+    for j in range(len(columns)):
+        values = matrix[keep, j]
+        present = values[~np.isnan(values)]
+        std = present.std() if len(present) else np.nan
         if std == 0 or np.isnan(std):
             continue
-        kept = kept[np.abs((values - values.mean()) / std) < z]
-    removed = labels.drop(index=kept.index)
+        with np.errstate(invalid="ignore"):
+            inside = np.abs((values - present.mean()) / std) < z  # a NaN is not kept
+        keep[np.flatnonzero(keep)[~inside]] = False
+    removed = labels[~keep]
     totals = labels.value_counts()
     return {
         str(label): {
@@ -120,12 +130,11 @@ def handle_outliers(
     clipped = {ingest.positive_label: 0, ingest.negative_label: 0}
     if method in ("zscore", "iqr"):
         removed_mask = (raw[SPLIT_COLUMN] == "train") & outside_bounds(raw, bounds)
-    elif method == "clip":
-        train_labels = labels[train.index]
-        for column, (low, high) in bounds.items():
-            hit = (train[column] < low) | (train[column] > high)
-            for label, count in train_labels[hit].value_counts().items():
-                clipped[label] += int(count)
+    elif method == "clip":  # values clipped per class: every training value out of bounds
+        hits_per_row = _outside(train, bounds).sum(axis=1)
+        train_labels = labels[train.index].to_numpy()
+        for label in clipped:
+            clipped[label] += int(hits_per_row[train_labels == label].sum())
 
     train_labels = labels[raw[SPLIT_COLUMN] == "train"]
     removed_labels = labels[removed_mask]

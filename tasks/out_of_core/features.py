@@ -124,7 +124,7 @@ def fit_preprocessing(
     clip_bounds = outliers.bounds if outliers.method == "clip" else {}
 
     def prepare(values: pd.DataFrame) -> pd.DataFrame:
-        return values.apply(impute_and_clip, args=(impute_values, clip_bounds))
+        return impute_and_clip(values, list(values.columns), impute_values, clip_bounds)
 
     fit = train_moments(raw, lookup, numeric, prepare)
     _refuse_label_copies(raw, lookup, fit, counts, numeric, categorical)

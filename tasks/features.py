@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 from upath import UPath
 
 from tasks import gates
@@ -137,12 +137,26 @@ def code_matrix(frame: pd.DataFrame, categorical: list[str]) -> np.ndarray:
 
 
 class FeatureSet(BaseModel):
-    """Where a validated feature set lives; what later stages receive."""
+    """Where a validated feature set lives; what later stages receive.
+
+    Its manifest (which holds per-feature statistics: thousands of numbers per column) is not a
+    field: Prefect walks every task parameter, element by element, and on wide data that walk
+    cost more than the tasks. It is kept beside the fields, or read from the store on first use."""
 
     fingerprint: str
     path: str
     reused: bool
-    manifest: dict[str, Any]
+    _manifest: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def __init__(self, manifest: dict[str, Any] | None = None, **fields: Any):
+        super().__init__(**fields)
+        self._manifest = manifest
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            self._manifest = json.loads((self.location / MANIFEST).read_text())
+        return self._manifest
 
     @property
     def location(self) -> UPath:

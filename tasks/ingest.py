@@ -11,16 +11,13 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks import gates
+from tasks.columns import HASH_COLUMN, ID_COLUMN, ROW_COLUMN, TARGET_COLUMN
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
 from tasks.io import io_task_options, load_source
 from tasks.preflight import check_columns, header
 from tasks.storage import write_parquet
 
-ROW_COLUMN = "__row"  # 0-based position in the source file
-TARGET_COLUMN = "__y"  # 1 = positive class, 0 = the other
-ID_COLUMN = "__id"  # the --id column's value, or the source row position
-HASH_COLUMN = "__hash"  # 8-byte hash of the row's normalised feature values (row_hashes)
 MISSING_LEVEL = "<NA>"  # how a missing category is keyed in frequencies and drift tables
 NUMERIC_DTYPES = [
     "int8",

@@ -15,15 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.columns import RESERVED_COLUMNS
 from tasks.config import TrainConfig
 from tasks.datasets import BUILTINS
 from tasks.errors import ConfigError, DataInputError
 from tasks.io import SNIFF_BYTES, detect_separator, existing_file, file_kind
 from tasks.storage import is_local, local_path, location
 
-# columns every stage adds to the normalised table; a user column of one of these names would be
-# silently replaced, so it is refused by name
-RESERVED_COLUMNS = ("__row", "__y", "__id", "__hash", "__split", "__half", "__component")
 READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pa.ArrowInvalid)
 
 

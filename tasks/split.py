@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks import gates
+from tasks.columns import HALF_COLUMN, SPLIT_COLUMN
 from tasks.config import TrainConfig
 from tasks.errors import DataInputError
 from tasks.ingest import HASH_COLUMN, ID_COLUMN, ROW_COLUMN, TARGET_COLUMN, IngestResult
@@ -32,8 +33,6 @@ from tasks.storage import write_parquet
 
 SPLITS = ("train", "validation", "test")
 PARTS = ("train", "stop", "tune", "test")  # validation = stop + tune
-SPLIT_COLUMN = "__split"
-HALF_COLUMN = "__half"  # "stop" or "tune" on validation rows, "" elsewhere
 
 
 class SplitResult(BaseModel):

@@ -1,5 +1,5 @@
-"""What the three command lines share: the training flags, the early checks, the temporary
-Prefect server and the one exit-code mapping.
+"""What the three command lines share: the training flags, the early checks and the one exit-code
+mapping (the temporary Prefect server is flows.server).
 
 Exit codes: 0 success; 2 bad input, bad settings or a failed gate (one line naming the cause);
 1 an internal error (its traceback). This module imports no Prefect, TensorFlow or scikit-learn at
@@ -9,13 +9,11 @@ load time, so `python -m flows.train` can refuse a bad file before those heavy i
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,8 +22,6 @@ from tasks.config import TrainConfig, load_config_file
 from tasks.errors import ImbalanceFlowError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-SERVER_START_LOCK = ".imbalance-server-start.lock"  # in PREFECT_HOME
-SERVER_START_SECONDS = 90  # a first start migrates a new database: ~20 s on 2 cores
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -110,30 +106,3 @@ def refuse_bad_training_input_early(argv: list[str]) -> None:
     except (ValidationError, ImbalanceFlowError) as exc:
         report_error(exc)
         sys.exit(2)
-
-
-def start_temporary_server() -> None:
-    """Start Prefect's temporary server now, one process at a time per Prefect home.
-
-    With no `PREFECT_API_URL`, every command-line process starts its own temporary server on
-    the same database (`$PREFECT_HOME/prefect.db`). Each server migrates the database as it
-    starts; two doing so at once on a new database fail ("no such table"). A file lock in the
-    Prefect home makes concurrent start-ups take turns, so the second finds the database
-    migrated; after start-up SQLite's write-ahead log and busy timeout serialise the writes."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_SERVER_EPHEMERAL_ENABLED,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-    )
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    home = Path(PREFECT_HOME.value()).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_SECONDS)
-    with open(home / SERVER_START_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        SubprocessASGIServer().start(timeout=timeout)  # the client reuses this instance

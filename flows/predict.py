@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows.cli import configure_logging, run_command, start_temporary_server
+from flows.cli import configure_logging, run_command
+from flows.server import start_temporary_server
 from tasks.config import DriftSettings
 from tasks.datasets import BUILTINS
 from tasks.io import existing_file

@@ -8,6 +8,9 @@ if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heav
     from flows.cli import refuse_bad_training_input_early
 
     refuse_bad_training_input_early(sys.argv[1:])
+    from flows.server import start_server_early
+
+    start_server_early()  # Prefect's temporary server starts while the imports below run
 
 import importlib
 import logging
@@ -22,7 +25,8 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 from upath import UPath
 
-from flows.cli import config_from_args, configure_logging, run_command, start_temporary_server
+from flows.cli import config_from_args, configure_logging, run_command
+from flows.server import start_temporary_server
 from tasks import out_of_core
 from tasks.branches import repeat_config, select_strategy, train_branches
 from tasks.champion import challenge, seen_rows
@@ -150,9 +154,8 @@ DEFAULT_CONFIG = TrainConfig()  # the built-in dataset with every default; never
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""
-    finish_preloading()  # the command line's background imports, before any step imports them
+    finish_preloading("great_expectations")  # the command line's background import
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
-    configure_tensorflow(config.tf_threads)  # before TensorFlow initialises: branches share 2 cores
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     branches = run.staging / "branches"
     with run:  # on any error: run.json records the failed stage; nothing else is left
@@ -168,6 +171,8 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             feature_set_reused=feature_set.reused,
         )
         with run.stage("train"):
+            finish_preloading("tensorflow")
+            configure_tensorflow(config.tf_threads)  # before TensorFlow initialises
             records = train_branches([*strategies, REFERENCE], feature_sets, config, branches)
         with run.stage("select"):
             chosen = select_strategy(records, config, feature_set, run)
@@ -212,32 +217,37 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
 
 # --- command line ----------------------------------------------------------------------------
 
-_PRELOAD: list[threading.Thread] = []
+_PRELOADING: dict[str, threading.Event] = {}
 
 
 def preload_heavy_modules() -> None:
-    """Import TensorFlow and Great Expectations on a background thread. The command line calls
-    this just before the flow: the imports (~8 s on 2 cores) then overlap Prefect's temporary-
-    server start-up, during which this process mostly waits. The flow joins the thread before its
-    first step (`finish_preloading`): two threads importing one package at once can see it half
-    initialised. Importing does not start TensorFlow's runtime, so its thread pools can still be
-    set afterwards."""
+    """Import Great Expectations, then TensorFlow, on a background thread. The command line
+    calls this just before the flow: the imports (~8 s on 2 cores) overlap Prefect's temporary-
+    server start-up and the data stages, during which this process mostly waits. The flow waits
+    for Great Expectations before its first gate and for TensorFlow before training
+    (`finish_preloading`), and no earlier step imports TensorFlow: two threads importing one
+    package at once can see it half initialised. Importing does not start TensorFlow's runtime,
+    so its thread pools can still be set afterwards."""
+    events = {module: threading.Event() for module in ("great_expectations", "tensorflow")}
+    _PRELOADING.update(events)
 
     def load() -> None:
-        for module in ("tensorflow", "great_expectations"):
+        for module, done in events.items():
             try:
                 importlib.import_module(module)
             except Exception:  # the flow imports it again and reports the error properly
                 log.debug("preloading %s failed", module, exc_info=True)
+            finally:
+                done.set()
 
-    thread = threading.Thread(target=load, name="preload-imports", daemon=True)
-    thread.start()
-    _PRELOAD.append(thread)
+    threading.Thread(target=load, name="preload-imports", daemon=True).start()
 
 
-def finish_preloading() -> None:
-    while _PRELOAD:
-        _PRELOAD.pop().join()
+def finish_preloading(module: str) -> None:
+    """Wait for the background import of `module`, if the command line started one."""
+    event = _PRELOADING.pop(module, None)
+    if event is not None:
+        event.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from tasks.train import (
     release_parts,
     select,
     train_branch,
+    train_stack,
     write_leaderboard,
 )
 
@@ -94,56 +95,77 @@ def repeat_config(config: TrainConfig, repeat: int) -> TrainConfig:
     )
 
 
+def trains_stacked(config: TrainConfig, feature_set: FeatureSet) -> bool:
+    """Whether the strategies' networks train side by side in one program (config.trainer):
+    not when the training split is streamed from the store, which only Keras's loop reads."""
+    streamed = bool(feature_set.manifest.get("out_of_core"))
+    if config.trainer == "stacked" and streamed:
+        log.warning("--trainer stacked: the training split is streamed, so strategies train apart")
+    return config.trainer != "separate" and not streamed
+
+
+def _branch_jobs(
+    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: UPath, repeat: int
+) -> list[tuple[list[str], Any, dict[str, Any]]]:
+    """The tasks of one repeat, longest first, so no long one starts last and runs alone: one
+    stacked task for the networks (or one task per strategy) and one for the reference."""
+    params = {
+        "feature_set": feature_set,
+        "config": repeat_config(config, repeat),
+        "out_dir": str(out_dir if repeat == 0 else out_dir / f"repeat-{repeat}"),
+    }
+    suffix = "" if repeat == 0 else f"-r{repeat}"
+    neural = [n for n in names if n in STRATEGIES]
+    rest = [n for n in names if n not in STRATEGIES]
+    jobs = []
+    if neural and trains_stacked(config, feature_set):
+        stack = train_stack.with_options(task_run_name=f"train-stack{suffix}")
+        jobs.append((neural, stack, params | {"names": neural}))
+    else:
+        rest = sorted(neural, key=lambda n: -STRATEGIES[n].members(config.ensemble_k)) + rest
+    for name in rest:
+        branch = train_branch.with_options(task_run_name=f"train-{name}{suffix}")
+        jobs.append(([name], branch, params | {"name": name}))
+    return jobs
+
+
+def _failed_records(names: list[str], error: BaseException | Any) -> list[dict[str, Any]]:
+    if isinstance(error, BranchFailed):
+        return [error.record]
+    return [
+        {
+            "strategy": name,
+            "status": "failed",
+            "eligible": name != REFERENCE,
+            "error": f"{type(error).__name__}: {error}",
+        }
+        for name in names
+    ]
+
+
 def train_branches(
     names: list[str], feature_sets: list[FeatureSet], config: TrainConfig, out_dir: UPath
 ) -> list[dict[str, Any]]:
-    """Run one task per strategy and repeat, `config.max_parallel` at a time; a failed branch
+    """Train every strategy and repeat, `config.max_parallel` tasks at a time; a failed branch
     becomes a `failed` record instead of failing the run. Repeat r trains on its own split
     (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
-    # longest first (the ensemble trains k members), so no long branch starts last and runs alone
-    by_cost = sorted(
-        names, key=lambda n: -STRATEGIES[n].members(config.ensemble_k) if n in STRATEGIES else 0
-    )
-    jobs = [(name, repeat) for repeat in range(config.repeats) for name in by_cost]
     records = []
     with branch_runner(config) as runner, releasing_parts():
-        futures = []
-        for name, repeat in jobs:
-            label = name if repeat == 0 else f"{name}-r{repeat}"
-            futures.append(
-                (
-                    name,
-                    repeat,
-                    runner.submit(
-                        train_branch.with_options(task_run_name=f"train-{label}"),
-                        {
-                            "name": name,
-                            "feature_set": feature_sets[repeat],
-                            "config": repeat_config(config, repeat),
-                            "out_dir": str(
-                                out_dir if repeat == 0 else out_dir / f"repeat-{repeat}"
-                            ),
-                        },
-                    ),
-                )
+        futures = [
+            (job_names, repeat, runner.submit(fn, params))
+            for repeat in range(config.repeats)
+            for job_names, fn, params in _branch_jobs(
+                names, feature_sets[repeat], config, out_dir, repeat
             )
-        for name, repeat, future in futures:
+        ]
+        for job_names, repeat, future in futures:
             future.wait()
             if future.state.is_completed():
-                record = future.result()
+                result = future.result()
+                done = result if isinstance(result, list) else [result]
             else:
-                error = future.state.result(raise_on_failure=False)
-                record = (
-                    error.record
-                    if isinstance(error, BranchFailed)
-                    else {
-                        "strategy": name,
-                        "status": "failed",
-                        "eligible": name != REFERENCE,
-                        "error": f"{type(error).__name__}: {error}",
-                    }
-                )
-            records.append(record | {"repeat": repeat})
+                done = _failed_records(job_names, future.state.result(raise_on_failure=False))
+            records += [record | {"repeat": repeat} for record in done]
     return records
 
 

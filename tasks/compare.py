@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sklearn.metrics import average_precision_score
 from upath import UPath
 
 from tasks.config import TrainConfig
+from tasks.evaluate import SortedScores, average_precision
 from tasks.ingest import ID_COLUMN
 from tasks.records import Comparison
 from tasks.storage import read_parquet
@@ -50,28 +50,6 @@ def weighted_objective(
     fp = weights @ ((1 - y) * predicted)
     fn = weights @ (y * (1 - predicted))
     return objective_values(tp, fp, fn, objective, n_rows=len(y))
-
-
-class SortedScores:
-    """Scores sorted once, so average precision of any row weighting is two cumulative sums."""
-
-    def __init__(self, y: np.ndarray, scores: np.ndarray):
-        self.order = np.argsort(-scores, kind="mergesort")
-        self.y = y[self.order].astype(np.float64)
-        sorted_scores = scores[self.order]
-        self.last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
-
-    def average_precision(self, weights: np.ndarray) -> np.ndarray:
-        """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it."""
-        w = weights[:, self.order]
-        tp = np.cumsum(w * self.y, axis=1)[:, self.last]
-        fp = np.cumsum(w * (1 - self.y), axis=1)[:, self.last]
-        positives = tp[:, -1:]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            recall = np.where(positives > 0, tp / positives, 0.0)
-        steps = np.diff(recall, axis=1, prepend=0.0)
-        return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)
 
 
 def paired_bootstrap(
@@ -129,7 +107,7 @@ def paired_bootstrap(
             ),
             "objective_interval": interval(objective_diff),
             "pr_auc_difference": float(
-                average_precision_score(y, scores_a) - average_precision_score(y, scores_b)
+                average_precision(y, scores_a) - average_precision(y, scores_b)
             ),
             "pr_auc_interval": interval(pr_diff),
             "n_boot": n_boot,

@@ -113,6 +113,13 @@ class TrainConfig(BaseModel):
         description="scheduler of an existing Dask cluster; default: a local cluster of "
         "max_parallel workers",
     )
+    trainer: Literal["auto", "stacked", "separate"] = Field(
+        "auto",
+        description="stacked: the strategies' networks train side by side in one compiled "
+        "program (one task); separate: one task per strategy, each network through Keras's own "
+        "loop (the reference); auto: stacked unless the training split is streamed from the "
+        "store",
+    )
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
     memory_budget: str | None = Field(
         None,

@@ -1,27 +1,90 @@
-"""Metrics for a binary classifier at a threshold."""
+"""Metrics for a binary classifier at a threshold, computed with numpy.
+
+Each is defined exactly as scikit-learn defines it (tests/unit/test_metrics.py checks them
+against scikit-learn on random scores with ties), without scikit-learn's per-call input checks:
+a run computes them thousands of times (every early-stopping check of every network, every
+threshold of the cross-fit), where those checks cost more than the metric."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from sklearn import metrics
 
 from tasks.calibration import EPS
 
 
+class SortedScores:
+    """Scores sorted once, so average precision of any row weighting is two cumulative sums."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray):
+        scores = np.asarray(scores)
+        self.order = np.argsort(-scores, kind="mergesort")
+        self.y = np.asarray(y)[self.order].astype(np.float64)
+        sorted_scores = scores[self.order]
+        self.last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+
+    def average_precision(self, weights: np.ndarray) -> np.ndarray:
+        """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it.
+        weights: (B, n) row weights (counts of a bootstrap resample); one AP per row of it."""
+        w = weights[:, self.order]
+        tp = np.cumsum(w * self.y, axis=1)[:, self.last]
+        fp = np.cumsum(w * (1 - self.y), axis=1)[:, self.last]
+        positives = tp[:, -1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            recall = np.where(positives > 0, tp / positives, 0.0)
+        steps = np.diff(recall, axis=1, prepend=0.0)
+        return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)
+
+
+def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
+    """PR-AUC as average precision (NaN without positives, where scikit-learn warns)."""
+    return float(SortedScores(y, scores).average_precision(np.ones((1, len(scores))))[0])
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """The probability that a random positive outscores a random negative (ties count half)."""
+    y = np.asarray(y)
+    positives = int((y == 1).sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError("Only one class present in y_true. ROC AUC score is not defined")
+    scores = np.asarray(scores)
+    order = np.argsort(scores, kind="mergesort")
+    ranked = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ranked)) + 1]
+    ends = np.r_[starts[1:], len(ranked)]
+    average_rank = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based, ties averaged
+    ranks = np.empty(len(scores))
+    ranks[order] = average_rank
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def confusion(y: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp) of 0/1 labels and 0/1 predictions."""
+    y, predicted = np.asarray(y).astype(bool), np.asarray(predicted).astype(bool)
+    tp = int(np.count_nonzero(y & predicted))
+    fp = int(np.count_nonzero(~y & predicted))
+    fn = int(np.count_nonzero(y & ~predicted))
+    return len(y) - tp - fp - fn, fp, fn, tp
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
 def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
-    y = np.asarray(y, dtype=np.int64)
-    predicted = (np.asarray(p) >= threshold).astype(np.int64)
-    tn, fp, fn, tp = (int(v) for v in metrics.confusion_matrix(y, predicted, labels=[0, 1]).ravel())
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    specificity = tn / (tn + fp) if tn + fp else 0.0
+    tn, fp, fn, tp = confusion(y, np.asarray(p) >= threshold)
+    recall = _ratio(tp, tp + fn)
+    specificity = _ratio(tn, tn + fp)
+    mcc_denominator = float(np.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
     return {
         "threshold": float(threshold),
-        "f1": float(metrics.f1_score(y, predicted, zero_division=0)),
-        "precision": float(metrics.precision_score(y, predicted, zero_division=0)),
-        "recall": float(recall),
-        "mcc": float(metrics.matthews_corrcoef(y, predicted)),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": recall,
+        "mcc": _ratio(float(tp) * tn - float(fp) * fn, mcc_denominator),
         "balanced_accuracy": float((recall + specificity) / 2),
         "g_mean": float(np.sqrt(recall * specificity)),
         "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
@@ -30,13 +93,14 @@ def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[st
 
 def score_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Threshold-free metrics of one probability vector."""
-    y = np.asarray(y, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64)
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    clipped = np.clip(p, EPS, 1 - EPS)
     return {
-        "pr_auc": float(metrics.average_precision_score(y, p)),
-        "roc_auc": float(metrics.roc_auc_score(y, p)),
-        "brier": float(metrics.brier_score_loss(y, p)),
-        "log_loss": float(metrics.log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1])),
+        "pr_auc": average_precision(y, p),
+        "roc_auc": roc_auc(y, p),
+        "brier": float(np.mean((p - y) ** 2)),
+        "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))),
     }
 
 

@@ -70,6 +70,14 @@ def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[i
     return np.concatenate(blocks, axis=1) if blocks else numeric
 
 
+def _initializers(seed: int, layer: int, output: bool = False):
+    """The kernel initializer of hidden layer `layer` (or of the output layer): seeded by the
+    network's seed only, so every strategy starts from identical hidden weights."""
+    import keras
+
+    return keras.initializers.GlorotUniform(seed=seed + 997 if output else seed + 10 * layer)
+
+
 def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: float):
     """Dense ReLU layers with dropout and a sigmoid output. Hidden initialisers depend only on
     `seed`, so every strategy starts from identical hidden weights; the output bias starts at the
@@ -83,7 +91,7 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
             units,
             activation="relu",
             name=f"hidden_{i}",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 10 * i),
+            kernel_initializer=_initializers(seed, i),
             bias_initializer="zeros",
         )(x)
         if settings.dropout > 0:
@@ -94,10 +102,35 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
         1,
         activation="sigmoid",
         name="probability",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997),
+        kernel_initializer=_initializers(seed, 0, output=True),
         bias_initializer=keras.initializers.Constant(output_bias),
     )(x)
     return keras.Model(inputs, outputs, name="mlp")
+
+
+def initial_weights(
+    n_inputs: int, settings: TrainSettings, seed: int, output_bias: float
+) -> list[np.ndarray]:
+    """The weights build_mlp starts from (kernel, bias per layer), without building a model."""
+    weights, width = [], n_inputs
+    for i, units in enumerate(settings.hidden):
+        weights += [_initializers(seed, i)((width, units)), np.zeros(units)]
+        width = units
+    weights += [_initializers(seed, 0, output=True)((width, 1)), np.full(1, output_bias)]
+    return [np.asarray(w, dtype=np.float32) for w in weights]
+
+
+@dataclass(frozen=True)
+class Network:
+    """One network to train: its batches, its seed (initial weights, dropout), the output bias
+    it starts from and its loss."""
+
+    stream: Any  # BatchStream | RowGroupStream
+    seed: int
+    output_bias: float
+    loss: str  # "bce" | "focal"
+    focal_alpha: float
+    class_weight: dict[int, float] | None
 
 
 class _Stream:
@@ -148,7 +181,9 @@ class BatchStream(_Stream):
                 position, need = position + len(piece), need - len(piece)
             yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def __call__(self):
+    def positions(self):
+        """Endless batches of row positions into `x` (sorted: memory order; the gradient is a
+        mean, so the order within a batch is moot)."""
         rng = np.random.default_rng(self.seed)
         if self.balanced:
             half = self.batch // 2
@@ -159,7 +194,10 @@ class BatchStream(_Stream):
         else:
             chunks = self._cycle(self.rows, rng, self.batch)
         for rows in chunks:
-            rows = np.sort(rows)  # memory order; the gradient is a mean, order within is moot
+            yield np.sort(rows)
+
+    def __call__(self):
+        for rows in self.positions():
             yield self.x[rows], self.y[rows].astype(np.float32)
 
     @property
@@ -249,7 +287,8 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
     One forward pass per check, in chunks: Keras's validation pass would rebuild a tf.data
     pipeline every time."""
     import keras
-    from sklearn.metrics import average_precision_score
+
+    from tasks.evaluate import average_precision
 
     class StopHalf(keras.callbacks.Callback):
         def __init__(self):
@@ -257,13 +296,8 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
             self.best, self.best_check, self.best_weights, self.wait = -np.inf, 0, None, 0
 
         def on_epoch_end(self, epoch, logs=None):
-            scores = np.concatenate(
-                [
-                    np.asarray(self.model.predict_on_batch(x_stop[i : i + 65536])).reshape(-1)
-                    for i in range(0, len(x_stop), 65536)
-                ]
-            )
-            value = float(average_precision_score(y_stop, scores))
+            scores = probabilities(self.model, x_stop)
+            value = average_precision(y_stop, scores)
             if logs is not None:
                 logs["val_pr_auc"] = value
             if value > self.best:
@@ -282,27 +316,20 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
 
 
 def fit_member(
-    stream: BatchStream | RowGroupStream,
-    x_stop: np.ndarray,
-    y_stop: np.ndarray,
-    settings: TrainSettings,
-    *,
-    seed: int,
-    output_bias: float,
-    loss: str,
-    focal_alpha: float,
-    class_weight: dict[int, float] | None,
+    network: Network, x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings
 ) -> tuple[Any, dict[str, Any]]:
-    """Train one model on the batches of `stream` on the shared schedule of `settings`
-    (see TrainSettings), keeping the weights that score best on the stop half."""
+    """Train one network with Keras's own loop on the shared schedule of `settings` (see
+    TrainSettings), keeping the weights that score best on the stop half. The reference for
+    tasks.stacked, and the trainer of training splits streamed from the store."""
     import keras
 
     from tasks.strategies import FOCAL_GAMMA
 
-    model = build_mlp(stream.width, settings, seed, output_bias)
-    if loss == "focal":
+    stream = network.stream
+    model = build_mlp(stream.width, settings, network.seed, network.output_bias)
+    if network.loss == "focal":
         loss_fn = keras.losses.BinaryFocalCrossentropy(
-            apply_class_balancing=True, alpha=focal_alpha, gamma=FOCAL_GAMMA
+            apply_class_balancing=True, alpha=network.focal_alpha, gamma=FOCAL_GAMMA
         )
     else:
         loss_fn = keras.losses.BinaryCrossentropy()
@@ -317,7 +344,7 @@ def fit_member(
         stream.dataset(),
         steps_per_epoch=settings.steps_per_check,
         epochs=settings.max_checks,
-        class_weight=class_weight,
+        class_weight=network.class_weight,
         callbacks=[stopper],
         shuffle=False,  # BatchStream shuffles with its own seed
         verbose=0,
@@ -325,19 +352,45 @@ def fit_member(
     seconds = time.perf_counter() - started
     curve = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     checks = len(curve.get("loss", []))
-    return model, {
+    return model, member_info(checks, stopper.best_check, settings, seconds, curve)
+
+
+def member_info(
+    checks: int,
+    best_check: int,
+    settings: TrainSettings,
+    seconds: float,
+    curve: dict[str, list[float]],
+) -> dict[str, Any]:
+    """What a trained member records: checks run, the best one, steps, time and its curves."""
+    best = best_check or checks
+    return {
         "checks_run": checks,
-        "best_check": stopper.best_check or checks,
+        "best_check": best,
         "steps": checks * settings.steps_per_check,
-        "best_step": (stopper.best_check or checks) * settings.steps_per_check,
+        "best_step": best * settings.steps_per_check,
         "train_seconds": round(seconds, 3),
         "history": curve,
     }
 
 
+SCORE_CHUNK = 65536
+
+
+def probabilities(model: Any, x: np.ndarray) -> np.ndarray:
+    """One model's probabilities for the rows of `x`: direct calls on chunks. Keras's
+    `predict` builds a tf.function per model, retraced for every new model and input size."""
+    return np.concatenate(
+        [
+            np.asarray(model(x[i : i + SCORE_CHUNK], training=False)).reshape(-1)
+            for i in range(0, max(len(x), 1), SCORE_CHUNK)
+        ]
+    ).astype(np.float64)
+
+
 def member_scores(models: list[Any], x: np.ndarray) -> list[np.ndarray]:
     """Each member's probabilities for the rows of `x`."""
-    return [m.predict(x, batch_size=4096, verbose=0).reshape(-1).astype(np.float64) for m in models]
+    return [probabilities(m, x) for m in models]
 
 
 def predict(models: list[Any], x: np.ndarray) -> np.ndarray:

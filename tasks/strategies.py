@@ -60,6 +60,12 @@ class Strategy:
         """How many networks this strategy trains, given `--ensemble-k`."""
         return ensemble_k if self.ensemble else 1
 
+    def trains_like(self, seed: int) -> tuple:
+        """What a member's training depends on besides the data: members of two strategies
+        with equal keys are the same network (ensemble member 0 is `undersample`)."""
+        fields = (self.sampler, self.synthetic, self.class_weighted, self.loss, self.batches)
+        return (*fields, seed)
+
     def class_weights(self, y: np.ndarray) -> dict[int, float] | None:
         """Balanced weights n / (2 * n_class) (scikit-learn's compute_class_weight)."""
         if not self.class_weighted:

@@ -4,6 +4,7 @@ validation tuning half, test metrics for reporting, and selection on the tuning 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from tasks.features import FeatureSet, Preprocessing, code_matrix
 from tasks.ingest import ID_COLUMN, TARGET_COLUMN
 from tasks.model import (
     BatchStream,
+    Network,
     RowGroupStream,
     TrainSettings,
     auto_batch_size,
@@ -270,30 +272,48 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs)
 
 
-def fit_neural(
-    strategy: Strategy,
-    parts: dict[str, Part],
-    config: TrainConfig,
-    prep: Preprocessing,
-    labels: tuple[str, str],
-    model_dir: UPath,
-) -> Scores:
-    train = parts["train"]
-    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
+def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
+    """The network and the schedule every strategy shares on this training split."""
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
-    settings = TrainSettings(
+    return TrainSettings(
         hidden=tuple(config.hidden),
         dropout=config.dropout,
         learning_rate=config.learning_rate,
         batch_size=batch,
         **schedule(len(train.y), minority, batch, config.epochs, config.patience),
     )
-    inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
-    true_prior = float(train.y.mean())
-    models, members, calibration = [], [], None
+
+
+@dataclass
+class MemberPlan:
+    """One member of a strategy, ready to train: its network and the labels its loss sees."""
+
+    member: int
+    network: Network
+    seen: np.ndarray
+    prior: float
+
+
+def plan_members(
+    strategy: Strategy,
+    train: Part,
+    config: TrainConfig,
+    prep: Preprocessing,
+    settings: TrainSettings,
+    known: dict[tuple, MemberPlan] | None = None,
+) -> list[MemberPlan]:
+    """Resample the training split for each member and describe its network. A member that
+    trains exactly like one already in `known` (same sampler, weights, loss, batches and seed:
+    ensemble member 0 and `undersample`) is that member, not a second copy."""
+    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
+    batch, plans = settings.batch_size, []
     for member in range(strategy.members(config.ensemble_k)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"
+        key = strategy.trains_like(seed)
+        if known is not None and key in known:
+            plans.append(dataclasses.replace(known[key], member=member))
+            continue
         sample = resample(strategy, train, seed, prep)
         if sample.rows is None:  # synthesised rows: their own (budget-checked) copy
             x = one_hot_inputs(sample.numeric, sample.codes, cardinalities)
@@ -305,23 +325,42 @@ def fit_neural(
             stream = BatchStream(train.inputs, train.y, batch, seed, balanced, sample.rows)
             seen = train.y[sample.rows]
         prior = strategy.effective_prior(seen)
-        model, info = fit_member(
-            stream,
-            inputs["stop"],
-            parts["stop"].y,
-            settings,
+        network = Network(
+            stream=stream,
             seed=seed,
             output_bias=float(np.log(prior / (1 - prior))),
             loss=strategy.loss,
             focal_alpha=strategy.focal_alpha(seen),
             class_weight=strategy.class_weights(seen),
         )
-        with atomic_path(model_dir / f"member_{member}.keras") as tmp:
+        plans.append(MemberPlan(member, network, seen, prior))
+        if known is not None:
+            known[key] = plans[-1]
+    return plans
+
+
+def neural_scores(
+    strategy: Strategy,
+    plans: list[MemberPlan],
+    fitted: list[tuple[Any, dict[str, Any]]],
+    parts: dict[str, Part],
+    settings: TrainSettings,
+    labels: tuple[str, str],
+    model_dir: UPath,
+) -> Scores:
+    """Save a strategy's trained members and score the validation and test rows with them."""
+    train = parts["train"]
+    models, members = [], []
+    for plan, (model, info) in zip(plans, fitted, strict=True):
+        with atomic_path(model_dir / f"member_{plan.member}.keras") as tmp:
             model.save(tmp)
         models.append(model)
-        if calibration is None:  # members differ only in their seed: one map serves them all
-            calibration = strategy.calibration(seen, true_prior)
-        members.append(info | {"train_class_counts": _counts(seen, labels), "trained_prior": prior})
+        members.append(
+            info | {"train_class_counts": _counts(plan.seen, labels), "trained_prior": plan.prior}
+        )
+    # members differ only in their seed: one map serves them all
+    calibration = strategy.calibration(plans[0].seen, float(train.y.mean()))
+    inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     scores = {name: member_scores(models, x) for name, x in inputs.items()}
     raw = {name: np.mean(s, axis=0) for name, s in scores.items()}
     if calibration is None:
@@ -338,17 +377,33 @@ def fit_neural(
             "members": [{k: v for k, v in m.items() if k != "history"} for m in members],
             "history": [m["history"] for m in members],
             "schedule": {
-                "batch_size": batch,
+                "batch_size": settings.batch_size,
                 "steps_per_check": settings.steps_per_check,
                 "max_steps": settings.max_checks * settings.steps_per_check,
                 "patience_checks": settings.patience,
-                "steps_per_full_pass": steps_per_epoch(len(train.y), batch),
+                "steps_per_full_pass": steps_per_epoch(len(train.y), settings.batch_size),
             },
             "training_data": "streamed from the store by row group"
             if train.out_of_core
             else "in memory",
         },
     )
+
+
+def fit_neural(
+    strategy: Strategy,
+    parts: dict[str, Part],
+    config: TrainConfig,
+    prep: Preprocessing,
+    labels: tuple[str, str],
+    model_dir: UPath,
+) -> Scores:
+    """One strategy on its own, each member through Keras's own loop (the `separate` trainer)."""
+    settings = neural_settings(parts["train"], config)
+    plans = plan_members(strategy, parts["train"], config, prep, settings)
+    stop = parts["stop"]
+    fitted = [fit_member(plan.network, stop.inputs, stop.y, settings) for plan in plans]
+    return neural_scores(strategy, plans, fitted, parts, settings, labels, model_dir)
 
 
 REFERENCE_STREAMED_ROWS = 500_000  # out of core: the reference fits on a sample this large
@@ -478,7 +533,7 @@ def finish_branch(
         "validation": validation,
         **{
             k: scores.info[k]
-            for k in ("members", "schedule", "training_data", "trained_on")
+            for k in ("members", "schedule", "training_data", "trained_on", "trainer")
             if k in scores.info
         },
     }
@@ -488,43 +543,83 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-@task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
-def train_branch(
-    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str
-) -> dict[str, Any]:
-    """Train and evaluate one strategy (or the reference). Raises BranchFailed with the record
-    when anything goes wrong, so the task shows as failed and the run goes on."""
-    record: dict[str, Any] = {
+def _started(name: str) -> dict[str, Any]:
+    return {
         "strategy": name,
         "status": "ok",
         "error": None,
         "started_at": _now(),
         "eligible": name != REFERENCE,
     }
+
+
+def _failed(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    log.error("strategy %s failed: %s: %s", record["strategy"], type(exc).__name__, exc)
+    return record | {
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "finished_at": _now(),
+    }
+
+
+def _finished(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    record["finished_at"] = _now()
+    check_branch(record)  # a missing or mistyped key fails here, naming it
+    log.info(
+        "strategy %s: tuning-half %s %.4f, threshold %.4f",
+        record["strategy"],
+        config.rank_by,
+        rank_value(record, config.rank_by),
+        record["threshold"],
+    )
+    return record
+
+
+def skip_reason(name: str, train: Part, config: TrainConfig) -> str | None:
+    """Why a strategy cannot run on this training split (a synthesising sampler's copy would
+    not fit in memory), or None."""
+    if name == REFERENCE or not STRATEGIES[name].synthetic:
+        return None
+    needed = synthetic_copy_bytes(STRATEGIES[name], train)
+    if train.out_of_core:
+        return (
+            f"skipped: it synthesises rows from the whole training split in memory "
+            f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store"
+        )
+    budget = config.memory_budget_bytes
+    if budget is not None and needed > budget:
+        return (
+            f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} GiB, "
+            f"over --memory-budget {config.memory_budget}"
+        )
+    return None
+
+
+def _skipped(record: dict[str, Any], reason: str) -> dict[str, Any]:
+    log.warning("strategy %s %s", record["strategy"], reason)
+    return record | {"status": "skipped", "error": reason, "finished_at": _now()}
+
+
+def _labels(feature_set: FeatureSet) -> tuple[str, str]:
+    manifest = feature_set.manifest
+    return manifest["positive_label"], manifest["negative_label"]
+
+
+@task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
+def train_branch(
+    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str
+) -> dict[str, Any]:
+    """Train and evaluate one strategy (or the reference) on its own. Raises BranchFailed with
+    the record when anything goes wrong, so the task shows as failed and the run goes on."""
+    record = _started(name)
     branch_dir = location(out_dir) / name
     try:
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
         parts = shared_parts(feature_set)
-        manifest = feature_set.manifest
-        labels = (manifest["positive_label"], manifest["negative_label"])
-        synthetic = name != REFERENCE and STRATEGIES[name].synthetic
-        needed = synthetic_copy_bytes(STRATEGIES[name], parts["train"]) if synthetic else 0
-        budget = config.memory_budget_bytes
-        reason = None
-        if synthetic and parts["train"].out_of_core:
-            reason = (
-                f"skipped: it synthesises rows from the whole training split in memory "
-                f"(~{needed / 2**30:.2f} GiB), which this out-of-core run streams from the store"
-            )
-        elif budget is not None and needed > budget:
-            reason = (
-                f"skipped: its resampled copy of the training split needs ~{needed / 2**30:.2f} "
-                "GiB, "
-                f"over --memory-budget {config.memory_budget}"
-            )
+        reason = skip_reason(name, parts["train"], config)
         if reason:
-            log.warning("strategy %s %s", name, reason)
-            return record | {"status": "skipped", "error": reason, "finished_at": _now()}
+            return _skipped(record, reason)
+        labels = _labels(feature_set)
         if name == REFERENCE:
             scores = fit_reference(parts, config, labels)
         else:
@@ -533,22 +628,80 @@ def train_branch(
         record |= finish_branch(name, scores, parts, config, branch_dir)
     except Exception as exc:
         log.exception("strategy %s failed", name)
-        record |= {
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
-            "finished_at": _now(),
-        }
-        raise BranchFailed(record) from exc
-    record["finished_at"] = _now()
-    check_branch(record)  # a missing or mistyped key fails here, naming it
+        raise BranchFailed(_failed(record, exc)) from exc
+    return _finished(record, config)
+
+
+def _fit_together(
+    networks: list[Network], stop: Part, settings: TrainSettings
+) -> list[tuple[Any, dict[str, Any]] | BaseException]:
+    """The networks trained side by side; should the program itself fail, one at a time, so a
+    failure reaches only the strategies whose own network fails."""
+    from tasks.stacked import fit_stacked
+
+    try:
+        return list(fit_stacked(networks, stop.inputs, stop.y, settings))
+    except Exception:
+        log.exception(
+            "stacked training failed; training the %d networks one at a time", len(networks)
+        )
+    results: list[tuple[Any, dict[str, Any]] | BaseException] = []
+    for network in networks:
+        try:
+            results.append(fit_member(network, stop.inputs, stop.y, settings))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+@task(name="train-stack", cache_policy=NO_CACHE, tags=["training"])
+def train_stack(
+    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str
+) -> list[dict[str, Any]]:
+    """Train and evaluate several strategies whose networks train side by side in one compiled
+    program (tasks.stacked), then tune and evaluate each on its own. Returns one record per
+    strategy, failed or skipped ones included: a strategy that fails never sinks the others."""
+    configure_tensorflow(config.tf_threads)
+    parts = shared_parts(feature_set)
+    train, stop = parts["train"], parts["stop"]
+    prep, labels = feature_set.preprocessing(), _labels(feature_set)
+    settings = neural_settings(train, config)
+    records = {name: _started(name) for name in names}
+    plans: dict[str, list[MemberPlan]] = {}
+    known: dict[tuple, MemberPlan] = {}
+    for name in names:
+        try:
+            reason = skip_reason(name, train, config)
+            if reason:
+                records[name] = _skipped(records[name], reason)
+                continue
+            plans[name] = plan_members(STRATEGIES[name], train, config, prep, settings, known)
+        except Exception as exc:
+            records[name] = _failed(records[name], exc)
+    networks = list({id(p.network): p.network for ps in plans.values() for p in ps}.values())
+    fitted = dict(zip(map(id, networks), _fit_together(networks, stop, settings), strict=True))
     log.info(
-        "strategy %s: tuning-half %s %.4f, threshold %.4f",
-        name,
-        config.rank_by,
-        rank_value(record, config.rank_by),
-        record["threshold"],
+        "%d strategies trained side by side: %d networks in one program",
+        len(plans),
+        len(networks),
     )
-    return record
+    for name, planned in plans.items():
+        branch_dir = location(out_dir) / name
+        try:
+            results = [fitted[id(p.network)] for p in planned]
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            strategy = STRATEGIES[name]
+            scores = neural_scores(
+                strategy, planned, results, parts, settings, labels, branch_dir / "model"
+            )
+            scores.info["trainer"] = f"stacked: {len(networks)} networks in one program"
+            records[name] |= finish_branch(name, scores, parts, config, branch_dir)
+            records[name] = _finished(records[name], config)
+        except Exception as exc:
+            records[name] = _failed(records[name], exc)
+    return [records[name] for name in names]
 
 
 def rank_value(record: dict[str, Any], rank_by: str) -> float:

@@ -298,7 +298,8 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
 def test_vectorised_bootstrap_metrics_match_scikit_learn():
     from sklearn.metrics import average_precision_score, f1_score
 
-    from tasks.compare import SortedScores, resample_counts, weighted_objective
+    from tasks.compare import resample_counts, weighted_objective
+    from tasks.evaluate import SortedScores
 
     rng = np.random.default_rng(5)
     y = (rng.random(300) < 0.15).astype(float)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.cli import SERVER_START_LOCK
+from flows.server import SERVER_START_LOCK
 from tasks.preflight import writable
 from tasks.storage import read_pointer
 from tests.conftest import SYNTHETIC
@@ -43,6 +43,8 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     for process, (_, stderr) in zip(processes, finished, strict=True):
         assert process.returncode == 0, stderr[-3000:]
         assert "database is locked" not in stderr
+        # the server was launched before the imports (flows.server), not by Prefect's client
+        assert "Starting temporary server" not in stderr
     answers = [json.loads(stdout[stdout.index("{") :]) for stdout, _ in finished]
     run_ids = sorted(answer["run_id"] for answer in answers)
     assert len(set(run_ids)) == 2

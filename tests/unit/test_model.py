@@ -10,6 +10,7 @@ from sklearn.metrics import average_precision_score
 
 from tasks.model import (
     BatchStream,
+    Network,
     TrainSettings,
     auto_batch_size,
     fit_member,
@@ -91,17 +92,8 @@ def test_early_stopping_score_is_the_stop_half_average_precision():
         max_checks=8,
         patience=3,
     )
-    model, info = fit_member(
-        BatchStream(x[:300], y[:300], 64, 1, False),
-        x_stop,
-        y_stop,
-        settings,
-        seed=1,
-        output_bias=-1.0,
-        loss="bce",
-        focal_alpha=0.5,
-        class_weight=None,
-    )
+    network = Network(BatchStream(x[:300], y[:300], 64, 1, False), 1, -1.0, "bce", 0.5, None)
+    model, info = fit_member(network, x_stop, y_stop, settings)
     logged = info["history"]["val_pr_auc"]
     assert len(logged) == info["checks_run"] and info["best_check"] == int(np.argmax(logged)) + 1
     assert info["steps"] == 5 * info["checks_run"] and info["best_step"] == 5 * info["best_check"]
@@ -137,17 +129,9 @@ def test_several_steps_per_execution_train_exactly_like_one(monkeypatch):
 
     def train(limit: int):
         monkeypatch.setattr(model_module, "MAX_STEPS_PER_EXECUTION", limit)
-        return fit_member(
-            BatchStream(x[:500], y[:500], 32, 3, False),
-            x[500:],
-            y[500:],
-            settings,
-            seed=3,
-            output_bias=-1.0,
-            loss="bce",
-            focal_alpha=0.5,
-            class_weight={0: 1.0, 1: 3.0},
-        )
+        stream = BatchStream(x[:500], y[:500], 32, 3, False)
+        network = Network(stream, 3, -1.0, "bce", 0.5, {0: 1.0, 1: 3.0})
+        return fit_member(network, x[500:], y[500:], settings)
 
     one_model, one_info = train(1)
     many_model, many_info = train(8)

@@ -1,0 +1,183 @@
+"""Prefect's temporary server for a command-line run, started as early as possible.
+
+With no Prefect API configured, Prefect starts a temporary server (a uvicorn subprocess) on the
+first API call and waits for it: ~10 s on 2 cores, during which this process mostly waits. The
+training command line instead launches that same server right after its early checks, before
+it imports Prefect, TensorFlow or scikit-learn, and points this process at it through
+`PREFECT_API_URL`; the imports and the server's start-up then overlap. The flow waits for the
+server to answer before its first API call (`wait_for_server`).
+
+The early launch only happens where a cheap look shows nothing else configures Prefect's API:
+no `PREFECT_API_URL` or disabled temporary server in the environment or the active profile, and
+no `.env`, `prefect.toml` or `[tool.prefect]` in the working directory (Prefect's other sources
+of settings). Anywhere else, Prefect's own settings decide, after the imports, as Prefect would.
+
+Several command lines on one Prefect home take turns starting their servers: a first start
+migrates a new database, and two migrations at once fail ("no such table"). A file lock in the
+Prefect home is held from the launch until the server answers."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+SERVER_START_LOCK = ".imbalance-server-start.lock"  # in PREFECT_HOME
+SERVER_START_SECONDS = 90  # a first start migrates a new database: ~20 s on 2 cores
+_FALSE = ("0", "false", "no", "off")
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+
+
+def _api_configured_elsewhere() -> bool:
+    """Whether any source of Prefect settings this cheap look can see sets the API or turns
+    the temporary server off (then Prefect's own settings decide, after the imports)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "true").lower() in _FALSE:
+        return True
+    cwd = Path.cwd()
+    if (cwd / ".env").exists() or (cwd / "prefect.toml").exists():
+        return True
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file() and "[tool.prefect" in pyproject.read_text(errors="replace"):
+        return True
+    try:
+        profiles = tomllib.loads((prefect_home() / "profiles.toml").read_text())
+    except FileNotFoundError:
+        return False  # Prefect's built-in profile: the temporary server
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    settings = profiles.get("profiles", {}).get(active, {})
+    ephemeral = str(settings.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")).lower()
+    return "PREFECT_API_URL" in settings or ephemeral in _FALSE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EarlyServer:
+    """Prefect's temporary server, launched by this process before its heavy imports: the same
+    command Prefect runs for its own temporary server (uvicorn on Prefect's app factory)."""
+
+    def __init__(self) -> None:
+        home = prefect_home()
+        home.mkdir(parents=True, exist_ok=True)
+        self.lock: IO[str] | None = open(home / SERVER_START_LOCK, "a")  # noqa: SIM115
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # released once the server answers
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+        self.process: subprocess.Popen | None = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent)),
+                *("--factory", "prefect.server.api.server:create_app"),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--log-level", "error", "--lifespan", "on"),
+            ],
+            env=os.environ
+            | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+            | {"PREFECT__SERVER_FINAL": "1"},
+        )
+        self.ready = False
+        atexit.register(self.stop)
+
+    def wait(self, timeout: float) -> None:
+        """Block until the server answers its health check; fail naming why it did not."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.ready:
+                code = self.process.poll() if self.process else -1
+                if code is not None:
+                    raise RuntimeError(
+                        f"the temporary Prefect server on port {self.port} exited with code "
+                        f"{code} before it answered"
+                    )
+                try:
+                    with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                        self.ready = response.status == 200
+                except OSError:
+                    pass
+                if not self.ready:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the temporary Prefect server on port {self.port} did not answer "
+                            f"within {timeout:.0f} s"
+                        )
+                    time.sleep(0.1)
+            log.info("Prefect temporary server on %s", self.url.removesuffix("/api"))
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            self.lock.close()
+            self.lock = None
+
+    def stop(self) -> None:
+        self._unlock()
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+_EARLY: list[EarlyServer] = []
+
+
+def start_server_early() -> None:
+    """Launch the temporary server now and point this process at it, unless Prefect's API is
+    configured some other way. Call before Prefect is imported."""
+    if "prefect" in sys.modules or _api_configured_elsewhere():
+        return
+    server = EarlyServer()
+    _EARLY.append(server)
+    os.environ["PREFECT_API_URL"] = server.url
+
+
+def start_temporary_server() -> None:
+    """Make sure a Prefect API answers before the flow's first call: wait for the server
+    launched early, or start Prefect's own temporary server now (one process at a time per
+    Prefect home), or do nothing when an API is configured."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
+
+    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_SECONDS)
+    if _EARLY:
+        _EARLY[0].wait(timeout)
+        return
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / SERVER_START_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        SubprocessASGIServer().start(timeout=timeout)  # the client reuses this instance

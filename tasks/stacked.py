@@ -1,0 +1,232 @@
+"""Many networks of one shape trained side by side in one compiled program.
+
+Every strategy's network has the same layers; only its batches, loss, class weights, output bias
+and seed differ. Stacking the S networks' weights (kernels `[S, inputs, units]`) lets one
+compiled step update all of them: each network's loss depends only on its own weights, so the
+gradient of the summed loss is, slice by slice, each network's own gradient, and Adam (an
+element-wise rule) updates each slice exactly as it would update that network alone. What stays
+per network is what `fit_member` gives a network trained on its own:
+
+- initial weights: `initial_weights(seed)`, the weights `build_mlp` starts from;
+- batches: the same seeded `BatchStream` positions, gathered inside the program from one pool of
+  training rows (the shared training arrays, plus any synthesised rows) - no per-step copies;
+- dropout: masks drawn from the network's own seed and the step number, so a network's result
+  does not depend on which others share its stack;
+- loss: binary cross-entropy or focal loss from the logits, class weights, averaged over the
+  batch (Keras's `sum_over_batch_size`), then Adam with Keras's update rule and defaults;
+- schedule and early stopping: the stop half is scored every `steps_per_check` steps, each
+  network keeps its own best weights and stops after its own `patience` (a stopped network's
+  slice may go on training; its kept weights no longer change).
+
+`fit_member` (Keras's own loop, one network at a time) is the reference: tests check that the
+two agree on weights and scores (tests/unit/test_stacked.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from tasks.model import (
+    BatchStream,
+    Network,
+    TrainSettings,
+    build_mlp,
+    initial_weights,
+    member_info,
+)
+
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults
+
+
+def stackable(networks: list[Network]) -> bool:
+    """Whether these networks can share one program: in-memory batch streams of one width."""
+    streams = [n.stream for n in networks]
+    return all(isinstance(s, BatchStream) for s in streams) and (
+        len({s.width for s in streams}) <= 1
+    )
+
+
+class _Pool:
+    """The distinct training arrays the networks draw from, concatenated once, with each
+    network's offset into them."""
+
+    def __init__(self, streams: list[BatchStream]):
+        arrays: list[BatchStream] = []
+        self.offsets: list[int] = []
+        starts: dict[int, int] = {}
+        size = 0
+        for stream in streams:
+            key = id(stream.x)
+            if key not in starts:
+                starts[key], size = size, size + len(stream.x)
+                arrays.append(stream)
+            self.offsets.append(starts[key])
+        self.x = arrays[0].x if len(arrays) == 1 else np.concatenate([a.x for a in arrays])
+        self.y = np.concatenate([a.y for a in arrays]).astype(np.float32)
+
+
+class _Program:
+    """The stacked weights, Adam's moments and the two compiled functions: `check` runs one
+    check interval of training steps for every network, `stop_scores` scores the stop half."""
+
+    def __init__(self, networks: list[Network], pool: _Pool, x_stop, settings: TrainSettings):
+        import tensorflow as tf
+
+        self.count, self.settings = len(networks), settings
+        width = pool.x.shape[1]
+        starts = [initial_weights(width, settings, n.seed, n.output_bias) for n in networks]
+        self.variables = [tf.Variable(np.stack(layer)) for layer in zip(*starts, strict=True)]
+        self.moments = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.velocities = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.iterations = tf.Variable(0, dtype=tf.int64)
+        self.pool_x, self.pool_y = tf.constant(pool.x, dtype=tf.float32), tf.constant(pool.y)
+        self.stop_x = tf.constant(x_stop, dtype=tf.float32)[None]
+        weights = [n.class_weight or {0: 1.0, 1: 1.0} for n in networks]
+        self.w0 = tf.constant([[w[0]] for w in weights], dtype=tf.float32)
+        self.w1 = tf.constant([[w[1]] for w in weights], dtype=tf.float32)
+        self.focal = tf.constant([[n.loss == "focal"] for n in networks])
+        self.alpha = tf.constant([[n.focal_alpha] for n in networks], dtype=tf.float32)
+        self.seeds = [n.seed for n in networks]
+        shape = [settings.steps_per_check, self.count, settings.batch_size]
+        self.check = tf.function(self._check, input_signature=[tf.TensorSpec(shape, tf.int32)])
+        self.stop_scores = tf.function(lambda: tf.sigmoid(self._logits(self.stop_x)))
+
+    def _logits(self, x, step=None):
+        """x: [S or 1, rows, inputs] -> [S, rows]; dropout when `step` is given."""
+        import tensorflow as tf
+
+        h, rate, v = x, self.settings.dropout, self.variables
+        for i in range(len(self.settings.hidden)):
+            h = tf.nn.relu(tf.linalg.matmul(h, v[2 * i]) + v[2 * i + 1][:, None])
+            if step is not None and rate > 0:
+                shape = tf.shape(h)[1:]
+                keep = [
+                    tf.random.stateless_uniform(
+                        shape, seed=tf.stack([tf.constant(seed + 10 * i + 1, tf.int64), step])
+                    )
+                    >= rate
+                    for seed in self.seeds
+                ]
+                h = tf.where(tf.stack(keep), h / (1 - rate), 0.0)
+        return (tf.linalg.matmul(h, v[-2]) + v[-1][:, None])[..., 0]
+
+    def _losses(self, rows, step):
+        """Each network's loss on its batch (rows: [S, B] positions in the pool)."""
+        import tensorflow as tf
+
+        from tasks.strategies import FOCAL_GAMMA
+
+        x, y = tf.gather(self.pool_x, rows), tf.gather(self.pool_y, rows)
+        z = self._logits(x, step)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
+        p = tf.sigmoid(z)
+        p_t = y * p + (1 - y) * (1 - p)
+        focal = (y * self.alpha + (1 - y) * (1 - self.alpha)) * (1 - p_t) ** FOCAL_GAMMA * bce
+        per_row = tf.where(self.focal, focal, bce) * (y * self.w1 + (1 - y) * self.w0)
+        return tf.reduce_sum(per_row, axis=1) / self.settings.batch_size
+
+    def _check(self, indices):
+        """`steps_per_check` Adam steps of every network; their mean losses."""
+        import tensorflow as tf
+
+        beta_1, beta_2, epsilon = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
+        steps = self.settings.steps_per_check
+        total = tf.zeros([self.count])
+        for k in tf.range(steps):
+            t = self.iterations + 1
+            with tf.GradientTape() as tape:
+                losses = self._losses(indices[k], t)
+                summed = tf.reduce_sum(losses)
+            grads = tape.gradient(summed, self.variables)
+            t_float = tf.cast(t, tf.float32)
+            rate = (
+                self.settings.learning_rate * tf.sqrt(1 - beta_2**t_float) / (1 - beta_1**t_float)
+            )
+            for var, g, m, v in zip(
+                self.variables, grads, self.moments, self.velocities, strict=True
+            ):
+                m.assign_add((g - m) * (1 - beta_1))
+                v.assign_add((tf.square(g) - v) * (1 - beta_2))
+                var.assign_sub(m * rate / (tf.sqrt(v) + epsilon))
+            self.iterations.assign(t)
+            total += losses
+        return total / steps
+
+    def weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.variables]
+
+
+class _Stopping:
+    """Each network's early stopping on the stop half: its best score and weights, its wait."""
+
+    def __init__(self, count: int, settings: TrainSettings):
+        self.settings = settings
+        self.best = np.full(count, -np.inf)
+        self.best_check, self.wait = np.zeros(count, int), np.zeros(count, int)
+        self.checks = np.zeros(count, int)
+        self.active = np.ones(count, bool)
+        self.kept: list[list[np.ndarray] | None] = [None] * count
+        self.curves = [{"loss": [], "val_pr_auc": []} for _ in range(count)]
+
+    def update(self, check: int, losses, scores, y_stop, program: _Program) -> None:
+        from tasks.evaluate import average_precision
+
+        improved = []
+        for s in np.flatnonzero(self.active):
+            value = average_precision(y_stop, scores[s])
+            self.curves[s]["loss"].append(float(losses[s]))
+            self.curves[s]["val_pr_auc"].append(value)
+            self.checks[s] = check + 1
+            if value > self.best[s]:
+                self.best[s], self.best_check[s], self.wait[s] = value, check + 1, 0
+                improved.append(s)
+                continue
+            self.wait[s] += 1
+            if self.wait[s] >= self.settings.patience and check + 1 >= self.settings.warmup_checks:
+                self.active[s] = False
+        if improved:
+            current = program.weights()
+            for s in improved:
+                self.kept[s] = [layer[s].copy() for layer in current]
+
+
+def fit_stacked(
+    networks: list[Network], x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Train `networks` together; return each one's Keras model (its best weights on the stop
+    half) and record, as `fit_member` would for each alone."""
+    if not stackable(networks):
+        raise ValueError("stacked training needs in-memory batch streams of one input width")
+    started = time.perf_counter()
+    count, steps = len(networks), settings.steps_per_check
+    pool = _Pool([n.stream for n in networks])
+    program = _Program(networks, pool, x_stop, settings)
+    stopping = _Stopping(count, settings)
+    streams = [n.stream.positions() for n in networks]
+    indices = np.empty((steps, count, settings.batch_size), dtype=np.int32)
+    for check in range(settings.max_checks):
+        for s, (stream, offset) in enumerate(zip(streams, pool.offsets, strict=True)):
+            for k in range(steps):
+                indices[k, s] = next(stream) + offset
+        losses = program.check(indices).numpy()
+        stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program)
+        if not stopping.active.any():
+            break
+    final = program.weights()
+    share = (time.perf_counter() - started) / count  # the program's time, split evenly
+    results = []
+    for s, network in enumerate(networks):
+        model = build_mlp(pool.x.shape[1], settings, network.seed, network.output_bias)
+        kept = stopping.kept[s]
+        model.set_weights(kept if kept is not None else [layer[s] for layer in final])
+        info = member_info(
+            int(stopping.checks[s]),
+            int(stopping.best_check[s]),
+            settings,
+            share,
+            stopping.curves[s],
+        )
+        results.append((model, info))
+    return results

@@ -1,0 +1,115 @@
+"""Networks trained side by side in one program (tasks.stacked) against the reference trainer,
+Keras's own loop one network at a time (tasks.model.fit_member)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from tasks.model import (
+    BatchStream,
+    Network,
+    TrainSettings,
+    build_mlp,
+    fit_member,
+    initial_weights,
+    predict,
+)
+from tasks.stacked import fit_stacked
+
+
+def data(seed: int = 0, n: int = 900):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.8 * x[:, 1] * x[:, 2] + rng.normal(size=n) > 1.6).astype(np.int64)
+    return x[:600], y[:600], x[600:], y[600:]
+
+
+def networks(x: np.ndarray, y: np.ndarray, batch: int) -> list[Network]:
+    """One network of every kind of difference the strategies make: plain, class-weighted,
+    focal, balanced batches on an undersampled pool, and rows of its own (as SMOTE makes)."""
+    rng = np.random.default_rng(5)
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    undersampled = np.sort(np.concatenate([positives, rng.choice(negatives, len(positives))]))
+    synthetic_x = np.concatenate([x, x[positives] + 0.05]).astype(np.float32)
+    synthetic_y = np.concatenate([y, np.ones(len(positives), dtype=np.int64)])
+    prior = float(y.mean())
+    bias = float(np.log(prior / (1 - prior)))
+    return [
+        Network(BatchStream(x, y, batch, 1, False), 1, bias, "bce", 0.5, None),
+        Network(BatchStream(x, y, batch, 1, False), 1, 0.0, "bce", 0.5, {0: 0.6, 1: 3.1}),
+        Network(BatchStream(x, y, batch, 1, False), 1, -0.4, "focal", 1 - prior, None),
+        Network(BatchStream(x, y, batch, 2, True, undersampled), 2, 0.0, "bce", 0.5, None),
+        Network(BatchStream(synthetic_x, synthetic_y, batch, 3, False), 3, -0.2, "bce", 0.5, None),
+    ]
+
+
+def settings(**changes) -> TrainSettings:
+    base = {
+        "hidden": (16, 8),
+        "dropout": 0.0,
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "steps_per_check": 8,
+        "max_checks": 5,
+        "patience": 50,
+    }
+    return TrainSettings(**(base | changes))
+
+
+def test_the_stack_starts_from_the_weights_build_mlp_starts_from():
+    s = settings()
+    for got, want in zip(
+        initial_weights(6, s, 7, -1.5), build_mlp(6, s, 7, -1.5).get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_stacked_training_matches_one_network_at_a_time():
+    """Without dropout both trainers are deterministic: after 40 steps every network's weights
+    agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01."""
+    x, y, x_val, y_val = data()
+    x_stop, y_stop, x_test, y_test = x_val[:150], y_val[:150], x_val[150:], y_val[150:]
+    s = settings()
+    stacked = fit_stacked(networks(x, y, 64), x_stop, y_stop, s)
+    for network, (model, info) in zip(networks(x, y, 64), stacked, strict=True):
+        reference, ref_info = fit_member(network, x_stop, y_stop, s)
+        for a, b in zip(reference.get_weights(), model.get_weights(), strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+        assert info["best_check"] == ref_info["best_check"]
+        assert info["history"]["val_pr_auc"] == pytest.approx(
+            ref_info["history"]["val_pr_auc"], abs=1e-4
+        )
+        assert info["history"]["loss"] == pytest.approx(ref_info["history"]["loss"], rel=1e-4)
+        a = average_precision_score(y_test, predict([reference], x_test))
+        b = average_precision_score(y_test, predict([model], x_test))
+        assert abs(a - b) < 0.01
+
+
+def test_a_network_trains_the_same_whatever_shares_its_stack():
+    """Dropout masks, batches and initial weights come from the network's own seed: trained
+    alone or beside four others, it ends with the same weights."""
+    x, y, x_val, y_val = data(1)
+    s = settings(dropout=0.2, max_checks=3)
+    alone = fit_stacked(networks(x, y, 64)[3:4], x_val, y_val, s)[0][0]
+    together = fit_stacked(networks(x, y, 64), x_val, y_val, s)[3][0]
+    for a, b in zip(alone.get_weights(), together.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_each_network_stops_on_its_own_and_keeps_its_best_weights():
+    x, y, x_val, y_val = data(2)
+    s = settings(dropout=0.1, learning_rate=0.05, steps_per_check=4, max_checks=30, patience=2)
+    results = fit_stacked(networks(x, y, 64), x_val, y_val, s)
+    assert len({info["checks_run"] for _, info in results}) > 1  # they stopped at different checks
+    for model, info in results:
+        logged = info["history"]["val_pr_auc"]
+        assert len(logged) == info["checks_run"] <= 30
+        assert info["best_check"] == int(np.argmax(logged)) + 1
+        assert info["steps"] == 4 * info["checks_run"]
+        if info["checks_run"] < 30:  # stopped: `patience` checks without improvement
+            assert info["checks_run"] - info["best_check"] == 2
+        restored = average_precision_score(y_val, predict([model], x_val))
+        assert restored == pytest.approx(max(logged), abs=1e-6)
+        assert max(logged) > y_val.mean() + 0.2

@@ -5,7 +5,10 @@
     python benchmarks/bench.py --sections default,overhead
 
 Sections
-- default:  `python -m flows.train` on the built-in data, all strategies (wall, start-up, steps).
+- default:  `python -m flows.train` on the built-in data, all strategies (wall, start-up, steps),
+            side by side with the seed article's one-model script (../shared/bench/seed_gfg.py):
+            interleaved rounds with no Prefect server running (cold), then against a running
+            server (warm); medians and the ratios run / script.
 - insurance: the insurance cross-sell data from ../shared/data, all strategies, end to end.
 - scaling:  generated data of the insurance shape (100k, 1M, 5M rows), epochs capped, with
             --memory-budget 1GB (5M rows take the out-of-core path, where SMOTE is skipped): time
@@ -34,6 +37,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -126,8 +131,69 @@ def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> 
     }
 
 
+SEED_SCRIPT = ROOT.parent / "shared" / "bench" / "seed_gfg.py"  # one Keras model, as the article
+DEFAULT_ROUNDS = 3
+
+
+@contextmanager
+def prefect_server(work: Path) -> Iterator[dict[str, str]]:
+    """A Prefect server running for the block (as `prefect server start` would be for a user);
+    yields the environment that points a run at it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    home = work / "prefect-home"
+    server_env = ENV | {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        yield ENV | {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def section_default(work: Path, quick: bool) -> dict[str, Any]:
-    return {"built-in breast cancer, all strategies": train(work / "default", [])}
+    """The default run against the seed article's one-model script, side by side: rounds of
+    (script, run with no server running) interleaved, then runs against a running server;
+    medians and their ratios."""
+    rounds = 1 if quick else DEFAULT_ROUNDS
+    cold_env = ENV | {"PREFECT_HOME": str(work / "prefect-home-cold")}  # a newcomer's first runs
+    seed, cold, last = [], [], {}
+    for round_ in range(rounds):
+        if SEED_SCRIPT.exists():
+            seed.append(run_process([sys.executable, str(SEED_SCRIPT), "42"])["wall_s"])
+        last = train(work / f"default-{round_}", [], cold_env)
+        cold.append(last["wall_s"])
+    with prefect_server(work) as env:
+        warm = [train(work / f"default-warm-{r}", [], env)["wall_s"] for r in range(rounds)]
+    walls = {"seed script (one model)": seed, "default run, cold": cold, "default run, warm": warm}
+    medians = {name: statistics.median(v) for name, v in walls.items() if v}
+    result: dict[str, Any] = {
+        "built-in breast cancer, all strategies (last cold run)": last,
+        "whole-process wall times (s)": {"rounds": rounds, **walls},
+    }
+    if not seed:
+        result["seed script"] = f"skipped: {SEED_SCRIPT} not available"
+        return result
+    base = medians["seed script (one model)"]
+    result["ratios"] = {
+        f"default run / seed script, {kind} (medians)": round(
+            medians[f"default run, {kind}"] / base, 2
+        )
+        for kind in ("cold", "warm")
+    }
+    return result
 
 
 REFUSE_ROUNDS = 5
@@ -264,22 +330,15 @@ from tasks.config import TrainConfig
 from tasks.features import load_valid_feature_set
 from tasks.model import configure_tensorflow
 from tasks.strategies import REFERENCE, STRATEGIES
-from tasks.train import fit_neural, fit_reference, finish_branch, load_parts
-configure_tensorflow(1)  # what the flow's --max-parallel 1 run uses
+from tasks.train import shared_parts, train_branch, train_stack
+configure_tensorflow(1)  # what the flow uses
 config = TrainConfig(**json.loads(sys.argv[1]))
 fs = load_valid_feature_set(Path(sys.argv[2]), sys.argv[3])
-manifest = fs.manifest
-labels = (manifest["positive_label"], manifest["negative_label"])
-out = Path(sys.argv[4])
+out = sys.argv[4]
 t = time.perf_counter()
-parts = load_parts(fs)  # once, as the flow's branches share them
-for name in [*STRATEGIES, REFERENCE]:
-    if name == REFERENCE:
-        scores = fit_reference(parts, config, labels)
-    else:
-        prep = fs.preprocessing()
-        scores = fit_neural(STRATEGIES[name], parts, config, prep, labels, out / name / "model")
-    finish_branch(name, scores, parts, config, out / name)
+shared_parts(fs)  # once, as the flow's tasks share them
+train_stack.fn(list(STRATEGIES), fs, config, out)  # the networks side by side, as the flow does
+train_branch.fn(REFERENCE, fs, config, out)
 print(json.dumps({"train_s": time.perf_counter() - t}))
 """
 
@@ -293,25 +352,7 @@ def free_port() -> int:
 def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
     from tasks.config import TrainConfig
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    home = work / "prefect-home"
-    server_env = ENV | {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        env = ENV | {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    with prefect_server(work) as env:
         output = work / "overhead"
         train(output, [], env)  # builds the feature set
         run = json.loads((output / "latest" / "run.json").read_text())
@@ -358,9 +399,6 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
                 ),
             },
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 SECTIONS = {

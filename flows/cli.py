@@ -106,3 +106,17 @@ def refuse_bad_training_input_early(argv: list[str]) -> None:
     except (ValidationError, ImbalanceFlowError) as exc:
         report_error(exc)
         sys.exit(2)
+
+
+def exit_now(code: int) -> None:
+    """End a command-line process once its work is written: run the exit handlers (Prefect's
+    log and event flushing, logging's flush, the temporary server's stop), then leave without
+    the interpreter's teardown of every loaded module, which takes ~3.5 s once TensorFlow is
+    loaded (measured on 2 cores) and changes nothing on disk."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Literal
 
 from prefect import flow
 
-from flows.cli import configure_logging, run_command
+from flows.cli import configure_logging, exit_now, run_command
 from flows.server import start_temporary_server
 from tasks.config import DriftSettings
 from tasks.datasets import BUILTINS
@@ -112,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

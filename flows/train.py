@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 from upath import UPath
 
-from flows.cli import config_from_args, configure_logging, run_command
+from flows.cli import config_from_args, configure_logging, exit_now, run_command
 from flows.server import start_temporary_server
 from tasks import out_of_core
 from tasks.branches import repeat_config, select_strategy, train_branches
@@ -274,4 +274,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -104,6 +104,37 @@ def trains_stacked(config: TrainConfig, feature_set: FeatureSet) -> bool:
     return config.trainer != "separate" and not streamed
 
 
+PARALLEL_STACK_ROWS = 50_000  # from this many training rows, stacks train side by side
+
+
+def stack_groups(names: list[str], config: TrainConfig, train_rows: int) -> list[list[str]]:
+    """The strategies of each stacked program. One program on small data, where a step costs
+    less than Python's share of it; on large data `max_parallel` programs, which run at once
+    (TensorFlow releases Python's lock for a whole check interval of steps). Strategies that
+    share a network (ensemble member 0 is `undersample`) stay in one program; the programs are
+    balanced by their number of networks (docs/performance.md)."""
+    clusters: list[tuple[set[str], set[tuple]]] = []
+    for name in names:
+        strategy = STRATEGIES[name]
+        keys = {
+            strategy.trains_like(config.seed + m)
+            for m in range(strategy.members(config.ensemble_k))
+        }
+        joined = [c for c in clusters if c[1] & keys]
+        for c in joined:
+            clusters.remove(c)
+        clusters.append(
+            ({name, *(n for c in joined for n in c[0])}, keys.union(*(c[1] for c in joined)))
+        )
+    count = min(config.max_parallel if train_rows >= PARALLEL_STACK_ROWS else 1, len(clusters))
+    sizes, groups = [0] * count, [[] for _ in range(count)]
+    for members, keys in sorted(clusters, key=lambda c: -len(c[1])):
+        lightest = sizes.index(min(sizes))
+        sizes[lightest] += len(keys)
+        groups[lightest] += sorted(members, key=names.index)
+    return groups
+
+
 def _branch_jobs(
     names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: UPath, repeat: int
 ) -> list[tuple[list[str], Any, dict[str, Any]]]:
@@ -119,8 +150,12 @@ def _branch_jobs(
     rest = [n for n in names if n not in STRATEGIES]
     jobs = []
     if neural and trains_stacked(config, feature_set):
-        stack = train_stack.with_options(task_run_name=f"train-stack{suffix}")
-        jobs.append((neural, stack, params | {"names": neural}))
+        train_rows = feature_set.manifest["splits"]["train"]["rows"]
+        groups = stack_groups(neural, config, train_rows)
+        for i, group in enumerate(groups):
+            label = f"train-stack{'' if len(groups) == 1 else f'-{i + 1}'}{suffix}"
+            stack = train_stack.with_options(task_run_name=label)
+            jobs.append((group, stack, params | {"names": group}))
     else:
         rest = sorted(neural, key=lambda n: -STRATEGIES[n].members(config.ensemble_k)) + rest
     for name in rest:

@@ -40,6 +40,7 @@ from tasks.io import io_task_options
 from tasks.outliers import OutlierResult
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
 from tasks.storage import (
+    OWNER_FILE,
     is_local,
     location,
     publish_dir,
@@ -505,7 +506,7 @@ def commit_feature_set(config: TrainConfig, ingest: IngestResult, write) -> Feat
                 remove_tree(target)
             # on an object store it may be another worker's upload in progress: never delete
             # its files; the same content is written over them, the manifest last
-        (staging / ".owner.json").unlink(missing_ok=True)
+        (staging / OWNER_FILE).unlink(missing_ok=True)
         publish_dir(staging, target, MANIFEST)
     finally:
         remove_tree(staging)

@@ -27,19 +27,21 @@ from upath import UPath
 
 from tasks.config import TrainConfig
 from tasks.errors import GateFailed
-from tasks.storage import is_local, local_path, remove_tree, set_pointer, write_json
+from tasks.storage import (
+    OWNER_FILE,
+    is_local,
+    local_path,
+    remove_tree,
+    set_pointer,
+    write_json,
+    write_owner,
+)
 
 log = logging.getLogger(__name__)
 
 
-OWNER_FILE = ".owner.json"  # in a run's staging directory: which process is writing it
+OWNERLESS_SECONDS = 60  # a leftover with no owner file: its creator died before writing one
 STALE_SECONDS = 24 * 3600  # a partial directory no live process on this host owns, or this old
-
-
-def write_owner(directory: Path) -> None:
-    (directory / OWNER_FILE).write_text(
-        json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
-    )
 
 
 def _alive(pid: int) -> bool:
@@ -54,15 +56,16 @@ def _alive(pid: int) -> bool:
 
 def is_stale(directory: Path) -> bool:
     """Left by a killed run: its owner is a process of this host that is gone, or it has not
-    been touched for STALE_SECONDS (an owner on another host cannot be asked)."""
+    been touched for STALE_SECONDS (an owner on another host cannot be asked), or it has had no
+    owner file for OWNERLESS_SECONDS (its creator died between creating it and writing one)."""
     try:
         age = time.time() - directory.stat().st_mtime
     except OSError:
         return False
     try:
         owner = json.loads((directory / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return age > STALE_SECONDS
+    except (OSError, ValueError):  # a live creator writes it right after creating the directory
+        return age > OWNERLESS_SECONDS
     if owner.get("host") == socket.gethostname():
         return not _alive(int(owner.get("pid", -1)))
     return age > STALE_SECONDS

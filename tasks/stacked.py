@@ -109,7 +109,7 @@ class _Program:
                     >= rate
                     for seed in self.seeds
                 ]
-                h = tf.where(tf.stack(keep), h / (1 - rate), 0.0)
+                h = h * (tf.cast(tf.stack(keep), h.dtype) * (1 / (1 - rate)))
         return (tf.linalg.matmul(h, v[-2]) + v[-1][:, None])[..., 0]
 
     def _losses(self, rows, step):

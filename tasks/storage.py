@@ -187,6 +187,17 @@ def local_copy(path: str | os.PathLike[str]) -> Iterator[Path]:
 # --- directories -----------------------------------------------------------------------------
 
 
+OWNER_FILE = ".owner.json"  # in a staging directory: which process is writing it
+
+
+def write_owner(directory: Path) -> None:
+    """Record which process writes `directory`. Renamed into place, so the file is either
+    absent or whole: a process killed while writing it never leaves an empty one."""
+    tmp = directory / f"{OWNER_FILE}.tmp"
+    tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    os.replace(tmp, directory / OWNER_FILE)
+
+
 def scratch_dir(beside: UPath | Path, prefix: str) -> Path:
     """A local directory to build something in before publishing it to `beside`'s parent: on
     the same disk when that is local (so publishing is one rename), else in the temp dir."""
@@ -194,8 +205,7 @@ def scratch_dir(beside: UPath | Path, prefix: str) -> Path:
         parent = local_path(beside)
         parent.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        (path / ".owner.json").write_text(json.dumps(owner))  # a killed build is cleaned later
+        write_owner(path)  # a killed build is cleaned later
     else:
         path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)  # mkdtemp makes it private; stores are often shared

@@ -27,7 +27,8 @@ FLAGS = argv(
 STAGES = {
     "ingest": lambda partial, store: (partial / "work" / "raw.parquet").exists(),
     "features": lambda partial, store: (
-        any(store.glob(".*.tmp-*")) or any(store.glob("*/manifest.json"))
+        any((p / OWNER_FILE).exists() for p in store.glob(".*.tmp-*"))
+        or any(store.glob("*/manifest.json"))
     ),
     "train": lambda partial, store: any((partial / "branches").glob("*/model/member_*.keras")),
 }

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,25 @@ def test_a_champion_registered_before_rows_were_kept_falls_back_to_its_stored_id
     assert _champion_rows({}, model, by_id=False) is None
     (tmp_path / "ids.parquet").unlink()
     assert _champion_rows({}, model, by_id=True) is None
+
+
+def test_a_build_killed_before_its_owner_file_was_whole_is_cleaned_after_a_minute(tmp_path):
+    """Regression: a process killed while writing `.owner.json` left it empty; such a leftover
+    was kept for 24 hours (the kill test saw it after the next run). The owner file is now
+    renamed into place (absent or whole), and a leftover without a readable one is stale once
+    OWNERLESS_SECONDS old; a younger one may belong to a process that is creating it."""
+    from tasks.runs import OWNERLESS_SECONDS
+
+    old, young, half = (tmp_path / f".abc.tmp-{n}" for n in ("old", "young", "half"))
+    for path in (old, young, half):
+        path.mkdir()
+    (half / OWNER_FILE).write_text("")  # as the killed writer left it
+    hour_ago = time.time() - 3600
+    for path in (old, half):
+        os.utime(path, (hour_ago, hour_ago))
+    assert OWNERLESS_SECONDS <= 60
+    assert sorted(clean_stale(tmp_path)) == sorted([old.name, half.name])
+    assert young.exists()
+    write_owner(young)
+    assert json.loads((young / OWNER_FILE).read_text())["pid"] == os.getpid()
+    assert not list(young.glob("*.tmp"))  # the owner file's temporary name is gone

@@ -124,7 +124,8 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
     dtype = model.meta["target_dtype"]
     positive = label_value(model.meta["positive_label"], dtype)
     negative = label_value(model.meta["negative_label"], dtype)
-    out["label"] = pd.Series([positive if p else negative for p in is_positive], dtype=object)
+    # a plain array is placed by position: a Series would be aligned on `frame`'s index
+    out["label"] = np.array([positive if p else negative for p in is_positive], dtype=object)
     if dtype not in ("str", "object", "string"):
         out["label"] = out["label"].astype(dtype)
     out["is_positive"] = is_positive

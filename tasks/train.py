@@ -221,6 +221,9 @@ def _counts(y: np.ndarray, labels: tuple[str, str]) -> dict[str, int]:
     return {positive: int(y.sum()), negative: int(len(y) - y.sum())}
 
 
+SAMPLER_WORKING_MB = 64  # scikit-learn's working memory for a sampler's neighbour search
+
+
 @dataclass
 class Resampled:
     """A strategy's training rows: positions into the shared training arrays (no copy), or, for
@@ -246,12 +249,16 @@ def resample(
             np.arange(len(part.y))[:, None], part.y
         )
         return Resampled(rows=np.asarray(positions[:, 0]))
+    import sklearn
+
     n_numeric = part.numeric.shape[1]
     stacked = np.hstack([part.numeric.astype(np.float64), part.codes.astype(np.float64)])
     categorical = list(range(n_numeric, stacked.shape[1]))
-    x_res, y_res = strategy.sampler(seed, categorical, stacked.shape[1]).fit_resample(
-        stacked, part.y
-    )
+    sampler = strategy.sampler(seed, categorical, stacked.shape[1])
+    # the neighbour search's distance chunks: scikit-learn's default of 1 GB took the insurance
+    # run's peak from ~1.4 to ~3.5 GB; 64 MB chunks are as fast (docs/performance.md)
+    with sklearn.config_context(working_memory=SAMPLER_WORKING_MB):
+        x_res, y_res = sampler.fit_resample(stacked, part.y)
     numeric = x_res[:, :n_numeric]
     if prep is not None:
         numeric = prep.snap_whole(numeric)
@@ -264,12 +271,13 @@ def resample(
 
 def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     """Memory a synthesising sampler needs for its resampled training split: the float64 matrix
-    it works on plus the float32 network inputs, for majority x 2 rows (0 for other strategies)."""
+    it works on plus the float32 network inputs, for majority x 2 rows, and its neighbour
+    search's working memory (0 for other strategies)."""
     if not strategy.synthetic:
         return 0
     rows = 2 * max(int(part.y.sum()), int(len(part.y) - part.y.sum()))
     n_numeric, n_codes, n_inputs = part.widths()
-    return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs)
+    return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs) + SAMPLER_WORKING_MB * 2**20
 
 
 def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:

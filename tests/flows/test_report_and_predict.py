@@ -311,3 +311,24 @@ def test_vectorised_bootstrap_metrics_match_scikit_learn():
         rows = np.repeat(np.arange(300), w.astype(int))
         assert ap == pytest.approx(average_precision_score(y[rows], scores[rows]))
         assert f1 == pytest.approx(f1_score(y[rows], scores[rows] >= 0.5))
+
+
+def test_labels_follow_their_rows_whatever_the_frames_index(tiny_model):
+    """Regression: `score` built the labels as a Series on 0..n-1 and assigned it to a frame
+    indexed like the input, so a subset of rows (the champion scores the rows it never saw)
+    got labels of other rows, NaN where the indexes differ, and an integer target then failed
+    the second insurance run ("cannot convert float NaN to integer")."""
+    from tasks.predict import LoadedModel, score
+
+    frame = pd.read_csv(SYNTHETIC)
+    subset = frame.iloc[::-3]  # reversed, with gaps: nothing like 0..n-1
+    model = LoadedModel(tiny_model)
+    model.meta = model.meta | {"threshold": float(np.median(score(model, frame)["probability"]))}
+    scored = score(model, subset)
+    assert scored["label"].notna().all()
+    meta = model.meta
+    expected = np.where(scored["is_positive"], meta["positive_label"], meta["negative_label"])
+    assert (scored["label"].to_numpy() == expected).all()
+    assert scored["is_positive"].any() and not scored["is_positive"].all()
+    again = score(model, subset.reset_index(drop=True))
+    np.testing.assert_array_equal(scored["probability"], again["probability"])

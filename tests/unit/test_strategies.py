@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from tasks.model import one_hot_inputs
 from tasks.strategies import STRATEGIES, resolve_strategies
-from tasks.train import Part, resample, select, synthetic_copy_bytes
+from tasks.train import SAMPLER_WORKING_MB, Part, resample, select, synthetic_copy_bytes
 
 
 @pytest.fixture
@@ -48,8 +50,36 @@ def test_row_picking_samplers_return_positions_not_copies(part):
 
 def test_only_synthesising_samplers_need_a_copy(part):
     assert [n for n, s in STRATEGIES.items() if synthetic_copy_bytes(s, part) > 0] == ["smote"]
-    # 360 rows x (two float64 matrices of 5 columns + 10 float32 inputs)
-    assert synthetic_copy_bytes(STRATEGIES["smote"], part) == 360 * (2 * 8 * 5 + 4 * 10)
+    # 360 rows x (two float64 matrices of 5 columns + 10 float32 inputs), and the neighbour
+    # search's working memory
+    assert synthetic_copy_bytes(STRATEGIES["smote"], part) == 360 * (2 * 8 * 5 + 4 * 10) + (
+        SAMPLER_WORKING_MB * 2**20
+    )
+
+
+def test_the_neighbour_search_works_in_small_chunks(part):
+    """Regression: SMOTE's neighbour search ran with scikit-learn's default working memory
+    (1 GB of distance chunks) and took the insurance run's peak memory from ~1.4 to ~3.5 GB.
+    The sampler now runs under SAMPLER_WORKING_MB (the figure is in `make bench`)."""
+    import sklearn
+
+    seen = []
+    strategy = STRATEGIES["smote"]
+
+    def recording(seed, categorical, width):
+        sampler = strategy.sampler(seed, categorical, width)
+        fit_resample = sampler.fit_resample
+
+        def fit(*args):
+            seen.append(sklearn.get_config()["working_memory"])
+            return fit_resample(*args)
+
+        sampler.fit_resample = fit
+        return sampler
+
+    resample(dataclasses.replace(strategy, sampler=recording), part, seed=0)
+    assert seen == [SAMPLER_WORKING_MB] and SAMPLER_WORKING_MB <= 128
+    assert sklearn.get_config()["working_memory"] == 1024  # restored afterwards
 
 
 def test_smotenc_keeps_exactly_one_real_level_per_categorical(part):

@@ -15,24 +15,36 @@ from tasks.calibration import EPS
 
 
 class SortedScores:
-    """Scores sorted once, so average precision of any row weighting is two cumulative sums."""
+    """Scores sorted once, so average precision of any row weighting is two segment sums.
+
+    Recall only steps at score levels that hold a positive row, so precision is needed only at
+    the ends of those levels: the rows are cut into segments ending there (rows ranked below the
+    last positive never count), and the weighted rows and positives up to each end are the
+    cumulative sums of the segments' sums."""
 
     def __init__(self, y: np.ndarray, scores: np.ndarray):
         scores = np.asarray(scores)
-        self.order = np.argsort(-scores, kind="mergesort")
-        self.y = np.asarray(y)[self.order].astype(np.float64)
-        sorted_scores = scores[self.order]
-        self.last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+        order = np.argsort(-scores, kind="mergesort")
+        y_sorted = np.asarray(y)[order].astype(np.float64)
+        sorted_scores = scores[order]
+        last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+        first = np.r_[0, last[:-1] + 1]
+        with_positive = last[np.add.reduceat(y_sorted, first) > 0] if len(y_sorted) else last
+        stop = int(with_positive[-1]) + 1 if len(with_positive) else 0
+        self.order, self.y = order[:stop], y_sorted[:stop]
+        self.segments = np.r_[0, with_positive[:-1] + 1].astype(np.intp)
 
     def average_precision(self, weights: np.ndarray) -> np.ndarray:
         """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it.
         weights: (B, n) row weights (counts of a bootstrap resample); one AP per row of it."""
+        if not len(self.y):  # no positive row: AP is undefined
+            return np.full(len(weights), np.nan)
         w = weights[:, self.order]
-        tp = np.cumsum(w * self.y, axis=1)[:, self.last]
-        fp = np.cumsum(w * (1 - self.y), axis=1)[:, self.last]
+        rows = np.add.reduceat(w, self.segments, axis=1).cumsum(axis=1)
+        tp = np.add.reduceat(w * self.y, self.segments, axis=1).cumsum(axis=1)
         positives = tp[:, -1:]
         with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            precision = np.where(rows > 0, tp / rows, 0.0)
             recall = np.where(positives > 0, tp / positives, 0.0)
         steps = np.diff(recall, axis=1, prepend=0.0)
         return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)

@@ -5,7 +5,7 @@ first API call and waits for it: ~10 s on 2 cores, during which this process mos
 training command line instead launches that same server right after its early checks, before
 it imports Prefect, TensorFlow or scikit-learn, and points this process at it through
 `PREFECT_API_URL`; the imports and the server's start-up then overlap. The flow waits for the
-server to answer before its first API call (`wait_for_server`).
+server to answer before its first API call (`start_temporary_server`).
 
 The early launch only happens where a cheap look shows nothing else configures Prefect's API:
 no `PREFECT_API_URL` or disabled temporary server in the environment or the active profile, and
@@ -67,6 +67,15 @@ def _api_configured_elsewhere() -> bool:
     return "PREFECT_API_URL" in settings or ephemeral in _FALSE
 
 
+def _start_lock() -> IO[str]:
+    """The Prefect home's start-up lock, taken (closing the file releases it)."""
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = open(home / SERVER_START_LOCK, "a")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,10 +87,7 @@ class EarlyServer:
     command Prefect runs for its own temporary server (uvicorn on Prefect's app factory)."""
 
     def __init__(self) -> None:
-        home = prefect_home()
-        home.mkdir(parents=True, exist_ok=True)
-        self.lock: IO[str] | None = open(home / SERVER_START_LOCK, "a")  # noqa: SIM115
-        fcntl.flock(self.lock, fcntl.LOCK_EX)  # released once the server answers
+        self.lock: IO[str] | None = _start_lock()  # released once the server answers
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
@@ -128,7 +134,6 @@ class EarlyServer:
 
     def _unlock(self) -> None:
         if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
             self.lock.close()
             self.lock = None
 
@@ -173,8 +178,5 @@ def start_temporary_server() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    home = prefect_home()
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / SERVER_START_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _start_lock():
         SubprocessASGIServer().start(timeout=timeout)  # the client reuses this instance

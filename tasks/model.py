@@ -78,6 +78,11 @@ def _initializers(seed: int, layer: int, output: bool = False):
     return keras.initializers.GlorotUniform(seed=seed + 997 if output else seed + 10 * layer)
 
 
+def dropout_seed(seed: int, layer: int) -> int:
+    """The seed of hidden layer `layer`'s dropout masks, from the network's seed."""
+    return seed + 10 * layer + 1
+
+
 def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: float):
     """Dense ReLU layers with dropout and a sigmoid output. Hidden initialisers depend only on
     `seed`, so every strategy starts from identical hidden weights; the output bias starts at the
@@ -95,9 +100,10 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
             bias_initializer="zeros",
         )(x)
         if settings.dropout > 0:
-            x = keras.layers.Dropout(settings.dropout, seed=seed + 10 * i + 1, name=f"dropout_{i}")(
-                x
+            dropout = keras.layers.Dropout(
+                settings.dropout, seed=dropout_seed(seed, i), name=f"dropout_{i}"
             )
+            x = dropout(x)
     outputs = keras.layers.Dense(
         1,
         activation="sigmoid",

@@ -33,6 +33,7 @@ from tasks.model import (
     Network,
     TrainSettings,
     build_mlp,
+    dropout_seed,
     initial_weights,
     member_info,
 )
@@ -104,7 +105,7 @@ class _Program:
                 shape = tf.shape(h)[1:]
                 keep = [
                     tf.random.stateless_uniform(
-                        shape, seed=tf.stack([tf.constant(seed + 10 * i + 1, tf.int64), step])
+                        shape, seed=tf.stack([tf.constant(dropout_seed(seed, i), tf.int64), step])
                     )
                     >= rate
                     for seed in self.seeds

@@ -562,7 +562,7 @@ def _started(name: str) -> dict[str, Any]:
 
 
 def _failed(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-    log.error("strategy %s failed: %s: %s", record["strategy"], type(exc).__name__, exc)
+    log.error("strategy %s failed", record["strategy"], exc_info=exc)
     return record | {
         "status": "failed",
         "error": f"{type(exc).__name__}: {exc}",
@@ -635,7 +635,6 @@ def train_branch(
             scores = fit_neural(STRATEGIES[name], parts, config, prep, labels, branch_dir / "model")
         record |= finish_branch(name, scores, parts, config, branch_dir)
     except Exception as exc:
-        log.exception("strategy %s failed", name)
         raise BranchFailed(_failed(record, exc)) from exc
     return _finished(record, config)
 

@@ -16,6 +16,9 @@ Sections
 - wide:     569 rows x 5,000 numeric columns, baseline only, 2 epochs, end to end.
 - refuse:   how long `python -m flows.train` takes to refuse a file with a misspelt target column
             (exit 2): the header checks run before Prefect, TensorFlow and scikit-learn load.
+- quality:  the selected strategy's test PR-AUC against HistGradientBoosting and logistic
+            regression on the same split, over the datasets of benchmarks/quality.py
+            (--quality-datasets, --quality-resplits, --quality-args for ablations).
 - overhead: the same strategies trained by a plain Python loop on the stored features (no Prefect)
             versus the flow against a running Prefect server, and branches in parallel versus one
             after another; --overhead-rounds interleaved rounds, compared by their medians.
@@ -44,6 +47,8 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import quality  # benchmarks/quality.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -438,6 +443,21 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
         }
 
 
+QUALITY: dict[str, Any] = {"datasets": None, "resplits": quality.RESPLITS, "args": []}
+
+
+def section_quality(work: Path, quick: bool) -> dict[str, Any]:
+    """benchmarks/quality.py: the selected strategy against HistGradientBoosting and logistic
+    regression, against a running Prefect server (the runs' start-up is not what is measured)."""
+    resplits = 1 if quick else QUALITY["resplits"]
+    with prefect_server(work) as env:
+
+        def run(output: Path, args: list[str]) -> dict[str, Any]:
+            return train(output, args, env)
+
+        return quality.section_quality(run, work, QUALITY["datasets"], resplits, QUALITY["args"])
+
+
 SECTIONS = {
     "default": section_default,
     "refuse": section_refuse,
@@ -445,6 +465,7 @@ SECTIONS = {
     "insurance": section_insurance,
     "scaling": section_scaling,
     "overhead": section_overhead,
+    "quality": section_quality,
 }
 
 
@@ -454,6 +475,9 @@ def print_table(results: dict[str, Any]) -> None:
         f"{'peak MB':>8} {'tree MB':>8} {'rows/s':>9}"
     )
     for section, entries in results["sections"].items():
+        if section == "quality":
+            quality.print_quality(entries)
+            continue
         for name, r in entries.items():
             if name == "ratios":
                 continue
@@ -490,7 +514,22 @@ def main() -> None:
         default=OVERHEAD_ROUNDS,
         help=f"interleaved rounds of the overhead section (default {OVERHEAD_ROUNDS})",
     )
+    parser.add_argument(
+        "--quality-datasets",
+        help="comma-separated dataset names of the quality section (default: all of "
+        "benchmarks/quality.py's list)",
+    )
+    parser.add_argument("--quality-resplits", type=int, default=quality.RESPLITS)
+    parser.add_argument(
+        "--quality-args",
+        default="",
+        help="extra flags for every quality run, e.g. '--numeric standard' for an ablation",
+    )
     args = parser.parse_args()
+    if args.quality_datasets:
+        QUALITY["datasets"] = [n.strip() for n in args.quality_datasets.split(",")]
+    QUALITY["resplits"] = max(1, args.quality_resplits)
+    QUALITY["args"] = args.quality_args.split()
     globals()["OVERHEAD_ROUNDS"] = max(1, args.overhead_rounds)
     if args.scaling_rows:
         SCALING_ROWS[:] = [int(r) for r in args.scaling_rows.split(",")]

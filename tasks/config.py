@@ -15,7 +15,9 @@ from tasks.errors import ConfigError
 from tasks.storage import PROCESS_LOCAL_PROTOCOLS, check_location, location, protocol_of
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
-FEATURE_CODE_VERSION = 6
+FEATURE_CODE_VERSION = 7
+DEFAULT_MIN_STEPS = 2000  # see TrainConfig.min_steps and docs/quality.md
+DEFAULT_MIN_PATIENCE_STEPS = 500
 
 OutlierMethod = Literal["zscore", "iqr", "clip", "none"]
 ImputeMethod = Literal["none", "median", "most_frequent"]
@@ -83,6 +85,12 @@ class TrainConfig(BaseModel):
     split_ratio_tolerance: float = Field(
         0.05, ge=0, description="split gate: |positive rate of a split - overall| allowed"
     )
+    numeric_transform: Literal["quantile", "standard"] = Field(
+        "quantile",
+        description="quantile: each numeric column through its training quantiles onto normal "
+        "scores, then standardised (robust to heavy tails and outliers); standard: "
+        "standardised only",
+    )
     max_removed_share: float = Field(
         0.2, ge=0, le=1, description="outlier gate: share of a class's training rows removable"
     )
@@ -101,6 +109,19 @@ class TrainConfig(BaseModel):
     )
     epochs: int = Field(40, ge=1)
     patience: int = Field(6, ge=1)
+    min_steps: int | None = Field(
+        None,
+        ge=0,
+        description="optimizer steps the training cap allows at least, however few passes "
+        f"--epochs makes on small data; default {DEFAULT_MIN_STEPS}, or 0 when --epochs is given",
+    )
+    min_patience_steps: int | None = Field(
+        None,
+        ge=0,
+        description="early stopping also waits at least this many optimizer steps without "
+        f"improvement; default {DEFAULT_MIN_PATIENCE_STEPS}, or 0 when --epochs or --patience "
+        "is given",
+    )
     ensemble_k: int = Field(5, ge=1)
     objective: str = Field("f1", description="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P")
     rank_by: RankMetric = "pr_auc"
@@ -246,6 +267,17 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _step_floors(self) -> TrainConfig:
+        """The budget floors in optimizer steps, unless the user sized the run in passes."""
+        given = self.model_fields_set
+        if self.min_steps is None:
+            self.__dict__["min_steps"] = 0 if "epochs" in given else DEFAULT_MIN_STEPS
+        if self.min_patience_steps is None:
+            floor = 0 if {"epochs", "patience"} & given else DEFAULT_MIN_PATIENCE_STEPS
+            self.__dict__["min_patience_steps"] = floor
+        return self
+
+    @model_validator(mode="after")
     def _exclusive_split_modes(self) -> TrainConfig:
         if self.split_by and self.group:
             raise ValueError("--split-by and --group cannot be combined")
@@ -314,6 +346,7 @@ class TrainConfig(BaseModel):
             "outlier",
             "outlier_z",
             "outlier_iqr_k",
+            "numeric_transform",
             "seed",
             "min_positives_per_split",
             "min_positives_per_half",

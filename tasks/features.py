@@ -69,6 +69,9 @@ class Preprocessing(BaseModel):
     scales: dict[str, float]
     categories: dict[str, list[str]]  # code = position in the list; unseen -> -1
     integer_valued: list[str] = []  # numerics whose training values are all whole numbers
+    # normal-quantile transform, applied between clipping and scaling: per column, the knots
+    # (increasing training quantiles) and the normal scores they map to; empty: none
+    quantiles: dict[str, tuple[list[float], list[float]]] = {}
     dropped_constant: list[str]
     positive_label: str
     negative_label: str
@@ -82,9 +85,8 @@ class Preprocessing(BaseModel):
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Raw feature columns -> scaled float32 numerics and int32 category codes."""
         prepared = impute_and_clip(frame, self.numeric, self.impute_values, self.clip_bounds)
-        means = np.array([self.means[c] for c in self.numeric], dtype="float64")
-        scales = np.array([self.scales[c] for c in self.numeric], dtype="float64")
-        scaled = ((prepared.to_numpy() - means) / scales).astype("float32")
+        shaped = normal_scores(prepared.to_numpy(), self.numeric, self.quantiles)
+        scaled = ((shaped - self._means) / self._scales).astype("float32")
         numeric = pd.DataFrame(scaled, columns=self.numeric, index=frame.index)
         codes: dict[str, Any] = {}
         for column in self.categorical:
@@ -97,19 +99,86 @@ class Preprocessing(BaseModel):
             return numeric
         return pd.concat([numeric, pd.DataFrame(codes, index=frame.index)], axis=1)
 
+    @property
+    def _means(self) -> np.ndarray:
+        return np.array([self.means[c] for c in self.numeric], dtype="float64")
+
+    @property
+    def _scales(self) -> np.ndarray:
+        return np.array([self.scales[c] for c in self.numeric], dtype="float64")
+
     def snap_whole(self, numeric: np.ndarray) -> np.ndarray:
         """Scaled numerics (columns as in `numeric`) with each whole-number column moved to its
         nearest whole raw value, then clipped like real rows: for synthesised rows (SMOTE
         interpolates a 0/1 flag or a count to a value no real row has)."""
         out = np.array(numeric, dtype=np.float64, copy=True)
-        for j, column in enumerate(self.numeric):
-            if column not in self.integer_valued:
-                continue
-            raw = np.round(out[:, j] * self.scales[column] + self.means[column])
-            if column in self.clip_bounds:
-                raw = np.clip(raw, *self.clip_bounds[column])
-            out[:, j] = (raw - self.means[column]) / self.scales[column]
+        whole = [j for j, c in enumerate(self.numeric) if c in self.integer_valued]
+        if not whole:
+            return out
+        columns = [self.numeric[j] for j in whole]
+        means, scales = self._means[whole], self._scales[whole]
+        raw = np.round(raw_values(out[:, whole] * scales + means, columns, self.quantiles))
+        low = [self.clip_bounds.get(c, (-np.inf, np.inf))[0] for c in columns]
+        high = [self.clip_bounds.get(c, (-np.inf, np.inf))[1] for c in columns]
+        shaped = normal_scores(np.clip(raw, low, high), columns, self.quantiles)
+        out[:, whole] = (shaped - means) / scales
         return out
+
+
+QUANTILE_KNOTS = 64  # knots of the normal-quantile transform per numeric column
+
+
+def fit_quantiles(prepared: pd.DataFrame) -> dict[str, tuple[list[float], list[float]]]:
+    """Per column of imputed, clipped training values: the knots of a monotone piecewise-linear
+    map onto normal scores (the values' own quantiles at QUANTILE_KNOTS evenly spaced levels,
+    tied knots merged at their mean level; the levels' normal quantiles, the extremes at the
+    plotting position of the smallest and largest of the m values, 1/(2m)). Heavy tails and
+    outliers land within a few units, and the ranks are kept."""
+    from scipy.special import ndtri
+
+    fitted = {}
+    for column in prepared.columns:
+        values = prepared[column].to_numpy(dtype="float64")
+        values = values[~np.isnan(values)]
+        if len(values) == 0:
+            continue
+        levels = np.linspace(0.0, 1.0, max(2, min(QUANTILE_KNOTS, len(values))))
+        knots, inverse = np.unique(np.quantile(values, levels), return_inverse=True)
+        merged = np.bincount(inverse, weights=levels) / np.bincount(inverse)
+        edge = 0.5 / len(values)
+        scores = ndtri(np.clip(merged, edge, 1 - edge))
+        fitted[column] = (knots.tolist(), scores.tolist())
+    return fitted
+
+
+def normal_scores(
+    values: np.ndarray, columns: list[str], quantiles: dict[str, tuple[list[float], list[float]]]
+) -> np.ndarray:
+    """The normal-quantile transform of `values` (columns as `columns`; a column without knots,
+    or every column when `quantiles` is empty, passes unchanged; NaN stays NaN; values beyond the
+    training range take the extreme scores)."""
+    if not quantiles:
+        return values
+    out = np.array(values, dtype=np.float64, copy=True)
+    for j, column in enumerate(columns):
+        if column in quantiles:
+            knots, scores = quantiles[column]
+            out[:, j] = np.interp(out[:, j], knots, scores)
+    return out
+
+
+def raw_values(
+    shaped: np.ndarray, columns: list[str], quantiles: dict[str, tuple[list[float], list[float]]]
+) -> np.ndarray:
+    """The inverse of normal_scores within the training range."""
+    if not quantiles:
+        return shaped
+    out = np.array(shaped, dtype=np.float64, copy=True)
+    for j, column in enumerate(columns):
+        if column in quantiles:
+            knots, scores = quantiles[column]
+            out[:, j] = np.interp(out[:, j], scores, knots)
+    return out
 
 
 def impute_and_clip(
@@ -196,6 +265,8 @@ def fit_preprocessing(
     clip_bounds = outliers.bounds if outliers.method == "clip" else {}
 
     prepared = impute_and_clip(train, numeric, impute_values, clip_bounds)
+    quantiles = fit_quantiles(prepared) if config.numeric_transform == "quantile" else {}
+    prepared[:] = normal_scores(prepared.to_numpy(), numeric, quantiles)
     stds = prepared.std(ddof=0)
     constant = [c for c in numeric if not stds[c] > 0]
     if constant:
@@ -215,6 +286,7 @@ def fit_preprocessing(
         clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
         means={c: float(prepared[c].mean()) for c in kept},
         scales={c: float(stds[c]) for c in kept},
+        quantiles={c: q for c, q in quantiles.items() if c in kept},
         categories=categories,
         dropped_constant=constant,
         integer_valued=[c for c in kept if is_whole(train[c].dropna().to_numpy(dtype="float64"))],

@@ -438,29 +438,39 @@ MAX_CHECKS_PER_EPOCH = 32  # the stop half is scored at most this often per pass
 def check_interval(n_train: int, n_minority: int, batch_size: int) -> int:
     """Optimizer steps between two scorings of the stop half, the same for every strategy: one
     pass over the smallest pool a strategy trains on (the undersampled one: twice the minority
-    class), at least 1/MAX_CHECKS_PER_EPOCH of a full pass, rounded up to whole compiled calls.
-    Checking once per full pass instead would let an undersampling strategy cycle its small
-    pool hundreds of times between checks on rare-class data."""
+    class), at least 1/MAX_CHECKS_PER_EPOCH of a full pass and at least one compiled call
+    (MAX_STEPS_PER_EXECUTION steps), rounded up to whole compiled calls. Checking once per full
+    pass instead would let an undersampling strategy cycle its small pool hundreds of times
+    between checks on rare-class data; checking every step of tiny data would spend the run
+    scoring."""
     full = steps_per_epoch(n_train, batch_size)
     pool = steps_per_epoch(max(2 * n_minority, 1), batch_size)
     steps = min(max(pool, math.ceil(full / MAX_CHECKS_PER_EPOCH)), full)
-    if steps > MAX_STEPS_PER_EXECUTION:
-        steps = math.ceil(steps / MAX_STEPS_PER_EXECUTION) * MAX_STEPS_PER_EXECUTION
-    return steps
+    return math.ceil(steps / MAX_STEPS_PER_EXECUTION) * MAX_STEPS_PER_EXECUTION
 
 
 def schedule(
-    n_train: int, n_minority: int, batch_size: int, epochs: int, patience: int
+    n_train: int,
+    n_minority: int,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    min_steps: int = 0,
+    min_patience_steps: int = 0,
 ) -> dict[str, int]:
-    """The shared training schedule: a cap of `epochs` full passes of optimizer steps, checked
-    every check_interval steps; `patience` full passes without improvement stop it (counted in
-    checks), and no strategy stops before one full pass."""
+    """The shared training schedule, sized in optimizer steps: a cap of `epochs` full passes
+    but at least `min_steps` steps, checked every check_interval steps; training stops after
+    `patience` full passes, and at least `min_patience_steps` steps, without improvement
+    (counted in checks); no strategy stops before one full pass or half the patience floor.
+    On tiny data a pass is a step or two, so passes alone would give a network a few dozen
+    updates (docs/quality.md)."""
     interval = check_interval(n_train, n_minority, batch_size)
     full = steps_per_epoch(n_train, batch_size)
     checks_per_pass = max(1, round(full / interval))
+    patience_checks = max(patience * checks_per_pass, math.ceil(min_patience_steps / interval))
     return {
         "steps_per_check": interval,
-        "max_checks": max(1, math.ceil(epochs * full / interval)),
-        "patience": patience * checks_per_pass,
-        "warmup_checks": checks_per_pass,
+        "max_checks": max(1, math.ceil(max(epochs * full, min_steps) / interval)),
+        "patience": patience_checks,
+        "warmup_checks": max(checks_per_pass, math.ceil(min_patience_steps / 2 / interval)),
     }

@@ -289,7 +289,15 @@ def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
         dropout=config.dropout,
         learning_rate=config.learning_rate,
         batch_size=batch,
-        **schedule(len(train.y), minority, batch, config.epochs, config.patience),
+        **schedule(
+            len(train.y),
+            minority,
+            batch,
+            config.epochs,
+            config.patience,
+            config.min_steps,
+            config.min_patience_steps,
+        ),
     )
 
 

@@ -1,8 +1,9 @@
 """Features in batches: `tasks.features.build_features` for the out-of-core path.
 
-Exact: means and scales (merged moments of the imputed, clipped training values), categories and
-their frequencies, missing shares, histogram shares. From the training sample: imputation
-medians and modes of numerics, percentiles and histogram edges. The feature gate checks the
+Exact: means and scales (merged moments of the imputed, clipped and quantile-transformed
+training values), categories and their frequencies, missing shares, histogram shares. From the
+training sample: imputation medians and modes of numerics, the quantile transform's knots,
+percentiles and histogram edges. The feature gate checks the
 transformed sample (its mean and std tolerance widened to 6 standard errors) and every stored
 value's finiteness."""
 
@@ -27,8 +28,10 @@ from tasks.features import (
     build_manifest,
     commit_feature_set,
     features_gate,
+    fit_quantiles,
     histogram_bins,
     impute_and_clip,
+    normal_scores,
 )
 from tasks.ingest import (
     MISSING_LEVEL,
@@ -123,8 +126,19 @@ def fit_preprocessing(
     impute_values = _impute_values(config, sample, counts, numeric, categorical)
     clip_bounds = outliers.bounds if outliers.method == "clip" else {}
 
-    def prepare(values: pd.DataFrame) -> pd.DataFrame:
+    def clipped(values: pd.DataFrame) -> pd.DataFrame:
         return impute_and_clip(values, list(values.columns), impute_values, clip_bounds)
+
+    quantiles = (  # from the training sample: approximate quantiles, like the medians
+        fit_quantiles(clipped(sample[numeric].astype("float64")))
+        if config.numeric_transform == "quantile"
+        else {}
+    )
+
+    def prepare(values: pd.DataFrame) -> pd.DataFrame:
+        frame = clipped(values)
+        frame[:] = normal_scores(frame.to_numpy(), list(frame.columns), quantiles)
+        return frame
 
     fit = train_moments(raw, lookup, numeric, prepare)
     _refuse_label_copies(raw, lookup, fit, counts, numeric, categorical)
@@ -145,6 +159,7 @@ def fit_preprocessing(
         clip_bounds={k: v for k, v in clip_bounds.items() if k in kept},
         means={c: float(means[c]) for c in kept},
         scales={c: float(stds[c]) for c in kept},
+        quantiles={c: q for c, q in quantiles.items() if c in kept},
         categories=categories,
         dropped_constant=constant,
         integer_valued=[c for c in kept if fit.whole[c]],

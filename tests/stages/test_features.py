@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import MANIFEST, fingerprint, load_valid_feature_set
+from tasks.features import (
+    MANIFEST,
+    fingerprint,
+    fit_quantiles,
+    load_valid_feature_set,
+    normal_scores,
+)
 from tasks.ingest import ID_COLUMN, ROW_COLUMN, TARGET_COLUMN
 from tasks.split import SPLIT_COLUMN
 
@@ -22,9 +28,13 @@ def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages
     fs = result["features"]
     prep = fs.preprocessing()
     raw, train = training_rows(result)
-    assert prep.means["age"] == pytest.approx(train["age"].mean())
-    assert prep.scales["age"] == pytest.approx(train["age"].std(ddof=0))
-    assert prep.means["age"] != pytest.approx(raw["age"].mean(), abs=1e-6)
+    clipped = train["age"].clip(*prep.clip_bounds["age"])  # the default winsorises
+    assert prep.quantiles["age"] == fit_quantiles(clipped.to_frame())["age"]
+    shaped = normal_scores(clipped.to_numpy()[:, None], ["age"], prep.quantiles)[:, 0]
+    assert prep.means["age"] == pytest.approx(shaped.mean())
+    assert prep.scales["age"] == pytest.approx(shaped.std())
+    everyone = raw["age"].clip(*prep.clip_bounds["age"]).to_frame()
+    assert prep.quantiles["age"] != fit_quantiles(everyone)["age"]
     assert prep.categories["segment"] == ["bronze", "gold", "silver"]
 
     stored_train = pd.read_parquet(fs.split_path("train"))
@@ -33,6 +43,17 @@ def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages
     assert stored_train["segment"].dtype == np.int32 and stored_train["segment"].min() >= 0
     test = pd.read_parquet(fs.split_path("test"))
     assert test["age"].mean() != pytest.approx(0, abs=1e-3)  # test rows were not used to fit
+
+
+def test_the_standard_transform_is_the_training_rows_mean_and_std(make_config, stages):
+    result = stages(make_config(numeric_transform="standard"))
+    prep = result["features"].preprocessing()
+    raw, train = training_rows(result)
+    clipped = train["age"].clip(*prep.clip_bounds["age"])
+    assert prep.quantiles == {}
+    assert prep.means["age"] == pytest.approx(clipped.mean())
+    assert prep.scales["age"] == pytest.approx(clipped.std(ddof=0))
+    assert prep.means["age"] != pytest.approx(raw["age"].mean(), abs=1e-6)
 
 
 def test_manifest_describes_the_feature_set(make_config, stages):

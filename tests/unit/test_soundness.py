@@ -239,12 +239,45 @@ def test_too_few_bootstrap_resamples_are_refused():
 def test_every_strategy_is_checked_on_one_schedule_within_a_pool_pass(n_train, minority, batch):
     interval = check_interval(n_train, minority, batch)
     full = -(-n_train // batch)
-    assert interval <= full
+    assert interval <= max(full, 8)  # at most a pass, or one compiled call of tiny data
     # an undersampled pool (2 x minority rows) is cycled at most a few times between checks
     assert interval * batch <= max(2 * minority, full * batch / 32) + 8 * batch
     plan = schedule(n_train, minority, batch, epochs=40, patience=6)
     assert plan["max_checks"] * plan["steps_per_check"] >= 40 * full
     assert plan["steps_per_check"] % min(plan["steps_per_check"], 8) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_train=st.integers(20, 2_000_000),
+    share=st.floats(0.001, 0.5),
+    batch=st.sampled_from([32, 256, 1024, 4096]),
+    epochs=st.integers(1, 60),
+    patience=st.integers(1, 10),
+)
+def test_the_budget_is_sized_in_optimizer_steps(n_train, share, batch, epochs, patience):
+    """Tiny data gets at least the step floors; data whose passes already exceed them gets
+    exactly its passes (the floors never shrink a budget)."""
+    minority = max(1, int(n_train * share))
+    full = -(-n_train // batch)
+    plain = schedule(n_train, minority, batch, epochs, patience)
+    floored = schedule(n_train, minority, batch, epochs, patience, 2000, 500)
+    step = floored["steps_per_check"]
+    assert floored["max_checks"] * step >= max(epochs * full, 2000)
+    assert floored["patience"] * step >= max(500, patience * full * 0.5)
+    assert floored["max_checks"] >= plain["max_checks"]
+    assert floored["patience"] >= plain["patience"]
+    if epochs * full >= 2000 + step and patience * full >= 500 + step and full >= 500:
+        assert floored == plain
+
+
+def test_sizing_the_run_in_passes_turns_the_step_floors_off():
+    assert (TrainConfig().min_steps, TrainConfig().min_patience_steps) == (2000, 500)
+    assert (TrainConfig(epochs=2).min_steps, TrainConfig(epochs=2).min_patience_steps) == (0, 0)
+    assert TrainConfig(patience=3).min_patience_steps == 0
+    assert TrainConfig(epochs=2, min_steps=100).min_steps == 100
+    again = TrainConfig.model_validate_json(TrainConfig(epochs=2).model_dump_json())
+    assert again.min_steps == 0  # a deployment's parameters keep what the user asked for
 
 
 # --- SMOTE ----------------------------------------------------------------------------------------

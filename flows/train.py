@@ -205,6 +205,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                 selected=chosen.selected,
                 verdict=compared[1],
                 comparison=compared[0],
+                reference_comparison=compared[3],
                 champion_decision=decision,
             )
             registry = record_decision(

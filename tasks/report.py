@@ -267,13 +267,13 @@ def write_report(
     metrics: dict[str, Any],
     manifest: dict[str, Any],
     branches_dir: UPath,
-    compared: tuple[dict[str, Any] | None, str, list[dict[str, float]]],
+    compared: tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None],
     decision: dict[str, Any] | None = None,
 ) -> UPath:
     """Read the branches' predictions and histories, draw the plots, write one HTML file.
     `compared` is what `compare_with_baseline` returned: the comparison with the baseline (none
     when baseline is selected), the verdict and the selected model's operating points."""
-    comparison, verdict, operating = compared
+    comparison, verdict, operating, _ = compared
     repeats = metrics.get("repeats")
     records = metrics["strategies"]
     predictions = {

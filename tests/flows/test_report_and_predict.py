@@ -13,7 +13,7 @@ import pytest
 from flows.predict import main as predict_main
 from flows.predict import predict_flow
 from flows.train import train_flow
-from tasks.compare import paired_bootstrap, verdict_text
+from tasks.compare import paired_bootstrap, reference_text, verdict_text
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective
 from tests.conftest import SYNTHETIC, argv, fast_config, predict_cli
@@ -260,6 +260,30 @@ def test_paired_bootstrap_and_verdict():
     assert better["objective_interval"]["low"] > 0 and better["pr_auc_interval"]["low"] > 0
     assert "reliably better" in verdict_text("smote", better, "pr_auc")
     assert better == paired_bootstrap(y, good, noise, 0.5, 0.5, objective, 300, 0)  # seeded
+
+
+def test_the_verdict_says_plainly_when_the_reference_beats_every_network():
+    """The reference is never shipped, but a user must see when it wins, by how much and with
+    what certainty (the paired-bootstrap interval of selected minus reference)."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(600) < 0.15).astype(int)
+    strong = np.clip(0.7 * y + rng.normal(0.15, 0.1, 600), 0, 1)
+    weak = np.clip(0.2 * y + rng.normal(0.3, 0.2, 600), 0, 1)
+    objective = parse_objective("f1")
+    losing = paired_bootstrap(y, weak, strong, 0.5, 0.5, objective, 300, 0)
+    ranked = [
+        {"strategy": "reference", "status": "ok", "pr_auc": 0.93},
+        {"strategy": "smote", "status": "ok", "pr_auc": 0.81},
+        {"strategy": "baseline", "status": "ok", "pr_auc": 0.84},
+        {"strategy": "focal_loss", "status": "failed"},
+    ]
+    text = reference_text("smote", ranked, losing)
+    assert "beats every network" in text and "0.9300" in text and "0.8100" in text
+    assert "best network, baseline" in text and "reliably better" in text
+    assert f"{losing['pr_auc_interval']['low']:+.4f}" in text
+    ranked[2]["pr_auc"] = 0.95
+    assert "beats every network" not in reference_text("smote", ranked, losing)
+    assert reference_text("smote", ranked, None) == ""
 
 
 def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):

@@ -67,6 +67,11 @@ def test_run_layout_and_output_contract(full_run):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["config"]["seed"] == config.seed
     assert [s["stage"] for s in run["stages"]][:2] == ["ingest", "feature-store"]
+    reference = run["reference_comparison"]  # selected vs the gradient-boosting reference
+    assert reference["n_rows"] == 80
+    assert reference["pr_auc_interval"]["low"] <= reference["pr_auc_difference"]
+    assert reference["pr_auc_difference"] <= reference["pr_auc_interval"]["high"]
+    assert "gradient-boosting reference" in run["verdict"]
 
     assert (
         metrics["run_id"] == result.run_id

@@ -100,6 +100,11 @@ class TrainConfig(BaseModel):
     strategies: list[str] | None = Field(None, description="balancing strategies; default all")
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.2, ge=0, lt=1)
+    linear_skip: bool = Field(
+        True,
+        description="add a linear path from the inputs to the output logit (a logistic "
+        "regression inside every network)",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(
         None,

@@ -60,6 +60,7 @@ class TrainSettings:
     max_checks: int
     patience: int
     warmup_checks: int = 1
+    linear_skip: bool = False  # a linear path from the inputs straight to the output logit
 
 
 def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[int]) -> np.ndarray:
@@ -84,7 +85,10 @@ def dropout_seed(seed: int, layer: int) -> int:
 
 
 def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: float):
-    """Dense ReLU layers with dropout and a sigmoid output. Hidden initialisers depend only on
+    """Dense ReLU layers with dropout and a sigmoid output; with `settings.linear_skip`, the
+    output logit also gets a linear function of the inputs (zero at the start, no dropout): a
+    logistic regression inside the network, which small data with a mostly linear signal
+    needs (wide & deep, Cheng et al. 2016). Hidden initialisers depend only on
     `seed`, so every strategy starts from identical hidden weights; the output bias starts at the
     log-odds of the class mix the strategy trains on."""
     import keras
@@ -104,13 +108,19 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
                 settings.dropout, seed=dropout_seed(seed, i), name=f"dropout_{i}"
             )
             x = dropout(x)
-    outputs = keras.layers.Dense(
-        1,
-        activation="sigmoid",
-        name="probability",
-        kernel_initializer=_initializers(seed, 0, output=True),
-        bias_initializer=keras.initializers.Constant(output_bias),
-    )(x)
+    output = {
+        "kernel_initializer": _initializers(seed, 0, output=True),
+        "bias_initializer": keras.initializers.Constant(output_bias),
+    }
+    if not settings.linear_skip:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probability", **output)(x)
+        return keras.Model(inputs, outputs, name="mlp")
+    logit = keras.layers.Dense(1, name="logit", **output)(x)
+    linear = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="linear")(
+        inputs
+    )
+    summed = keras.layers.Add(name="logit_sum")([logit, linear])
+    outputs = keras.layers.Activation("sigmoid", name="probability")(summed)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -123,6 +133,8 @@ def initial_weights(
         weights += [_initializers(seed, i)((width, units)), np.zeros(units)]
         width = units
     weights += [_initializers(seed, 0, output=True)((width, 1)), np.full(1, output_bias)]
+    if settings.linear_skip:
+        weights.append(np.zeros((n_inputs, 1)))  # the linear path starts closed
     return [np.asarray(w, dtype=np.float32) for w in weights]
 
 

@@ -99,7 +99,8 @@ class _Program:
         import tensorflow as tf
 
         h, rate, v = x, self.settings.dropout, self.variables
-        for i in range(len(self.settings.hidden)):
+        depth = len(self.settings.hidden)
+        for i in range(depth):
             h = tf.nn.relu(tf.linalg.matmul(h, v[2 * i]) + v[2 * i + 1][:, None])
             if step is not None and rate > 0:
                 shape = tf.shape(h)[1:]
@@ -111,7 +112,10 @@ class _Program:
                     for seed in self.seeds
                 ]
                 h = h * (tf.cast(tf.stack(keep), h.dtype) * (1 / (1 - rate)))
-        return (tf.linalg.matmul(h, v[-2]) + v[-1][:, None])[..., 0]
+        logits = tf.linalg.matmul(h, v[2 * depth]) + v[2 * depth + 1][:, None]
+        if self.settings.linear_skip:
+            logits += tf.linalg.matmul(x, v[2 * depth + 2])
+        return logits[..., 0]
 
     def _losses(self, rows, step):
         """Each network's loss on its batch (rows: [S, B] positions in the pool)."""

@@ -289,6 +289,7 @@ def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
         dropout=config.dropout,
         learning_rate=config.learning_rate,
         batch_size=batch,
+        linear_skip=config.linear_skip,
         **schedule(
             len(train.y),
             minority,

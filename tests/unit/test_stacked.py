@@ -58,20 +58,23 @@ def settings(**changes) -> TrainSettings:
     return TrainSettings(**(base | changes))
 
 
-def test_the_stack_starts_from_the_weights_build_mlp_starts_from():
-    s = settings()
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip):
+    s = settings(linear_skip=skip)
     for got, want in zip(
         initial_weights(6, s, 7, -1.5), build_mlp(6, s, 7, -1.5).get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, want)
 
 
-def test_stacked_training_matches_one_network_at_a_time():
+@pytest.mark.parametrize("skip", [False, True])
+def test_stacked_training_matches_one_network_at_a_time(skip):
     """Without dropout both trainers are deterministic: after 40 steps every network's weights
-    agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01."""
+    agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01 (with
+    and without the linear path)."""
     x, y, x_val, y_val = data()
     x_stop, y_stop, x_test, y_test = x_val[:150], y_val[:150], x_val[150:], y_val[150:]
-    s = settings()
+    s = settings(linear_skip=skip)
     stacked = fit_stacked(networks(x, y, 64), x_stop, y_stop, s)
     for network, (model, info) in zip(networks(x, y, 64), stacked, strict=True):
         reference, ref_info = fit_member(network, x_stop, y_stop, s)
@@ -91,7 +94,7 @@ def test_a_network_trains_the_same_whatever_shares_its_stack():
     """Dropout masks, batches and initial weights come from the network's own seed: trained
     alone or beside four others, it ends with the same weights."""
     x, y, x_val, y_val = data(1)
-    s = settings(dropout=0.2, max_checks=3)
+    s = settings(dropout=0.2, max_checks=3, linear_skip=True)
     alone = fit_stacked(networks(x, y, 64)[3:4], x_val, y_val, s)[0][0]
     together = fit_stacked(networks(x, y, 64), x_val, y_val, s)[3][0]
     for a, b in zip(alone.get_weights(), together.get_weights(), strict=True):

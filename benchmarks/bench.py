@@ -19,6 +19,8 @@ Sections
 - quality:  the selected strategy's test PR-AUC against HistGradientBoosting and logistic
             regression on the same split, over the datasets of benchmarks/quality.py
             (--quality-datasets, --quality-resplits, --quality-args for ablations).
+- ablation: the default network with each ingredient off in turn (benchmarks/quality.py), in
+            one process on the stored features; --ablations picks variants.
 - overhead: the same strategies trained by a plain Python loop on the stored features (no Prefect)
             versus the flow against a running Prefect server, and branches in parallel versus one
             after another; --overhead-rounds interleaved rounds, compared by their medians.
@@ -164,6 +166,7 @@ def train(output: Path, extra: list[str], env: dict[str, str] | None = None) -> 
         "tree_peak_rss_mb": result["tree_peak_rss_mb"],
         "rows_per_s": round(rows / result["wall_s"], 1),
         "selected": metrics["selected"],
+        "test_pr_auc": {r["strategy"]: r.get("pr_auc") for r in metrics["strategies"]},
         "feature_set_reused": run["feature_set_reused"],
         "out_of_core": any("out of core" in note for note in run["ingest"]["notes"]),
         "skipped": [r["strategy"] for r in metrics["strategies"] if r["status"] == "skipped"],
@@ -443,7 +446,12 @@ def section_overhead(work: Path, quick: bool) -> dict[str, Any]:
         }
 
 
-QUALITY: dict[str, Any] = {"datasets": None, "resplits": quality.RESPLITS, "args": []}
+QUALITY: dict[str, Any] = {
+    "datasets": None,
+    "resplits": quality.RESPLITS,
+    "args": [],
+    "variants": None,
+}
 
 
 def section_quality(work: Path, quick: bool) -> dict[str, Any]:
@@ -458,6 +466,12 @@ def section_quality(work: Path, quick: bool) -> dict[str, Any]:
         return quality.section_quality(run, work, QUALITY["datasets"], resplits, QUALITY["args"])
 
 
+def section_ablation(work: Path, quick: bool) -> dict[str, Any]:
+    """benchmarks/quality.py's ablations: each ingredient of the default network off in turn."""
+    resplits = 1 if quick else QUALITY["resplits"]
+    return quality.ablation(work, QUALITY["datasets"], resplits, QUALITY["variants"])
+
+
 SECTIONS = {
     "default": section_default,
     "refuse": section_refuse,
@@ -466,6 +480,7 @@ SECTIONS = {
     "scaling": section_scaling,
     "overhead": section_overhead,
     "quality": section_quality,
+    "ablation": section_ablation,
 }
 
 
@@ -475,6 +490,9 @@ def print_table(results: dict[str, Any]) -> None:
         f"{'peak MB':>8} {'tree MB':>8} {'rows/s':>9}"
     )
     for section, entries in results["sections"].items():
+        if section == "ablation":
+            print(json.dumps(entries, indent=1))
+            continue
         if section == "quality":
             quality.print_quality(entries)
             continue
@@ -525,7 +543,14 @@ def main() -> None:
         default="",
         help="extra flags for every quality run, e.g. '--numeric standard' for an ablation",
     )
+    parser.add_argument(
+        "--ablations",
+        help="comma-separated variants of the ablation section (default: every one in "
+        "benchmarks/quality.py's ABLATIONS)",
+    )
     args = parser.parse_args()
+    if args.ablations:
+        QUALITY["variants"] = [v.strip() for v in args.ablations.split(",")]
     if args.quality_datasets:
         QUALITY["datasets"] = [n.strip() for n in args.quality_datasets.split(",")]
     QUALITY["resplits"] = max(1, args.quality_resplits)

@@ -384,3 +384,94 @@ def print_quality(result: dict[str, Any]) -> None:
         print(row(name, entry))
     for name, value in result["summary"].items():
         print(f"  {name}: {value}")
+
+
+# --- ablations ------------------------------------------------------------------------------------
+# Each ingredient of the default network switched off in turn (and a few alternatives), measured
+# in one process on the stored features without the flow: the plain `baseline` and
+# `class_weight` networks (trained side by side, as the flow trains them), the better of the two
+# on the test rows against max(HGB, LR) on the same split. Cheaper than whole runs, so an
+# ablation covers more resplits; what it isolates is the network, not the selection.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "standard scaling": {"numeric_transform": "standard"},
+    "no step floors": {"min_steps": 0, "min_patience_steps": 0},
+    "no linear path": {"linear_skip": False},
+    "before (all three off)": {
+        "numeric_transform": "standard",
+        "min_steps": 0,
+        "min_patience_steps": 0,
+        "linear_skip": False,
+    },
+    "learning rate 3e-3": {"learning_rate": 0.003},
+    "dropout 0.4": {"dropout": 0.4},
+    "hidden 128/64": {"hidden": [128, 64]},
+}
+ABLATION_STRATEGIES = ["baseline", "class_weight"]
+
+
+def _ablation_run(dataset: Dataset, path: Path, work: Path, settings: dict[str, Any]):
+    """Features and the two networks for one resplit, in this process; (feature set, records)."""
+    from flows.train import IN_MEMORY as stages
+    from tasks.config import TrainConfig
+    from tasks.train import train_stack
+
+    config = TrainConfig(**settings)
+    work.mkdir(parents=True, exist_ok=True)
+    ingested = stages.ingest.fn(config, work)
+    split = stages.split.fn(config, ingested, work)
+    outliers = stages.handle_outliers.fn(config, ingested, split, work)
+    feature_set = stages.build_features.fn(config, ingested, split, outliers)
+    (work / "branches").mkdir(exist_ok=True)
+    records = train_stack.fn(ABLATION_STRATEGIES, feature_set, config, str(work / "branches"))
+    return feature_set, records
+
+
+def ablation(
+    work: Path, names: list[str] | None, resplits: int, variants: list[str] | None = None
+) -> dict[str, Any]:
+    """ratio = best of the two networks / max(HGB, LR), mean over resplits, per dataset and
+    variant (see ABLATIONS)."""
+    import logging
+
+    from tasks.model import configure_tensorflow
+
+    configure_tensorflow(1)  # what the flow uses
+    logging.disable(logging.WARNING)
+    chosen = [d for d in DATASETS if names is None or d.name in names]
+    table: dict[str, dict[str, Any]] = {}
+    for dataset in chosen:
+        frame = dataset.build()
+        if frame is None:
+            continue
+        frame = frame.reset_index(drop=True)
+        path = work / f"ablation-{dataset.name}.parquet"
+        frame.to_parquet(path, index=False)
+        flags = dict(zip(dataset.flags[::2], dataset.flags[1::2], strict=True))
+        base = {
+            "data": str(path),
+            "target": dataset.target,
+            "positive": dataset.positive,
+            "categorical": dataset.categorical,
+            "output": str(work / "ablation-out"),
+            "store": str(work / "ablation-store"),
+        } | {k.lstrip("-").replace("-", "_"): v for k, v in flags.items()}
+        comparators_by_seed: dict[int, dict[str, float]] = {}
+        for variant, changes in ABLATIONS.items():
+            if variants and variant not in variants:
+                continue
+            ratios = []
+            for seed in range(resplits):
+                run_dir = work / "ablation" / dataset.name / variant.replace(" ", "_") / str(seed)
+                settings = base | {"seed": seed} | changes
+                feature_set, records = _ablation_run(dataset, path, run_dir, settings)
+                if seed not in comparators_by_seed:
+                    ids = pd.read_parquet(Path(feature_set.path) / "ids.parquet")
+                    comparators_by_seed[seed] = comparators(frame, dataset, ids)
+                best = max(r["pr_auc"] for r in records if r["status"] == "ok")
+                ratios.append(best / max(comparators_by_seed[seed].values()))
+            table.setdefault(dataset.name, {})[variant] = round(statistics.mean(ratios), 3)
+            print(
+                f"  {dataset.name:<16} {variant:<24} {table[dataset.name][variant]:.3f}", flush=True
+            )
+    return {"resplits": resplits, "ratio best network / max(HGB, LR)": table}

@@ -96,7 +96,10 @@ def test_both_data_paths_split_alike_without_leaking_duplicates_and_fit_the_same
     assert a.categories == b.categories and a.impute_values == b.impute_values
     assert a.integer_valued == b.integer_valued == ["count"]
     assert a.clip_bounds.keys() == b.clip_bounds.keys()
+    assert a.quantiles.keys() == b.quantiles.keys() == set(a.numeric)  # the default transform
     for column in a.numeric:
+        for got, want in zip(a.quantiles[column], b.quantiles[column], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
         assert a.means[column] == pytest.approx(b.means[column], rel=1e-9)
         assert a.scales[column] == pytest.approx(b.scales[column], rel=1e-9)
     stats_a, stats_b = memory.manifest["feature_stats"], core.manifest["feature_stats"]

@@ -61,6 +61,7 @@ class TrainSettings:
     patience: int
     warmup_checks: int = 1
     linear_skip: bool = False  # a linear path from the inputs straight to the output logit
+    weight_decay: float = 0.0  # decoupled (AdamW): each step w -= learning_rate * decay * w
 
 
 def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[int]) -> np.ndarray:
@@ -352,7 +353,9 @@ def fit_member(
     else:
         loss_fn = keras.losses.BinaryCrossentropy()
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay or None
+        ),
         loss=loss_fn,
         steps_per_execution=steps_per_execution(settings.steps_per_check),
     )

@@ -149,9 +149,12 @@ class _Program:
             rate = (
                 self.settings.learning_rate * tf.sqrt(1 - beta_2**t_float) / (1 - beta_1**t_float)
             )
+            decay = self.settings.learning_rate * self.settings.weight_decay
             for var, g, m, v in zip(
                 self.variables, grads, self.moments, self.velocities, strict=True
             ):
+                if decay:  # Keras's decoupled weight decay, before the Adam step
+                    var.assign(var - var * decay)
                 m.assign_add((g - m) * (1 - beta_1))
                 v.assign_add((tf.square(g) - v) * (1 - beta_2))
                 var.assign_sub(m * rate / (tf.sqrt(v) + epsilon))

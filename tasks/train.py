@@ -290,6 +290,7 @@ def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
         learning_rate=config.learning_rate,
         batch_size=batch,
         linear_skip=config.linear_skip,
+        weight_decay=config.weight_decay,
         **schedule(
             len(train.y),
             minority,

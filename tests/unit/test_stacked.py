@@ -67,14 +67,14 @@ def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_stacked_training_matches_one_network_at_a_time(skip):
+@pytest.mark.parametrize(("skip", "decay"), [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_stacked_training_matches_one_network_at_a_time(skip, decay):
     """Without dropout both trainers are deterministic: after 40 steps every network's weights
     agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01 (with
-    and without the linear path)."""
+    and without the linear path, and with Keras's decoupled weight decay)."""
     x, y, x_val, y_val = data()
     x_stop, y_stop, x_test, y_test = x_val[:150], y_val[:150], x_val[150:], y_val[150:]
-    s = settings(linear_skip=skip)
+    s = settings(linear_skip=skip, weight_decay=decay)
     stacked = fit_stacked(networks(x, y, 64), x_stop, y_stop, s)
     for network, (model, info) in zip(networks(x, y, 64), stacked, strict=True):
         reference, ref_info = fit_member(network, x_stop, y_stop, s)

@@ -410,7 +410,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 ABLATION_STRATEGIES = ["baseline", "class_weight"]
 
 
-def _ablation_run(dataset: Dataset, path: Path, work: Path, settings: dict[str, Any]):
+def _ablation_run(work: Path, settings: dict[str, Any]):
     """Features and the two networks for one resplit, in this process; (feature set, records)."""
     from flows.train import IN_MEMORY as stages
     from tasks.config import TrainConfig
@@ -464,7 +464,7 @@ def ablation(
             for seed in range(resplits):
                 run_dir = work / "ablation" / dataset.name / variant.replace(" ", "_") / str(seed)
                 settings = base | {"seed": seed} | changes
-                feature_set, records = _ablation_run(dataset, path, run_dir, settings)
+                feature_set, records = _ablation_run(run_dir, settings)
                 if seed not in comparators_by_seed:
                     ids = pd.read_parquet(Path(feature_set.path) / "ids.parquet")
                     comparators_by_seed[seed] = comparators(frame, dataset, ids)

@@ -245,7 +245,7 @@ def compare_with_baseline(
     selected: str,
     config: TrainConfig,
     raw_path: str,
-) -> tuple[dict[str, Any] | None, str, list[dict[str, float]]]:
+) -> tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None]:
     """The verdict's evidence: selected vs baseline on the test rows, and the selected model's
     operating points; and selected vs the gradient-boosting reference (a fourth element: that
     comparison, or None when the reference did not run)."""

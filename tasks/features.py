@@ -126,9 +126,10 @@ class Preprocessing(BaseModel):
 
 
 QUANTILE_KNOTS = 64  # knots of the normal-quantile transform per numeric column
+Knots = dict[str, tuple[list[float], list[float]]]  # column -> (knots, normal scores)
 
 
-def fit_quantiles(prepared: pd.DataFrame) -> dict[str, tuple[list[float], list[float]]]:
+def fit_quantiles(prepared: pd.DataFrame) -> Knots:
     """Per column of imputed, clipped training values: the knots of a monotone piecewise-linear
     map onto normal scores (the values' own quantiles at QUANTILE_KNOTS evenly spaced levels,
     tied knots merged at their mean level; the levels' normal quantiles, the extremes at the
@@ -151,33 +152,28 @@ def fit_quantiles(prepared: pd.DataFrame) -> dict[str, tuple[list[float], list[f
     return fitted
 
 
-def normal_scores(
-    values: np.ndarray, columns: list[str], quantiles: dict[str, tuple[list[float], list[float]]]
-) -> np.ndarray:
+def normal_scores(values: np.ndarray, columns: list[str], quantiles: Knots) -> np.ndarray:
     """The normal-quantile transform of `values` (columns as `columns`; a column without knots,
     or every column when `quantiles` is empty, passes unchanged; NaN stays NaN; values beyond the
     training range take the extreme scores)."""
+    return _through_knots(values, columns, quantiles, inverse=False)
+
+
+def raw_values(shaped: np.ndarray, columns: list[str], quantiles: Knots) -> np.ndarray:
+    """The inverse of normal_scores within the training range."""
+    return _through_knots(shaped, columns, quantiles, inverse=True)
+
+
+def _through_knots(values: np.ndarray, columns: list[str], quantiles: Knots, inverse: bool):
+    """Each column with knots through its piecewise-linear map (knots -> scores, or back)."""
     if not quantiles:
         return values
     out = np.array(values, dtype=np.float64, copy=True)
     for j, column in enumerate(columns):
         if column in quantiles:
             knots, scores = quantiles[column]
-            out[:, j] = np.interp(out[:, j], knots, scores)
-    return out
-
-
-def raw_values(
-    shaped: np.ndarray, columns: list[str], quantiles: dict[str, tuple[list[float], list[float]]]
-) -> np.ndarray:
-    """The inverse of normal_scores within the training range."""
-    if not quantiles:
-        return shaped
-    out = np.array(shaped, dtype=np.float64, copy=True)
-    for j, column in enumerate(columns):
-        if column in quantiles:
-            knots, scores = quantiles[column]
-            out[:, j] = np.interp(out[:, j], scores, knots)
+            points = (scores, knots) if inverse else (knots, scores)
+            out[:, j] = np.interp(out[:, j], *points)
     return out
 
 

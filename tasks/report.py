@@ -272,7 +272,8 @@ def write_report(
 ) -> UPath:
     """Read the branches' predictions and histories, draw the plots, write one HTML file.
     `compared` is what `compare_with_baseline` returned: the comparison with the baseline (none
-    when baseline is selected), the verdict and the selected model's operating points."""
+    when baseline is selected), the verdict (which covers the reference comparison) and the
+    selected model's operating points."""
     comparison, verdict, operating, _ = compared
     repeats = metrics.get("repeats")
     records = metrics["strategies"]

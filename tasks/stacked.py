@@ -138,6 +138,7 @@ class _Program:
 
         beta_1, beta_2, epsilon = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
         steps = self.settings.steps_per_check
+        decay = self.settings.learning_rate * self.settings.weight_decay
         total = tf.zeros([self.count])
         for k in tf.range(steps):
             t = self.iterations + 1
@@ -149,7 +150,6 @@ class _Program:
             rate = (
                 self.settings.learning_rate * tf.sqrt(1 - beta_2**t_float) / (1 - beta_1**t_float)
             )
-            decay = self.settings.learning_rate * self.settings.weight_decay
             for var, g, m, v in zip(
                 self.variables, grads, self.moments, self.velocities, strict=True
             ):

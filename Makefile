@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean server server-stop
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ run: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# A lasting Prefect server with its UI; `make run` and `python -m flows.train` use it when it runs.
+server: install
+	$(VENV)/bin/prefect server start --background
+	$(PY) -m flows.server
+	@echo "make run and python -m flows.train now use this server: their runs appear in its UI."
+
+server-stop: install
+	$(VENV)/bin/prefect server stop
 
 # Whole-process timings and peak memory; QUICK=1 skips the 5M-row step, SECTIONS=default,overhead picks.
 bench: install

@@ -37,7 +37,7 @@ def build_deployments(
     )
     prediction = predict_flow.to_deployment(
         name="batch-predict",
-        parameters={"model": model_name or "breast_cancer-diagnosis", "output": config.output},
+        parameters={"model": model_name or "breast_cancer-diagnosis", "runs_dir": config.runs_dir},
         tags=["imbalance", "prediction"],
         description="Score a file with the champion of a registered model.",
     )

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flows.cli import run_command
+from flows.cli import add_deprecated_aliases, run_command
 from tasks import registry
 from tasks.storage import location
 
@@ -22,10 +22,14 @@ from tasks.storage import location
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.champion",
+        allow_abbrev=False,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
+    parser.add_argument(
+        "--runs-dir", default="runs", help="where runs and the registry are (default: runs)"
+    )
+    add_deprecated_aliases(parser, "runs_dir", "--runs-dir")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered models and their champions")
     show = commands.add_parser("show", help="a model's champion and history")
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "--objective", required=True, help="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P"
     )
     args = parser.parse_args(argv)
-    registry_dir = location(args.output) / "registry"
+    registry_dir = location(args.runs_dir) / "registry"
     commands_by_name: dict[str, Callable[[], Any]] = {
         "list": lambda: registry.list_models(registry_dir),
         "show": lambda: registry.show(registry_dir, args.name),

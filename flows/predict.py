@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before Prefect's import: a server running here serves this run
+    from flows.server import use_running_server
+
+    use_running_server()
+
 import argparse
+import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.runtime import flow_run
 
-from flows.cli import configure_logging, exit_now, run_command
+from flows.cli import add_deprecated_aliases, exit_now, run_command
+from flows.console import configure_logging
 from flows.server import start_temporary_server
 from tasks.config import DriftSettings
 from tasks.datasets import BUILTINS
@@ -17,6 +26,7 @@ from tasks.registry import resolve_model
 from tasks.storage import location
 
 DEFAULT_DRIFT = DriftSettings()
+log = logging.getLogger(__name__)
 
 
 PREDICT_EXAMPLES = """\
@@ -29,21 +39,33 @@ exit codes: 0 success, 2 bad input (missing columns, wrong types, rows that cann
 """
 
 
-@flow(name="imbalance-predict", flow_run_name="predict-{model}", log_prints=True)
+def _flow_run_name() -> str:
+    """`predict-<model>-<start time>-<id>`: unique in the UI."""
+    model = Path(str(flow_run.parameters.get("model", "model"))).name
+    short = (flow_run.id or "").replace("-", "")[:8]
+    return f"predict-{model}-{flow_run.scheduled_start_time:%Y%m%dT%H%M%S}-{short}"
+
+
+@flow(name="imbalance-predict", flow_run_name=_flow_run_name, log_prints=True)
 def predict_flow(
     model: str,
     data: str,
     out: str,
-    output: str = "runs",
+    runs_dir: str = "runs",
     sep: str | None = None,
     drift: DriftSettings = DEFAULT_DRIFT,
     on_bad_rows: Literal["refuse", "skip"] = "refuse",
     on_unseen: Literal["score", "refuse"] = "score",
+    output: str | None = None,
 ) -> dict[str, Any]:
     """Score `data` with a model directory or the champion of a registered name; write parquet
     (or CSV for an `.csv` path) with `probability`, `probability_corrected`, `label`,
-    `is_positive` (and the id column when present)."""
-    model_dir = resolve_model(model, location(output) / "registry")
+    `is_positive` (and the id column when present). `output` is the deprecated name of
+    `runs_dir`."""
+    if output is not None:
+        log.warning("the parameter `output` is deprecated: it is now `runs_dir`")
+        runs_dir = output
+    model_dir = resolve_model(model, location(runs_dir) / "registry")
     return predict_file(model_dir, data, location(out), sep, drift, on_bad_rows, on_unseen) | {
         "model": str(model_dir)
     }
@@ -52,6 +74,7 @@ def predict_flow(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.predict",
+        allow_abbrev=False,
         description="Score a CSV or parquet file with an exported model.",
         epilog=PREDICT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         "--model", required=True, help="model directory, run directory, or registered model name"
     )
     parser.add_argument("--data", required=True, help="CSV/CSV.GZ/parquet file to score")
-    parser.add_argument("--out", required=True, help="parquet file to write")
-    parser.add_argument("--output", default="runs", help="where the registry lives (default: runs)")
+    parser.add_argument(
+        "--out", required=True, help="the scored file: .csv, .csv.gz or .parquet (by its name)"
+    )
+    parser.add_argument(
+        "--runs-dir", default="runs", help="where runs and the registry are (default: runs)"
+    )
+    add_deprecated_aliases(parser, "runs_dir", "--runs-dir")
     parser.add_argument("--sep", default=None, help="CSV delimiter; detected when not given")
     parser.add_argument(
         "--on-bad-rows",
@@ -86,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             help=f"{field.description} (default: %(default)s)",
         )
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_logging("normal")
 
     def body() -> dict[str, Any]:
         drift = DriftSettings(**{name: getattr(args, name) for name in DriftSettings.model_fields})
         # before any server starts: the model resolves, the data file is there, the output is not it
-        resolve_model(args.model, location(args.output) / "registry")
+        resolve_model(args.model, location(args.runs_dir) / "registry")
         if args.data not in BUILTINS:
             existing_file(args.data)
         check_output(location(args.out), args.data)
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model,
             args.data,
             args.out,
-            args.output,
+            args.runs_dir,
             args.sep,
             drift,
             args.on_bad_rows,

@@ -12,6 +12,11 @@ no `PREFECT_API_URL` or disabled temporary server in the environment or the acti
 no `.env`, `prefect.toml` or `[tool.prefect]` in the working directory (Prefect's other sources
 of settings). Anywhere else, Prefect's own settings decide, after the imports, as Prefect would.
 
+A Prefect server already running on this machine (`make server`, that is `prefect server start`,
+at PREFECT_SERVER_API_HOST:PREFECT_SERVER_API_PORT, by default 127.0.0.1:4200) is used instead
+when nothing else configures the API and its health check answers within half a second: runs
+then appear in its UI and skip the temporary server's start-up.
+
 Several command lines on one Prefect home take turns starting their servers: a first start
 migrates a new database, and two migrations at once fail ("no such table"). A file lock in the
 Prefect home is held from the launch until the server answers."""
@@ -35,6 +40,7 @@ from typing import IO
 log = logging.getLogger(__name__)
 SERVER_START_LOCK = ".imbalance-server-start.lock"  # in PREFECT_HOME
 SERVER_START_SECONDS = 90  # a first start migrates a new database: ~20 s on 2 cores
+LOCAL_SERVER_PROBE_SECONDS = 0.5
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -116,11 +122,7 @@ class EarlyServer:
                         f"the temporary Prefect server on port {self.port} exited with code "
                         f"{code} before it answered"
                     )
-                try:
-                    with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                        self.ready = response.status == 200
-                except OSError:
-                    pass
+                self.ready = _answers(self.url, timeout=1)
                 if not self.ready:
                     if time.monotonic() > deadline:
                         raise RuntimeError(
@@ -148,16 +150,55 @@ class EarlyServer:
 
 
 _EARLY: list[EarlyServer] = []
+_TEMPORARY: list[bool] = []  # set when this process started a temporary server of Prefect's
+
+
+def local_server_url() -> str:
+    """Where `prefect server start` listens by default: Prefect's own host and port settings."""
+    host = os.environ.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{os.environ.get('PREFECT_SERVER_API_PORT', '4200')}/api"
+
+
+def _answers(api_url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def use_running_server() -> bool:
+    """Point this process at the Prefect server running on this machine, if nothing else
+    configures the API and it answers within LOCAL_SERVER_PROBE_SECONDS. Call before Prefect
+    is imported."""
+    if "prefect" in sys.modules or _api_configured_elsewhere():
+        return False
+    url = local_server_url()
+    if not _answers(url, LOCAL_SERVER_PROBE_SECONDS):
+        return False
+    os.environ["PREFECT_API_URL"] = url
+    print(f"Using the Prefect server at {url.removesuffix('/api')}", file=sys.stderr)
+    return True
 
 
 def start_server_early() -> None:
-    """Launch the temporary server now and point this process at it, unless Prefect's API is
-    configured some other way. Call before Prefect is imported."""
-    if "prefect" in sys.modules or _api_configured_elsewhere():
+    """Use the Prefect server running on this machine, or launch the temporary server now and
+    point this process at it, unless Prefect's API is configured some other way. Call before
+    Prefect is imported."""
+    if "prefect" in sys.modules or _api_configured_elsewhere() or use_running_server():
         return
     server = EarlyServer()
     _EARLY.append(server)
     os.environ["PREFECT_API_URL"] = server.url
+
+
+def lasting_server() -> bool:
+    """Whether this process talks to a server that outlives it (so a link into its UI is worth
+    printing): not a temporary server this process started."""
+    from prefect.settings import PREFECT_API_URL
+
+    return not _EARLY and not _TEMPORARY and bool(PREFECT_API_URL.value())
 
 
 def start_temporary_server() -> None:
@@ -178,5 +219,24 @@ def start_temporary_server() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    _TEMPORARY.append(True)
     with _start_lock():
         SubprocessASGIServer().start(timeout=timeout)  # the client reuses this instance
+
+
+def wait_for_local_server(timeout: float = SERVER_START_SECONDS) -> int:
+    """`python -m flows.server`: wait until the local server answers (`make server` calls it
+    after `prefect server start --background`); exit 1 if it does not within `timeout`."""
+    url = local_server_url()
+    deadline = time.monotonic() + timeout
+    while not _answers(url, timeout=1):
+        if time.monotonic() > deadline:
+            print(f"the Prefect server at {url} did not answer within {timeout:.0f} s")
+            return 1
+        time.sleep(0.5)
+    print(f"Prefect UI: {url.removesuffix('/api')}  (stop it with: make server-stop)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(wait_for_local_server())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heavy imports below
-    from flows.cli import refuse_bad_training_input_early
+    from flows.cli import refuse_bad_training_input_early  # (flows/__init__ set the log levels)
 
     refuse_bad_training_input_early(sys.argv[1:])
     from flows.server import start_server_early
@@ -25,10 +25,16 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 from upath import UPath
 
-from flows.cli import config_from_args, configure_logging, exit_now, run_command
-from flows.server import start_temporary_server
+from flows.cli import build_config, exit_now, parse_train_args, run_command
+from flows.console import (
+    configure_logging,
+    live_progress,
+    print_summary,
+    run_log,
+)
+from flows.server import lasting_server, start_temporary_server
 from tasks import out_of_core
-from tasks.branches import repeat_config, select_strategy, train_branches
+from tasks.branches import Selection, repeat_config, select_strategy, train_branches
 from tasks.champion import challenge, seen_rows
 from tasks.compare import compare_with_baseline
 from tasks.config import TrainConfig
@@ -38,11 +44,13 @@ from tasks.ingest import IngestResult, ingest
 from tasks.model import configure_tensorflow
 from tasks.outliers import OutlierResult, handle_outliers
 from tasks.preflight import preflight_training
+from tasks.records import BoardLine
 from tasks.registry import SEEN_ROWS_FILE, record_decision, registry_lock
 from tasks.report import publish_artifacts, write_report
-from tasks.runs import RunRecord
+from tasks.runs import RUN_LOG, RunRecord
 from tasks.split import SplitResult, split
 from tasks.strategies import REFERENCE, resolve_strategies
+from tasks.train import board_lines
 
 log = logging.getLogger("flows.train")
 
@@ -55,25 +63,43 @@ class TrainResult(BaseModel):
     feature_set: FeatureSet
     preprocessing_path: str
     selected: str | None
+    threshold: float | None
+    rank_by: str
+    leaderboard: list[BoardLine]
+    verdict: str
     metrics_path: str
     model_dir: str
     report_path: str
+    run_log_path: str
     registry: dict[str, Any]
+    flow_run_url: str | None = None  # when a lasting Prefect server shows the run
 
     @classmethod
     def of(
-        cls, run_dir: UPath, feature_set: FeatureSet, selected: str, registry: dict[str, Any]
+        cls,
+        run_dir: UPath,
+        feature_set: FeatureSet,
+        chosen: Selection,
+        verdict: str,
+        registry: dict[str, Any],
+        rank_by: str,
     ) -> TrainResult:
         return cls(
             run_id=run_dir.name,
             run_dir=str(run_dir),
             feature_set=feature_set,
             preprocessing_path=str(feature_set.location / "preprocessing.json"),
-            selected=selected,
+            selected=chosen.selected,
+            threshold=chosen.chosen["threshold"],
+            rank_by=rank_by,
+            leaderboard=board_lines(chosen.ranked, rank_by),
+            verdict=verdict,
             metrics_path=str(run_dir / "metrics.json"),
             model_dir=str(run_dir / "model"),
             report_path=str(run_dir / "report.html"),
+            run_log_path=str(run_dir / RUN_LOG),
             registry=registry,
+            flow_run_url=_flow_run_url(),
         )
 
 
@@ -142,9 +168,21 @@ def prepare_features(
 
 
 def _flow_run_name() -> str:
+    """`train-<data>-<start time>-<id>`: unique, and the run directory's id in the UI."""
     config = flow_run.parameters.get("config")
     data = config.data if isinstance(config, TrainConfig) else (config or {}).get("data", "data")
-    return f"train-{Path(str(data)).name.split('.')[0]}-{flow_run.scheduled_start_time:%Y-%m-%d}"
+    started = f"{flow_run.scheduled_start_time:%Y%m%dT%H%M%S}"
+    short = (flow_run.id or "").replace("-", "")[:8]
+    return f"train-{Path(str(data)).name.split('.')[0]}-{started}-{short}"
+
+
+def _flow_run_url() -> str | None:
+    """This flow run's page in the UI of a server that outlives the run (else None)."""
+    from prefect.utilities.urls import url_for
+
+    if not flow_run.id or not lasting_server():
+        return None
+    return url_for("flow-run", obj_id=flow_run.id)
 
 
 DEFAULT_CONFIG = TrainConfig()  # the built-in dataset with every default; never mutated
@@ -158,7 +196,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     branches = run.staging / "branches"
-    with run:  # on any error: run.json records the failed stage; nothing else is left
+    with run, run_log(run.log_path, run.flow_run_id):  # on an error only run.json is left
         with run.stage("ingest"):
             stages = data_path(config)
             ingested = stages.ingest(config, run.work_dir)
@@ -213,7 +251,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             )
     log.info(compared[1].replace("**", ""))
     publish_artifacts(chosen.metrics, compared[1], run_dir / "report.html", registry, decision)
-    return TrainResult.of(run_dir, feature_set, chosen.selected, registry)
+    return TrainResult.of(run_dir, feature_set, chosen, compared[1], registry, config.rank_by)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -252,24 +290,34 @@ def finish_preloading(module: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
+    """`python -m flows.train`: the run, then its summary (or, with --json, its JSON)."""
+    args, shown = parse_train_args(argv)
+    configure_logging(shown.verbosity)
 
-    def body() -> dict[str, Any]:
-        config = config_from_args(argv)
+    def body() -> dict[str, Any] | None:
+        config = build_config(args)
         preflight_training(config)  # header-level checks, before any server starts
         preload_heavy_modules()
         start_temporary_server()
-        with tags("imbalance", f"data:{Path(config.data).name.split('.')[0]}"):
+        data_tag = f"data:{Path(config.data).name.split('.')[0]}"
+        with tags("imbalance", data_tag), live_progress(shown.verbosity):
             result = train_flow(config)
-        return {
+        answer = {
             "run_id": result.run_id,
             "run_dir": result.run_dir,
             "selected": result.selected,
+            "threshold": result.threshold,
             "report": result.report_path,
             "model": result.model_dir,
             "registry": result.registry,
             "feature_set": result.feature_set.path,
+            "run_log": result.run_log_path,
+            "flow_run_url": result.flow_run_url,
         }
+        if shown.json:
+            return answer
+        print_summary(result)
+        return None
 
     return run_command(body)
 

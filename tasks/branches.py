@@ -18,6 +18,7 @@ from tasks.compare import summarize_repeats
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
 from tasks.features import FeatureSet
+from tasks.progress import BOARD, progress_key
 from tasks.records import SCALAR_METRICS, SCHEMA_VERSION, RunMetrics
 from tasks.runs import RunRecord
 from tasks.storage import write_json
@@ -144,6 +145,7 @@ def _branch_jobs(
         "feature_set": feature_set,
         "config": repeat_config(config, repeat),
         "out_dir": str(out_dir if repeat == 0 else out_dir / f"repeat-{repeat}"),
+        "repeat": repeat,
     }
     suffix = "" if repeat == 0 else f"-r{repeat}"
     neural = [n for n in names if n in STRATEGIES]
@@ -185,7 +187,8 @@ def train_branches(
     becomes a `failed` record instead of failing the run. Repeat r trains on its own split
     (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
     records = []
-    with branch_runner(config) as runner, releasing_parts():
+    lines = [progress_key(name, r) for r in range(config.repeats) for name in names]
+    with BOARD.publishing(lines), branch_runner(config) as runner, releasing_parts():
         futures = [
             (job_names, repeat, runner.submit(fn, params))
             for repeat in range(config.repeats)
@@ -200,6 +203,8 @@ def train_branches(
                 done = result if isinstance(result, list) else [result]
             else:
                 done = _failed_records(job_names, future.state.result(raise_on_failure=False))
+            for record in done:  # a branch run in another process reports its end here
+                BOARD.finish(progress_key(record["strategy"], repeat), record["status"])
             records += [record | {"repeat": repeat} for record in done]
     return records
 

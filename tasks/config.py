@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from upath import UPath
 
 from tasks.errors import ConfigError
 from tasks.storage import PROCESS_LOCAL_PROTOCOLS, check_location, location, protocol_of
+
+log = logging.getLogger(__name__)
 
 # Bump when the feature-building code changes what it writes: old feature sets are then rebuilt.
 FEATURE_CODE_VERSION = 7
@@ -191,13 +202,22 @@ class TrainConfig(BaseModel):
 
     # --- seeds and paths ----------------------------------------------------------------
     seed: int = 42
-    output: str = Field(
+    runs_dir: str = Field(
         "runs",
-        description="where runs and the registry go: a path or fsspec URL (file://, s3://, memory://)",
+        validation_alias=AliasChoices("runs_dir", "output"),  # `output`: the deprecated name
+        description="where runs and the registry go: a path or fsspec URL (file://, s3://, "
+        "memory://)",
     )
     store: str | None = Field(
-        None, description="feature store path or fsspec URL; default <output>/store"
+        None, description="feature store path or fsspec URL; default <runs-dir>/store"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "output" in data:
+            log.warning("the setting `output` is deprecated: it is now `runs_dir` (--runs-dir)")
+        return data
 
     @field_validator("drop", "categorical", "strategies", "hidden", mode="before")
     @classmethod
@@ -270,11 +290,11 @@ class TrainConfig(BaseModel):
 
         return None if value is None else resolve_strategies(value)
 
-    @field_validator("output", "store")
+    @field_validator("runs_dir", "store")
     @classmethod
     def _storage_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            check_location(value, f"--{info.field_name}")
+            check_location(value, f"--{info.field_name.replace('_', '-')}")
         return value
 
     @model_validator(mode="after")
@@ -297,7 +317,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _storage_reachable_from_workers(self) -> TrainConfig:
         if self.runner == "dask":
-            for name, url in (("output", self.output), ("store", self.store)):
+            for name, url in (("runs-dir", self.runs_dir), ("store", self.store)):
                 if url is not None and protocol_of(url) in PROCESS_LOCAL_PROTOCOLS:
                     raise ValueError(
                         f"--{name} {url!r} lives in this process's memory, which Dask worker "
@@ -312,7 +332,7 @@ class TrainConfig(BaseModel):
 
     @property
     def output_dir(self) -> UPath:
-        return location(self.output)
+        return location(self.runs_dir)
 
     @property
     def store_dir(self) -> UPath:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,7 +299,12 @@ class RowGroupStream(_Stream):
             yield x, np.concatenate([np.ones(half, dtype=np.float32), y_neg])
 
 
-def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings) -> Any:
+def stop_half_stopping(
+    x_stop: np.ndarray,
+    y_stop: np.ndarray,
+    settings: TrainSettings,
+    on_check: Callable[[int, float], None] | None = None,
+) -> Any:
     """A Keras callback that scores the stop half (average precision, as the reports define it)
     after every check interval (a Keras "epoch" of `steps_per_check` steps), keeps the best
     weights, stops after `patience` checks without improvement once past the warm-up, and
@@ -319,6 +325,8 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
             value = average_precision(y_stop, scores)
             if logs is not None:
                 logs["val_pr_auc"] = value
+            if on_check is not None:
+                on_check((epoch + 1) * settings.steps_per_check, max(value, self.best))
             if value > self.best:
                 self.best, self.best_check, self.wait = value, epoch + 1, 0
                 self.best_weights = self.model.get_weights()
@@ -335,11 +343,16 @@ def stop_half_stopping(x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSe
 
 
 def fit_member(
-    network: Network, x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings
+    network: Network,
+    x_stop: np.ndarray,
+    y_stop: np.ndarray,
+    settings: TrainSettings,
+    on_check: Callable[[int, float], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train one network with Keras's own loop on the shared schedule of `settings` (see
     TrainSettings), keeping the weights that score best on the stop half. The reference for
-    tasks.stacked, and the trainer of training splits streamed from the store."""
+    tasks.stacked, and the trainer of training splits streamed from the store. After every
+    check interval `on_check(steps done, best stop-half score)`."""
     import keras
 
     from tasks.strategies import FOCAL_GAMMA
@@ -359,7 +372,7 @@ def fit_member(
         loss=loss_fn,
         steps_per_execution=steps_per_execution(settings.steps_per_check),
     )
-    stopper = stop_half_stopping(x_stop, y_stop, settings)
+    stopper = stop_half_stopping(x_stop, y_stop, settings, on_check)
     started = time.perf_counter()
     history = model.fit(
         stream.dataset(),

@@ -115,7 +115,7 @@ def writable(url: str, flag: str) -> None:
 
 def preflight_training(config: TrainConfig) -> None:
     """Everything about a training run that can be known in about a second."""
-    writable(config.output, "--output")
+    writable(config.runs_dir, "--runs-dir")
     if config.store:
         writable(config.store, "--store")
     if config.data in BUILTINS:

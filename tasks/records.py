@@ -106,6 +106,23 @@ class RunMetrics(Record):
     repeats: dict[str, Any] | None
 
 
+class BoardLine(BaseModel):
+    """One strategy on the closing summary's leaderboard (the reference included): its
+    validation rank metric, and its test metrics at its tuned threshold."""
+
+    rank: int | None
+    strategy: str
+    status: Status
+    eligible: bool
+    validation: float | None = None
+    test_pr_auc: float | None = None
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    threshold: float | None = None
+    error: str | None = None
+
+
 class Interval(BaseModel):
     low: float
     high: float

@@ -40,6 +40,7 @@ from tasks.storage import (
 log = logging.getLogger(__name__)
 
 
+RUN_LOG = "run.log"  # the run's log lines, kept in its directory
 OWNERLESS_SECONDS = 60  # a leftover with no owner file: its creator died before writing one
 STALE_SECONDS = 24 * 3600  # a partial directory no live process on this host owns, or this old
 
@@ -138,6 +139,12 @@ class RunRecord:
         return is_local(self.output)
 
     @property
+    def log_path(self) -> Path:
+        """Where `run.log` is written while the run goes: in the staging directory on a local
+        disk, else beside the work files (copied into the run directory as it completes)."""
+        return (local_path(self.staging) if self.renames else self.work_dir) / RUN_LOG
+
+    @property
     def run_dir(self) -> UPath:
         return self.output / self.run_id
 
@@ -193,6 +200,8 @@ class RunRecord:
 
     def succeed(self, **extra: Any) -> UPath:
         self.enter("done")
+        if not self.renames and self.log_path.exists():
+            (self.staging / RUN_LOG).write_bytes(self.log_path.read_bytes())
         remove_tree(self.work_dir)
         if self.renames:
             (local_path(self.staging) / OWNER_FILE).unlink(missing_ok=True)

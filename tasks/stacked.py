@@ -24,6 +24,7 @@ two agree on weights and scores (tests/unit/test_stacked.py)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -201,10 +202,15 @@ class _Stopping:
 
 
 def fit_stacked(
-    networks: list[Network], x_stop: np.ndarray, y_stop: np.ndarray, settings: TrainSettings
+    networks: list[Network],
+    x_stop: np.ndarray,
+    y_stop: np.ndarray,
+    settings: TrainSettings,
+    on_check: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Train `networks` together; return each one's Keras model (its best weights on the stop
-    half) and record, as `fit_member` would for each alone."""
+    half) and record, as `fit_member` would for each alone. After every check interval
+    `on_check(steps done, best stop-half scores)` gets one value per network."""
     if not stackable(networks):
         raise ValueError("stacked training needs in-memory batch streams of one input width")
     started = time.perf_counter()
@@ -220,6 +226,8 @@ def fit_stacked(
                 indices[k, s] = next(stream) + offset
         losses = program.check(indices).numpy()
         stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program)
+        if on_check is not None:
+            on_check(stopping.checks * steps, stopping.best)
         if not stopping.active.any():
             break
     final = program.weights()

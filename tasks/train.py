@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,11 +39,13 @@ from tasks.model import (
     schedule,
     steps_per_epoch,
 )
+from tasks.progress import BOARD, progress_key
 from tasks.records import (
     AT_HALF,
     LEADERBOARD_COLUMNS,
     TEST_METRICS,
     THRESHOLD_METRICS,
+    BoardLine,
     check_branch,
 )
 from tasks.storage import (
@@ -415,12 +418,25 @@ def fit_neural(
     prep: Preprocessing,
     labels: tuple[str, str],
     model_dir: UPath,
+    progress: str | None = None,
 ) -> Scores:
-    """One strategy on its own, each member through Keras's own loop (the `separate` trainer)."""
+    """One strategy on its own, each member through Keras's own loop (the `separate` trainer),
+    reporting to the progress board's line `progress`."""
     settings = neural_settings(parts["train"], config)
     plans = plan_members(strategy, parts["train"], config, prep, settings)
     stop = parts["stop"]
-    fitted = [fit_member(plan.network, stop.inputs, stop.y, settings) for plan in plans]
+    key = progress or strategy.name
+    BOARD.start(key, len(plans), settings.max_checks * settings.steps_per_check)
+    fitted = [
+        fit_member(
+            plan.network,
+            stop.inputs,
+            stop.y,
+            settings,
+            lambda step, best, m=plan.member: BOARD.update(key, step, best, member=m),
+        )
+        for plan in plans
+    ]
     return neural_scores(strategy, plans, fitted, parts, settings, labels, model_dir)
 
 
@@ -625,39 +641,55 @@ def _labels(feature_set: FeatureSet) -> tuple[str, str]:
 
 @task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
 def train_branch(
-    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str
+    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int = 0
 ) -> dict[str, Any]:
     """Train and evaluate one strategy (or the reference) on its own. Raises BranchFailed with
     the record when anything goes wrong, so the task shows as failed and the run goes on."""
-    record = _started(name)
+    record, key = _started(name), progress_key(name, repeat)
+    BOARD.start(key)
     branch_dir = location(out_dir) / name
     try:
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
         parts = shared_parts(feature_set)
         reason = skip_reason(name, parts["train"], config)
         if reason:
-            return _skipped(record, reason)
-        labels = _labels(feature_set)
-        if name == REFERENCE:
-            scores = fit_reference(parts, config, labels)
+            record = _skipped(record, reason)
         else:
-            prep = feature_set.preprocessing()
-            scores = fit_neural(STRATEGIES[name], parts, config, prep, labels, branch_dir / "model")
-        record |= finish_branch(name, scores, parts, config, branch_dir)
+            labels = _labels(feature_set)
+            if name == REFERENCE:
+                scores = fit_reference(parts, config, labels)
+            else:
+                scores = fit_neural(
+                    STRATEGIES[name],
+                    parts,
+                    config,
+                    feature_set.preprocessing(),
+                    labels,
+                    branch_dir / "model",
+                    key,
+                )
+            record = _finished(
+                record | finish_branch(name, scores, parts, config, branch_dir), config
+            )
     except Exception as exc:
+        BOARD.finish(key, "failed")
         raise BranchFailed(_failed(record, exc)) from exc
-    return _finished(record, config)
+    BOARD.finish(key, record["status"])
+    return record
 
 
 def _fit_together(
-    networks: list[Network], stop: Part, settings: TrainSettings
+    networks: list[Network],
+    stop: Part,
+    settings: TrainSettings,
+    on_check: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> list[tuple[Any, dict[str, Any]] | BaseException]:
     """The networks trained side by side; should the program itself fail, one at a time, so a
     failure reaches only the strategies whose own network fails."""
     from tasks.stacked import fit_stacked
 
     try:
-        return list(fit_stacked(networks, stop.inputs, stop.y, settings))
+        return list(fit_stacked(networks, stop.inputs, stop.y, settings, on_check))
     except Exception:
         log.exception(
             "stacked training failed; training the %d networks one at a time", len(networks)
@@ -671,9 +703,29 @@ def _fit_together(
     return results
 
 
+def _stack_progress(
+    plans: dict[str, list[MemberPlan]], networks: list[Network], total: int, repeat: int
+) -> Callable[[np.ndarray, np.ndarray], None]:
+    """Start each planned strategy's progress line; the callback that updates them from the
+    stacked program's per-network steps and best stop-half scores."""
+    position = {id(network): i for i, network in enumerate(networks)}
+    rows = {
+        progress_key(name, repeat): [position[id(p.network)] for p in planned]
+        for name, planned in plans.items()
+    }
+    for key, members in rows.items():
+        BOARD.start(key, len(members), total)
+
+    def on_check(steps: np.ndarray, best: np.ndarray) -> None:
+        for key, members in rows.items():
+            BOARD.update(key, int(steps[members].max()), float(best[members].max()))
+
+    return on_check
+
+
 @task(name="train-stack", cache_policy=NO_CACHE, tags=["training"])
 def train_stack(
-    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str
+    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int = 0
 ) -> list[dict[str, Any]]:
     """Train and evaluate several strategies whose networks train side by side in one compiled
     program (tasks.stacked), then tune and evaluate each on its own. Returns one record per
@@ -696,7 +748,10 @@ def train_stack(
         except Exception as exc:
             records[name] = _failed(records[name], exc)
     networks = list({id(p.network): p.network for ps in plans.values() for p in ps}.values())
-    fitted = dict(zip(map(id, networks), _fit_together(networks, stop, settings), strict=True))
+    total = settings.max_checks * settings.steps_per_check
+    on_check = _stack_progress(plans, networks, total, repeat)
+    trained = _fit_together(networks, stop, settings, on_check)
+    fitted = dict(zip(map(id, networks), trained, strict=True))
     log.info(
         "%d strategies trained side by side: %d networks in one program",
         len(plans),
@@ -718,6 +773,8 @@ def train_stack(
             records[name] = _finished(records[name], config)
         except Exception as exc:
             records[name] = _failed(records[name], exc)
+    for name in names:
+        BOARD.finish(progress_key(name, repeat), records[name]["status"])
     return [records[name] for name in names]
 
 
@@ -738,6 +795,30 @@ def select(records: list[dict[str, Any]], rank_by: str) -> tuple[list[dict[str, 
     selected = next((r["strategy"] for r in ok if r.get("eligible")), None)
     rest = [r | {"rank": None} for r in records if r["status"] != "ok"]
     return ok + rest, selected
+
+
+def board_lines(records: list[dict[str, Any]], rank_by: str) -> list[BoardLine]:
+    """The ranked records as the closing summary's leaderboard lines."""
+    lines = []
+    for r in records:
+        ok = r["status"] == "ok"
+        lines.append(
+            BoardLine(
+                rank=r.get("rank"),
+                strategy=r["strategy"],
+                status=r["status"],
+                eligible=bool(r.get("eligible")),
+                validation=rank_value(r, rank_by) if ok else None,
+                test_pr_auc=r["pr_auc"] if ok else None,
+                **(
+                    {key: r[key] for key in ("f1", "precision", "recall", "threshold")}
+                    if ok
+                    else {}
+                ),
+                error=r.get("error"),
+            )
+        )
+    return lines
 
 
 def write_leaderboard(path: UPath, records: list[dict[str, Any]], rank_by: str) -> None:

@@ -99,7 +99,7 @@ def synthetic_frame() -> pd.DataFrame:
 
 def fast_config(output: Path, **overrides) -> TrainConfig:
     """TrainConfig for the synthetic data with fast training; keyword arguments override."""
-    settings = {**SYNTHETIC_SETTINGS, "output": str(output), **FAST}
+    settings = {**SYNTHETIC_SETTINGS, "runs_dir": str(output), **FAST}
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -185,7 +185,7 @@ def tiny_model(tmp_path_factory):
         train_main(
             argv(
                 "--data {a0} --target churned --positive yes --id account_id --categorical segment "
-                "--output {output} --hidden 4 --epochs 1 --batch-size 64 --strategies baseline",
+                "--runs-dir {output} --hidden 4 --epochs 1 --batch-size 64 --strategies baseline",
                 a0=SYNTHETIC,
                 output=output,
             )

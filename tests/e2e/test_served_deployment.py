@@ -100,7 +100,7 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
 
     output = tmp_path / "runs"
     strategies = ["baseline", "class_weight"]
-    config = {**SYNTHETIC_SETTINGS, "output": str(output), "strategies": strategies, **FAST}
+    config = {**SYNTHETIC_SETTINGS, "runs_dir": str(output), "strategies": strategies, **FAST}
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = os.environ | {

@@ -306,8 +306,8 @@ TRAINING_CASES = [
     Case(
         "output is a file",
         csv(base()),
-        r"--output .* is a file, not a directory",
-        ["--output", "{dir}/data.csv/runs"],
+        r"--runs-dir .* is a file, not a directory",
+        ["--runs-dir", "{dir}/data.csv/runs"],
     ),
     Case(
         "too few positives per validation half",
@@ -319,7 +319,7 @@ TRAINING_CASES = [
 
 
 def leftovers(output: Path) -> list[Path]:
-    """Everything a refused run left under --output, other than a failed run's run.json."""
+    """Everything a refused run left under --runs-dir, other than a failed run's run.json."""
     if not output.exists():
         return []
     left = []
@@ -346,13 +346,18 @@ def test_bad_training_input_is_refused_by_name(case, tmp_path, capsys):
     if not case.standard:
         standard = []
     args = argv(
-        "--data {data} --output {output}", *FAST_FLAGS, *standard, *flags, data=data, output=output
+        "--data {data} --runs-dir {output}",
+        *FAST_FLAGS,
+        *standard,
+        *flags,
+        data=data,
+        output=output,
     )
     code = train_main(args)
     err = capsys.readouterr().err
     assert code == 2, err
     assert re.search(case.message, err, re.S), err
-    if "--output" not in case.flags:
+    if "--runs-dir" not in case.flags:
         assert leftovers(output) == []
 
 
@@ -431,7 +436,7 @@ def test_bad_prediction_input_is_refused_by_name(case, model, tmp_path, capsys):
     out = tmp_path / "scored.parquet"
     flags = [f.replace("{dir}", str(tmp_path)) for f in case.flags]
     args = argv(
-        "--model {model} --data {data} --out {out} --output {tmp_path}",
+        "--model {model} --data {data} --out {out} --runs-dir {tmp_path}",
         *flags,
         model=model,
         data=data,
@@ -496,7 +501,7 @@ def test_boolean_labels_and_integer_codes_round_trip(tmp_path, capsys):
         train_main(
             argv(
                 "--data {data} --target churned --positive true --id account_id --categorical "
-                "segment,region --impute most_frequent --output {output}",
+                "segment,region --impute most_frequent --runs-dir {output}",
                 *FAST_FLAGS,
                 data=data,
                 output=output,
@@ -529,7 +534,7 @@ def test_class_labels_that_look_like_mathtext_still_get_a_report(tmp_path, capsy
         train_main(
             argv(
                 "--data {data} --target churned --positive $churn --id account_id --categorical "
-                "segment --output {output}",
+                "segment --runs-dir {output}",
                 *FAST_FLAGS,
                 data=data,
                 output=output,

@@ -77,18 +77,18 @@ def test_schema_change_promotes_with_that_reason(lineage, tmp_path):
     assert d["action"] == "promote" and d["reason"] == "schema_changed"
     assert any("score_b" in line for line in d["details"])
     # restore the previous champion for the CLI tests
-    assert champion_main(["--output", str(output), "rollback", "synthetic-churned"]) == 0
+    assert champion_main(["--runs-dir", str(output), "rollback", "synthetic-churned"]) == 0
     assert registry(output)["champion"]["run_id"] != result.run_id
 
 
 def champion(output: Path, command: str, **values: object) -> int:
-    """`python -m flows.champion --output OUTPUT COMMAND...` in this process."""
-    return champion_main(argv("--output {output} " + command, output=output, **values))
+    """`python -m flows.champion --runs-dir DIR COMMAND...` in this process."""
+    return champion_main(argv("--runs-dir {output} " + command, output=output, **values))
 
 
 def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     output, first, _, forced = lineage
-    assert champion_main(["--output", str(output), "list"]) == 0
+    assert champion_main(["--runs-dir", str(output), "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["name"] == "synthetic-churned"
 
@@ -126,11 +126,12 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
 
     assert reference_positive_rate(LoadedModel(new_dir).meta) == pytest.approx(flagged.mean())
 
-    assert champion_main(["--output", str(output), "rollback", "synthetic-churned"]) == 0
+    assert champion_main(["--runs-dir", str(output), "rollback", "synthetic-churned"]) == 0
     back = json.loads(capsys.readouterr().out)
     assert back["model_dir"] == first.model_dir  # the version before the threshold change
     assert (
-        champion_main(["--output", str(output), "promote", "synthetic-churned", forced.run_id]) == 0
+        champion_main(["--runs-dir", str(output), "promote", "synthetic-churned", forced.run_id])
+        == 0
     )
     capsys.readouterr()
     assert registry(output)["champion"]["run_id"] == forced.run_id
@@ -138,16 +139,18 @@ def test_champion_cli_list_show_rollback_and_set_threshold(lineage, capsys):
     assert champion(output, "rollback synthetic-churned --to {run}", run=first.run_id) == 0
     capsys.readouterr()
 
-    assert champion_main(["--output", str(output), "show", "synthetic-churned"]) == 0
+    assert champion_main(["--runs-dir", str(output), "show", "synthetic-churned"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["champion"]["run_id"] == first.run_id
 
     assert (
-        champion_main(argv("--output {output} rollback synthetic-churned --to nope", output=output))
+        champion_main(
+            argv("--runs-dir {output} rollback synthetic-churned --to nope", output=output)
+        )
         == 2
     )
     assert "not in the registry's history" in capsys.readouterr().err
-    assert champion_main(["--output", str(output), "show", "other"]) == 2
+    assert champion_main(["--runs-dir", str(output), "show", "other"]) == 2
 
 
 def test_retraining_checks_drift_against_the_champion(lineage, tmp_path):

@@ -36,7 +36,7 @@ def test_training_deployment_parameters_are_the_typed_config():
 
 
 def test_served_deployments_resolve_and_carry_the_schedule():
-    config = TrainConfig(output="somewhere")
+    config = TrainConfig(runs_dir="somewhere")
     training, prediction = build_deployments(config, cron="0 2 * * *")
     for deployment in (training, prediction):
         path = Path(deployment.entrypoint.split(":")[0])

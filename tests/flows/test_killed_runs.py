@@ -43,7 +43,7 @@ def api_url() -> str:
 def start(output: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url(), "PREFECT_LOGGING_TO_API_ENABLED": "false"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.train", *FLAGS, "--output", str(output)],
+        [sys.executable, "-m", "flows.train", *FLAGS, "--runs-dir", str(output)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -88,7 +88,9 @@ def test_runs_killed_at_each_stage_leave_nothing_that_is_read_and_the_next_run_s
 
     from flows.train import main as train_main
 
-    assert train_main([*FLAGS, "--output", str(output)]) == 0  # in this process: no second start-up
+    assert (
+        train_main([*FLAGS, "--runs-dir", str(output)]) == 0
+    )  # in this process: no second start-up
     capsys.readouterr()
     assert not list(output.glob(".*.partial")) and not list((output / "store").glob(".*.tmp-*"))
     latest = read_pointer(output, "latest")

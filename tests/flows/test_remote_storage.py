@@ -32,8 +32,8 @@ def memory_runs():
 
 def test_runs_land_on_a_store_without_rename(memory_runs):
     config, first, second = memory_runs
-    output = location(config.output)
-    assert first.run_dir == f"{config.output}/{first.run_id}"
+    output = location(config.runs_dir)
+    assert first.run_dir == f"{config.runs_dir}/{first.run_id}"
     names = sorted(p.name for p in output.iterdir())
     assert names == sorted([first.run_id, second.run_id, "latest.json", "registry", "store"])
     for result in (first, second):
@@ -60,7 +60,7 @@ def test_feature_set_is_stored_marker_last_and_reused(memory_runs):
     config, first, second = memory_runs
     assert not first.feature_set.reused and second.feature_set.reused
     assert first.feature_set.path == second.feature_set.path
-    assert first.feature_set.path.startswith(f"{config.output}/store/")
+    assert first.feature_set.path.startswith(f"{config.runs_dir}/store/")
     stored = location(first.feature_set.path)
     manifest = json.loads((stored / "manifest.json").read_text())
     assert set(manifest["files"]) == {p.name for p in stored.iterdir()} - {"manifest.json"}
@@ -71,25 +71,28 @@ def test_feature_set_is_stored_marker_last_and_reused(memory_runs):
 def test_registry_and_predict_work_from_urls(memory_runs, tmp_path):
     config, first, second = memory_runs
     registry = json.loads(
-        (location(config.output) / "registry" / "synthetic-churned.json").read_text()
+        (location(config.runs_dir) / "registry" / "synthetic-churned.json").read_text()
     )
     assert registry["champion"]["model_dir"] == f"{first.run_dir}/model"
     assert [e["run_id"] for e in registry["history"]] == [first.run_id, second.run_id]
-    assert not list((location(config.output) / "registry").glob("*.lock"))  # lock released
+    assert not list((location(config.runs_dir) / "registry").glob("*.lock"))  # lock released
 
     raw = pd.read_csv(SYNTHETIC)
     data = tmp_path / "rows.csv"
     raw.drop(columns="churned").head(60).to_csv(data, index=False)
-    scored_url = f"{config.output}/scored/latest.parquet"
+    scored_url = f"{config.runs_dir}/scored/latest.parquet"
     by_latest = predict_flow(
-        model=f"{config.output}/latest/model", data=str(data), out=scored_url, output=config.output
+        model=f"{config.runs_dir}/latest/model",
+        data=str(data),
+        out=scored_url,
+        runs_dir=config.runs_dir,
     )
     assert by_latest["model"] == second.model_dir  # <output>/latest followed through its pointer
     by_name = predict_flow(
         model="synthetic-churned",
         data=str(data),
         out=str(tmp_path / "s.parquet"),
-        output=config.output,
+        runs_dir=config.runs_dir,
     )
     assert by_name["model"] == f"{first.run_dir}/model"  # the champion
     scored = read_parquet(scored_url)
@@ -100,7 +103,7 @@ def test_registry_and_predict_work_from_urls(memory_runs, tmp_path):
 
 def test_champion_cli_on_a_url_registry(memory_runs, capsys):
     config, first, second = memory_runs
-    assert champion_main(["--output", config.output, "list"]) == 0
+    assert champion_main(["--runs-dir", config.runs_dir, "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed == [
         {
@@ -114,8 +117,8 @@ def test_champion_cli_on_a_url_registry(memory_runs, capsys):
     assert (
         champion_main(
             argv(
-                "--output {a0} set-threshold synthetic-churned --objective recall@precision:0.5",
-                a0=config.output,
+                "--runs-dir {a0} set-threshold synthetic-churned --objective recall@precision:0.5",
+                a0=config.runs_dir,
             )
         )
         == 0

@@ -158,7 +158,7 @@ def test_predict_on_raw_test_rows_reproduces_the_runs_probabilities(full_run, tm
     raw.drop(columns="churned").to_csv(data, index=False)
     out = tmp_path / "scored.parquet"
     summary = predict_flow(
-        model="synthetic-churned", data=str(data), out=str(out), output=config.output
+        model="synthetic-churned", data=str(data), out=str(out), runs_dir=config.runs_dir
     )
     assert Path(summary["model"]).resolve() == Path(result.model_dir).resolve()  # name -> champion
     scored = pd.read_parquet(out).set_index("account_id")
@@ -217,7 +217,7 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
 def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
     code = predict_main(
         argv(
-            "--model nope --data {a0} --out {a1} --output {tmp_path}",
+            "--model nope --data {a0} --out {a1} --runs-dir {tmp_path}",
             a0=SYNTHETIC,
             a1=tmp_path / "o.parquet",
             tmp_path=tmp_path,

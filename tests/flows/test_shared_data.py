@@ -22,7 +22,7 @@ def test_kaggle_breast_cancer_file_trains_end_to_end(tmp_path):
         data=str(path),
         target="diagnosis",
         id="id",
-        output=str(tmp_path / "runs"),
+        runs_dir=str(tmp_path / "runs"),
         strategies=["baseline", "class_weight"],
         **FAST,
     )
@@ -43,7 +43,7 @@ def test_bank_marketing_semicolons_and_categoricals(tmp_path):
         data=str(path),
         target="y",
         positive="yes",
-        output=str(tmp_path),
+        runs_dir=str(tmp_path),
         categorical="job,marital,education,default,housing,loan,contact,month,poutcome",
     )
     work = tmp_path / "w"
@@ -56,7 +56,7 @@ def test_bank_marketing_semicolons_and_categoricals(tmp_path):
 
 def test_credit_card_subset_ingests(tmp_path):
     path = needs_shared("creditcard_subset/creditcard_7409.csv.gz")
-    config = TrainConfig(data=str(path), target="Class", positive="1", output=str(tmp_path))
+    config = TrainConfig(data=str(path), target="Class", positive="1", runs_dir=str(tmp_path))
     work = tmp_path / "w"
     work.mkdir()
     result = ingest.fn(config, work)

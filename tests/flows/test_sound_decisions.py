@@ -237,7 +237,7 @@ def fast_config_for(tmp_path, path, **overrides):
         "target": "y",
         "positive": "1",
         "id": "row",
-        "output": str(tmp_path / "runs"),
+        "runs_dir": str(tmp_path / "runs"),
         "max_parallel": 2,
     } | overrides
     return TrainConfig(**settings)

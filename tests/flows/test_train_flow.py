@@ -52,7 +52,7 @@ def branch_predictions(result, strategy) -> pd.DataFrame:
 def test_run_layout_and_output_contract(full_run):
     config, result, metrics = full_run
     run_dir = Path(result.run_dir)
-    output = Path(config.output)
+    output = Path(config.runs_dir)
     completed = sorted(
         p.name
         for p in output.iterdir()
@@ -210,7 +210,7 @@ def test_second_run_reuses_the_feature_set(full_run):
     run = json.loads((Path(again.run_dir) / "run.json").read_text())
     assert run["feature_set_reused"] is True
     assert "split" not in [s["stage"] for s in run["stages"]]
-    assert (Path(config.output) / "latest").resolve() == Path(again.run_dir).resolve()
+    assert (Path(config.runs_dir) / "latest").resolve() == Path(again.run_dir).resolve()
 
 
 def test_identical_results_threaded_or_sequential(tmp_path):
@@ -307,7 +307,7 @@ def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame,
     output = tmp_path / "runs"
     code = main(
         argv(
-            "--data {data} --target churned --categorical segment --output {output} --strategies "
+            "--data {data} --target churned --categorical segment --runs-dir {output} --strategies "
             "baseline",
             data=data,
             output=output,
@@ -339,7 +339,7 @@ def test_internal_error_exits_1_with_the_failed_stage(tmp_path, monkeypatch):
     output = tmp_path / "runs"
     code = main(
         argv(
-            "--data {a0} --target churned --categorical segment --output {output} --strategies "
+            "--data {a0} --target churned --categorical segment --runs-dir {output} --strategies "
             "baseline --epochs 1 --hidden 4",
             a0=fast_config(output).data,
             output=output,
@@ -356,25 +356,44 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     output = tmp_path / "runs"
     code = main(
         argv(
-            "--data {a0} --target churned --categorical segment --id account_id --output {output} "
+            "--data {a0} --target churned --categorical segment --id account_id "
+            "--runs-dir {output} "
             "--strategies class_weight --epochs 2 --hidden 4",
             a0=fast_config(output).data,
             output=output,
         )
     )
     assert code == 0
-    out = capsys.readouterr().out
-    printed = json.loads(out[out.index('{\n  "run_id"') :])
-    assert printed["selected"] == "class_weight"
-    assert Path(printed["run_dir"]) == (output / "latest").resolve()
-    assert (output / "latest" / "metrics.json").is_file()
+    captured = capsys.readouterr()
+    # the answer on stdout: the leaderboard (the reference marked), what to ship, where it is
+    out = [line.strip() for line in captured.out.splitlines()]
+    latest = (output / "latest").resolve()
+    board = {row[1]: row for row in (line.split() for line in out if line[:1].isdigit())}
+    assert sorted(board) == ["class_weight", "reference"]
+    assert board["reference"][2] == "*" and any(line.startswith("* a reference") for line in out)
+    assert all(0 <= float(figure) <= 1 for row in board.values() for figure in row[-6:])
+    assert [line for line in out if line.startswith("Ship ")] == [
+        f"Ship class_weight at threshold {board['class_weight'][-1]} (selected on the "
+        "validation tuning half by pr_auc)."
+    ]
+    assert any(line.startswith("Selected class_weight") for line in out)  # the verdict
+    assert "Champion: promoted (first model of this name)." in out
+    assert f"Report: {latest / 'report.html'}" in out and f"Model:  {latest / 'model'}" in out
+    assert not any("In the Prefect UI" in line for line in out)  # a temporary server: no link
+    assert "{" not in captured.out  # no JSON unless asked (--json)
+    # the project's own lines on the console, and in the run's run.log with Prefect's
+    assert "tasks.branches - selected class_weight (ranked on" in captured.err
+    run_log = (latest / "run.log").read_text()
+    assert "INFO tasks.branches: selected class_weight" in run_log
+    assert "task run train-stack: Finished in state Completed()" in run_log
+    assert "ephemeral docs site" not in captured.err + run_log  # GX's noise is off
 
 
 def test_infeasible_objective_fails_every_branch_and_the_run(tmp_path, capsys):
     output = tmp_path / "runs"
     code = main(
         argv(
-            "--data {a0} --target churned --categorical segment --output {output} --strategies "
+            "--data {a0} --target churned --categorical segment --runs-dir {output} --strategies "
             "baseline --epochs 1 --hidden 4 --objective recall@precision:1.0",
             a0=fast_config(output).data,
             output=output,

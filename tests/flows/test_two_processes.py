@@ -1,4 +1,4 @@
-"""Two `python -m flows.train` processes on one `--output` at once, each with the temporary
+"""Two `python -m flows.train` processes on one `--runs-dir` at once, each with the temporary
 Prefect server it starts by default, on one new Prefect database (the hardest case: both servers
 would migrate it at the same moment). Both complete with distinct runs; the feature store holds
 one valid feature set; the registry records both runs in turn and stays valid JSON."""
@@ -30,14 +30,14 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "flows.train", *FLAGS, "--output", str(output)],
+            [sys.executable, "-m", "flows.train", *FLAGS, "--runs-dir", str(output), *shown],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for shown in (["--json", "--quiet"], ["--json"])
     ]
     finished = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, finished, strict=True):
@@ -45,7 +45,10 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
         assert "database is locked" not in stderr
         # the server was launched before the imports (flows.server), not by Prefect's client
         assert "Starting temporary server" not in stderr
-    answers = [json.loads(stdout[stdout.index("{") :]) for stdout, _ in finished]
+    answers = [json.loads(stdout) for stdout, _ in finished]  # --json: the answer alone
+    quiet, normal = (stderr for _, stderr in finished)
+    assert " INFO " not in quiet and "selected baseline" not in quiet  # --quiet: errors only
+    assert "tasks.branches - selected baseline" in normal  # the project's lines by default
     run_ids = sorted(answer["run_id"] for answer in answers)
     assert len(set(run_ids)) == 2
     for run_id in run_ids:
@@ -67,5 +70,5 @@ def test_the_write_probe_never_touches_a_name_another_process_may_hold(tmp_path)
     """Regression: both processes probed `<output>/.write-test` and one deleted the other's probe
     ("No such file or directory"). A name held by someone else must not matter."""
     (tmp_path / ".write-test").mkdir()  # as if another run held the old fixed name
-    writable(str(tmp_path), "--output")
+    writable(str(tmp_path), "--runs-dir")
     assert [p.name for p in tmp_path.iterdir()] == [".write-test"]  # its own probe is gone

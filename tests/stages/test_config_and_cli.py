@@ -76,8 +76,8 @@ def test_unknown_strategy_lists_every_valid_name():
 
 
 def test_feature_settings_exclude_training_and_paths():
-    a = TrainConfig(epochs=5, output="x", strategies=["baseline"]).feature_settings()
-    b = TrainConfig(epochs=50, output="y").feature_settings()
+    a = TrainConfig(epochs=5, runs_dir="x", strategies=["baseline"]).feature_settings()
+    b = TrainConfig(epochs=50, runs_dir="y").feature_settings()
     assert a == b
     assert TrainConfig(seed=1).feature_settings() != TrainConfig(seed=2).feature_settings()
 
@@ -90,8 +90,51 @@ def test_help_shows_examples_and_exit_codes(capsys):
     assert "examples:" in out and "--categorical" in out and "exit codes" in out
 
 
+def test_help_groups_every_flag_and_shows_the_choices_of_enumerated_ones(capsys):
+    """Issue 13 item 5: every setting is in a named group; enumerated settings list their values
+    (strategies from the registry); numbers are typed (a bad one is refused by argparse)."""
+    from flows.cli import FLAG_GROUPS
+    from tasks.strategies import STRATEGIES
+
+    parser = train_parser()
+    titles = [group.title for group in parser._action_groups]
+    for title in ("data", "split", "model", "thresholds and selection", "gates", "runtime"):
+        assert title in titles
+    assert sorted(n for names in FLAG_GROUPS.values() for n in names) == sorted(
+        TrainConfig.model_fields
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{zscore,iqr,clip,none}" in text and "{threads,dask}" in text
+    assert "{pr_auc,roc_auc,f1,mcc,balanced_accuracy,g_mean,objective}" in text
+    assert "{auto,stacked,separate}" in text and "--linear-skip, --no-linear-skip" in text
+    assert ", ".join(STRATEGIES) in text
+    assert "f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P" in text
+    for bad in (["--epochs", "many"], ["--outlier", "mad"], ["--dropout", "x"], ["--out", "r"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(bad)  # --out is not an abbreviation of anything: no prefixes
+        assert info.value.code == 2
+    assert parser.parse_args(["--epochs", "3", "--no-linear-skip"]).epochs == 3
+
+
+def test_the_old_output_name_still_works_with_a_deprecation_warning(capsys, caplog):
+    """Issue 13 item 5: `--output` (train, predict, champion) and the setting `output`
+    (prefect.yaml, users' configs) are deprecated aliases of `--runs-dir` / `runs_dir`."""
+    from flows.champion import main as champion_main
+
+    assert config_from_args(["--output", "elsewhere"]).runs_dir == "elsewhere"
+    assert "--output is deprecated; use --runs-dir" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="tasks.config"):
+        assert TrainConfig(output="there").runs_dir == "there"
+    assert "`output` is deprecated" in caplog.text
+    assert TrainConfig.model_validate({"output": "x"}).model_dump()["runs_dir"] == "x"
+    assert champion_main(["--output", "/nonexistent-runs", "list"]) == 0
+    assert "--output is deprecated" in capsys.readouterr().err
+
+
 def test_cli_exits_2_on_bad_flags(capsys, tmp_path):
-    assert main(["--split", "0.9,0.9,0.9", "--output", str(tmp_path)]) == 2
+    assert main(["--split", "0.9,0.9,0.9", "--runs-dir", str(tmp_path)]) == 2
     assert "--split" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert not any(tmp_path.iterdir())  # nothing written
@@ -111,7 +154,7 @@ def test_a_misspelt_target_is_refused_before_prefect_tensorflow_or_sklearn_load(
     bad = tmp_path / "bad.csv"
     bad.write_text("age,churned\n1,no\n2,yes\n")
     command = [sys.executable, "-X", "importtime", "-m", "flows.train", "--data", str(bad)]
-    command += ["--target", "churn", "--output", str(tmp_path / "runs")]
+    command += ["--target", "churn", "--runs-dir", str(tmp_path / "runs")]
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     assert done.returncode == 2

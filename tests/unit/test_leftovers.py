@@ -45,7 +45,7 @@ def test_stale_staging_is_cleaned_but_a_live_runs_is_kept(tmp_path):
 
 def test_a_new_run_cleans_what_a_killed_one_left(tmp_path):
     config = fast_config(tmp_path / "runs")
-    output = Path(config.output)
+    output = Path(config.runs_dir)
     killed = output / ".20260101T000000Z-dead.partial"
     (killed / "work").mkdir(parents=True)
     (killed / OWNER_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))

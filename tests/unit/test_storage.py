@@ -173,14 +173,15 @@ def test_a_stale_lock_left_by_a_killed_run_is_taken_over(memory_root, monkeypatc
 
 def test_storage_urls_are_checked_when_the_config_is_built():
     with pytest.raises(ValidationError, match="unknown storage protocol 'nope'"):
-        TrainConfig(output="nope://bucket/runs")
+        TrainConfig(runs_dir="nope://bucket/runs")
     with pytest.raises(ValidationError, match="cannot see; use --runner threads"):
-        TrainConfig(output="memory://runs", runner="dask")
-    config = TrainConfig(output="memory://bucket/runs")
+        TrainConfig(runs_dir="memory://runs", runner="dask")
+    config = TrainConfig(runs_dir="memory://bucket/runs")
     assert str(config.store_dir) == "memory://bucket/runs/store"
     assert str(config.registry_dir) == "memory://bucket/runs/registry"
     assert (
-        str(TrainConfig(output="runs", store="file:///srv/store").store_dir) == "file:///srv/store"
+        str(TrainConfig(runs_dir="runs", store="file:///srv/store").store_dir)
+        == "file:///srv/store"
     )
 
 

@@ -70,6 +70,8 @@ ENV = os.environ | {
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # cold runs: a server the user left running (`make server`, port 4200) is not looked for
+    "PREFECT_SERVER_API_PORT": "1",
 }
 
 
@@ -202,7 +204,8 @@ def prefect_server(work: Path) -> Iterator[dict[str, str]]:
                 break
             except OSError:
                 time.sleep(1)
-        yield ENV | {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        # found as a user's `make run` finds `make server`: by Prefect's server address
+        yield ENV | {"PREFECT_SERVER_API_PORT": str(port), "PREFECT_HOME": str(home)}
     finally:
         server.terminate()
         server.wait(timeout=30)

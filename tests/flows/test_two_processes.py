@@ -28,6 +28,7 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     output, home = tmp_path / "runs", tmp_path / "prefect-home"
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env["PREFECT_SERVER_API_PORT"] = "1"  # never a server the developer left running
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "flows.train", *FLAGS, "--runs-dir", str(output), *shown],

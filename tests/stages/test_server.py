@@ -20,6 +20,7 @@ def clean(tmp_path, monkeypatch):
     home.mkdir()
     cwd.mkdir()
     monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_SERVER_API_PORT", "1")  # never a server left running here
     monkeypatch.chdir(cwd)
     return home, cwd
 

@@ -215,7 +215,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         with run.stage("select"):
             chosen = select_strategy(records, config, feature_set, run)
         with run.stage("compare"):
-            compared = compare_with_baseline(
+            versus = compare_with_baseline(
                 branches, chosen.ranked, chosen.selected, config, ingested.raw_path
             )
         with run.stage("export"):
@@ -236,22 +236,22 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                     chosen.metrics,
                     feature_set.manifest,
                     branches,
-                    compared,
+                    versus,
                     decision,
                 )
             run_dir = run.succeed(
                 selected=chosen.selected,
-                verdict=compared[1],
-                comparison=compared[0],
-                reference_comparison=compared[3],
+                verdict=versus[1],
+                comparison=versus[0],
+                reference_comparison=versus[3],
                 champion_decision=decision,
             )
             registry = record_decision(
                 config.registry_dir, model_name, run_dir, chosen.chosen, decision
             )
-    log.info(compared[1].replace("**", ""))
-    publish_artifacts(chosen.metrics, compared[1], run_dir / "report.html", registry, decision)
-    return TrainResult.of(run_dir, feature_set, chosen, compared[1], registry, config.rank_by)
+    log.info(versus[1].replace("**", ""))
+    publish_artifacts(chosen.metrics, versus[1], run_dir, registry, decision, feature_set.manifest)
+    return TrainResult.of(run_dir, feature_set, chosen, versus[1], registry, config.rank_by)
 
 
 # --- command line ----------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 from upath import UPath
 
+from tasks import progress
 from tasks.compare import summarize_repeats
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
 from tasks.features import FeatureSet
-from tasks.progress import BOARD, progress_key
+from tasks.progress import progress_key
 from tasks.records import SCALAR_METRICS, SCHEMA_VERSION, RunMetrics
 from tasks.runs import RunRecord
 from tasks.storage import write_json
@@ -188,7 +189,7 @@ def train_branches(
     (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
     records = []
     lines = [progress_key(name, r) for r in range(config.repeats) for name in names]
-    with BOARD.publishing(lines), branch_runner(config) as runner, releasing_parts():
+    with progress.BOARD.publishing(lines), branch_runner(config) as runner, releasing_parts():
         futures = [
             (job_names, repeat, runner.submit(fn, params))
             for repeat in range(config.repeats)
@@ -204,7 +205,7 @@ def train_branches(
             else:
                 done = _failed_records(job_names, future.state.result(raise_on_failure=False))
             for record in done:  # a branch run in another process reports its end here
-                BOARD.finish(progress_key(record["strategy"], repeat), record["status"])
+                progress.finish(progress_key(record["strategy"], repeat), record["status"])
             records += [record | {"repeat": repeat} for record in done]
     return records
 

@@ -126,3 +126,19 @@ def evaluate(
     result["brier_corrected"] = corrected["brier"]
     result["log_loss_corrected"] = corrected["log_loss"]
     return result
+
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float, float]:
+    """The share `successes / trials` and its Wilson score interval (95% by default). Unlike
+    the normal approximation it stays inside [0, 1] and keeps its coverage at 0 or all
+    successes and on few trials (a rare class's handful of flagged rows). NaNs for no trials."""
+    if trials <= 0:
+        return float("nan"), float("nan"), float("nan")
+    share = successes / trials
+    spread = z * z / trials
+    centre = (share + spread / 2) / (1 + spread)
+    half = z * np.sqrt(share * (1 - share) / trials + spread / (4 * trials)) / (1 + spread)
+    return share, max(0.0, centre - half), min(1.0, centre + half)

@@ -279,11 +279,18 @@ def predict_file(
     }
 
 
+OUTPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")  # CSV for the first two, else parquet
+
+
 def check_output(out: UPath, data: str) -> None:
-    """The output must be a file path that is not the input."""
+    """The output must be a file path that is not the input, and its name says its format."""
     if out.is_dir():
         raise DataInputError(
             f"--out {out} is a directory; give a file path such as {out}/scored.parquet"
+        )
+    if not out.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise DataInputError(
+            f"--out {out}: the file's name sets its format; end it in .csv, .csv.gz or .parquet"
         )
     if (
         is_local(out)

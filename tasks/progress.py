@@ -213,6 +213,20 @@ class Board:
             log.debug("progress artifact for %s not written: %s", line.strategy, exc)
 
 
+# What the trainers call. Module functions, not the board itself: a task shipped to a Dask worker
+# is pickled with the globals it names, and a board (locks, a thread) cannot be pickled.
+def start(strategy: str, members: int = 0, total: int = 0) -> None:
+    BOARD.start(strategy, members, total)
+
+
+def update(strategy: str, step: int, best: float | None, member: int | None = None) -> None:
+    BOARD.update(strategy, step, best, member)
+
+
+def finish(strategy: str, status: str) -> None:
+    BOARD.finish(strategy, status)
+
+
 def progress_key(strategy: str, repeat: int = 0) -> str:
     """A branch's line: its strategy, and its repeat after the first."""
     return strategy if repeat == 0 else f"{strategy} (repeat {repeat})"

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+import math
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup, escape
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
+from tasks.evaluate import wilson_interval
 from tasks.io import io_task_options
 from tasks.records import BOARD_METRICS, HEADLINE_METRICS
 from tasks.storage import is_local, local_path, read_parquet, write_text
@@ -25,48 +29,75 @@ from tasks.thresholds import (
 )
 from tasks.train import rank_value
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.85rem}
-th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
-th{background:#f2f2f2}td.l,th.l{text-align:left}
-tr.selected{background:#e8f4e8}tr.failed{background:#fbeaea}
-.verdict{background:#f6f8fb;border-left:4px solid #3b6ea5;padding:.75rem 1rem;font-size:1.05rem}
-img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
-code,pre{background:#f6f6f6;padding:.1rem .3rem}
-"""
+TEMPLATES = Path(__file__).parent / "templates"
+PALETTE = (  # one colour per strategy, the same in every plot, table and run
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
-def _figure_to_img(fig, alt: str) -> str:
+def num(value: Any) -> Any:
+    """A number as the report prints it: integers with thousands separators, other numbers to
+    4 significant digits (0.9956, 1.000, 12.35, 1,235), NaN and None blank; anything else as it
+    is."""
+    if value is None or isinstance(value, bool | str):
+        return "" if value is None else value
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if math.isnan(number):
+            return ""
+        return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:#.4g}"
+    return value
+
+
+def _bold(text: str) -> Markup:
+    """`**x**` (the verdict's markdown) as <strong>, everything else escaped."""
+    parts = str(escape(text)).split("**")
+    return Markup("".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts)))
+
+
+@cache
+def _template() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined
+    )
+    env.filters |= {"num": num, "bold": _bold}
+    return env.get_template("report.html.j2")
+
+
+def strategy_colors(names: list[str]) -> dict[str, str]:
+    """Each strategy's colour, by its place in the strategy registry (then the reference): a
+    strategy keeps its colour in every plot and table, and from run to run."""
+    from tasks.strategies import REFERENCE, STRATEGIES
+
+    order = [*STRATEGIES, REFERENCE, *(n for n in names if n not in STRATEGIES and n != REFERENCE)]
+    return {name: PALETTE[order.index(name) % len(PALETTE)] for name in names}
+
+
+def _tab(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"columns": columns, "rows": rows}
+
+
+def _figure_to_img(fig, alt: str) -> Markup:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _table(
-    rows: list[dict[str, Any]], columns: list[str], table_id: str = "", row_class=None
-) -> str:
-    head = "".join(
-        f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns)
-    )
-    body = []
-    for row in rows:
-        cls = row_class(row) if row_class else ""
-        cells = []
-        for i, c in enumerate(columns):
-            value = row.get(c, "")
-            if isinstance(value, float):
-                value = "" if np.isnan(value) else f"{value:.4f}"
-            align = "l" if i == 0 or isinstance(value, str) else ""
-            cells.append(f'<td class="{align}">{html.escape(str(value))}</td>')
-        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
-    ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return Markup(f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">')
 
 
 Colors = dict[str, Any]
@@ -76,7 +107,7 @@ def _pr_roc_plot(ok: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     for r in ok:
         test = predictions[r["strategy"]].query("part == 'test'")
         precision, recall, _ = precision_recall_curve(test.y, test.probability)
@@ -111,7 +142,7 @@ def _reliability_plot(
     import matplotlib.pyplot as plt
     from sklearn.calibration import calibration_curve
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True, layout="constrained")
     for ax, column, title in (
         (axes[0], "probability", "raw"),
         (axes[1], "probability_corrected", "calibrated"),
@@ -132,25 +163,32 @@ def _reliability_plot(
     return fig
 
 
-def _confusion_plot(ok: list[dict[str, Any]]):
+def _confusion_plot(ok: list[dict[str, Any]], colors: Colors):
     import matplotlib.pyplot as plt
 
     cols = 4
     rows_n = int(np.ceil(len(ok) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3 * cols, 2.8 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(
+        rows_n, cols, figsize=(12, 3.1 * rows_n), squeeze=False, layout="constrained"
+    )
     for ax, r in zip(axes.ravel(), ok, strict=False):
         cm = r["confusion_matrix"]
         grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
         ax.imshow(grid, cmap="Blues")
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=11)
+        for (i, j), v in np.ndenumerate(grid):  # light text on the dark cells
+            dark = v > grid.max() / 2
+            ax.text(j, i, f"{v:,}", ha="center", va="center", color="white" if dark else "black")
         ax.set(
             xticks=[0, 1],
             yticks=[0, 1],
             xticklabels=["pred −", "pred +"],
             yticklabels=["true −", "true +"],
         )
-        ax.set_title(f"{r['strategy']} @ {r['threshold']:.3f}", fontsize=9)
+        ax.set_title(
+            f"{r['strategy']}\nthreshold {num(r['threshold'])}",
+            fontsize=9,
+            color=colors[r["strategy"]],
+        )
     for ax in axes.ravel()[len(ok) :]:
         ax.axis("off")
     return fig
@@ -164,7 +202,7 @@ def _threshold_plot(
 ):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 4.5), layout="constrained")
     for r in ok:
         tune = predictions[r["strategy"]].query("part == 'tune'")
         t, tp, fp, fn, _ = confusion_at_each_threshold(
@@ -190,7 +228,7 @@ def _threshold_plot(
 def _training_plot(histories: dict[str, list[dict[str, list[float]]]], colors: Colors):
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for name, members in histories.items():
         color = colors.get(name, "grey")
         for i, history in enumerate(members):
@@ -214,10 +252,10 @@ def _training_plot(histories: dict[str, list[dict[str, list[float]]]], colors: C
     return fig
 
 
-def _class_counts_plot(ok: list[dict[str, Any]]):
+def _class_counts_plot(ok: list[dict[str, Any]], colors: Colors):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig, ax = plt.subplots(figsize=(12, 4), layout="constrained")
     names = [r["strategy"] for r in ok]
     counts = [list(r["train_class_counts"].values()) for r in ok]
     labels = list(ok[0]["train_class_counts"].keys()) if ok else ["positive", "negative"]
@@ -225,7 +263,9 @@ def _class_counts_plot(ok: list[dict[str, Any]]):
     for j, label in enumerate(labels):
         ax.bar(x + (j - 0.5) * 0.4, [c[j] for c in counts], width=0.4, label=f"class {label}")
     ax.set(xticks=x, title="Training rows per class after each strategy", ylabel="rows")
-    ax.set_xticklabels(names, rotation=20, fontsize=8)
+    ax.set_xticklabels(names, rotation=20, fontsize=8, ha="right")
+    for label in ax.get_xticklabels():
+        label.set_color(colors[label.get_text()])
     ax.legend()
     return fig
 
@@ -241,14 +281,12 @@ def _plots(
     matplotlib.use("Agg")
     # labels and strategy names are data: a class called '$x' must print, not parse as mathtext
     matplotlib.rcParams["text.parse_math"] = False
-    import matplotlib.pyplot as plt
-
     ok = [r for r in records if r["status"] == "ok"]
-    colors = {r["strategy"]: plt.cm.tab10(i % 10) for i, r in enumerate(ok)}
+    colors = strategy_colors([r["strategy"] for r in records])
     figures = {
         "pr_roc": (_pr_roc_plot(ok, predictions, colors), "precision-recall and ROC curves"),
         "reliability": (_reliability_plot(ok, predictions, colors), "reliability curves"),
-        "confusion": (_confusion_plot(ok), "confusion matrices at the tuned thresholds"),
+        "confusion": (_confusion_plot(ok, colors), "confusion matrices at the tuned thresholds"),
         "threshold": (
             _threshold_plot(ok, predictions, colors, objective),
             "metric versus threshold",
@@ -256,7 +294,7 @@ def _plots(
     }
     if histories:
         figures["training"] = (_training_plot(histories, colors), "training curves")
-    figures["class_counts"] = (_class_counts_plot(ok), "class counts per strategy")
+    figures["class_counts"] = (_class_counts_plot(ok, colors), "class counts per strategy")
     return {name: _figure_to_img(fig, alt) for name, (fig, alt) in figures.items()}
 
 
@@ -270,12 +308,11 @@ def write_report(
     compared: tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None],
     decision: dict[str, Any] | None = None,
 ) -> UPath:
-    """Read the branches' predictions and histories, draw the plots, write one HTML file.
-    `compared` is what `compare_with_baseline` returned: the comparison with the baseline (none
-    when baseline is selected), the verdict (which covers the reference comparison) and the
-    selected model's operating points."""
+    """Read the branches' predictions and histories, draw the plots, render one HTML file from
+    the template. `compared` is what `compare_with_baseline` returned: the comparison with the
+    baseline (none when baseline is selected), the verdict (which covers the reference
+    comparison) and the selected model's operating points."""
     comparison, verdict, operating, _ = compared
-    repeats = metrics.get("repeats")
     records = metrics["strategies"]
     predictions = {
         r["strategy"]: read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
@@ -288,39 +325,76 @@ def write_report(
         if r["status"] == "ok" and history_file.is_file():
             histories[r["strategy"]] = json.loads(history_file.read_text())
     plots = _plots(records, predictions, histories, parse_objective(metrics["config"]["objective"]))
-    run_id = html.escape(metrics["run_id"])
-    sections = [
-        f'<p class="verdict" id="verdict">{_md_bold(html.escape(verdict))}</p>',
-        _leaderboard_section(metrics),
-        _comparison_table(comparison) if comparison else "",
-        _champion_section(decision) if decision else "",
-        f"<h2>Operating points of {html.escape(metrics['selected'])} (test rows)</h2>",
-        _table(
-            operating, ["threshold", "precision", "recall", "alerts_per_1000"], "operating-points"
-        ),
-        _repeats_section(repeats) if repeats else "",
-        f"<h2>Curves</h2>{plots['pr_roc']}{plots['reliability']}",
-        f"<h2>Confusion matrices at the tuned thresholds (test)</h2>{plots['confusion']}",
-        f"<h2>Threshold tuning</h2>{plots['threshold']}",
-        f"<h2>Training</h2>{plots['training']}" if "training" in plots else "",
-        f"<h2>Class counts per strategy</h2>{plots['class_counts']}",
-        _data_section(metrics, manifest, run),
-        _run_section(run, metrics, manifest),
-    ]
-    body = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>Run {run_id}</title>'
-        f"<style>{CSS}</style></head><body>\n<h1>Imbalanced training run {run_id}</h1>\n"
-        + "\n".join(section for section in sections if section)
-        + "\n</body></html>"
+    repeats = metrics.get("repeats")
+    page = _template().render(
+        run_id=metrics["run_id"],
+        answer=answer_box(metrics, manifest["positive_label"]),
+        verdict=verdict,
+        rank_by=metrics["rank_by"],
+        colors=strategy_colors([r["strategy"] for r in records]),
+        leaderboard=_leaderboard(metrics),
+        comparison=_comparison_table(comparison) if comparison else None,
+        champion=_champion(decision) if decision else None,
+        operating=_tab(["threshold", "precision", "recall", "alerts_per_1000"], operating),
+        repeats=_repeats_table(repeats) if repeats else None,
+        plots=plots,
+        data=_data(metrics, manifest, run),
+        run=_run(run, metrics, manifest),
     )
-    return write_text(path, body)
+    return write_text(path, page)
+
+
+def answer_box(metrics: dict[str, Any], positive: str) -> dict[str, Any]:
+    """What to ship and what to expect of it: the selected strategy, its tuned threshold, and
+    its precision, recall and alerts per 1,000 rows on the test rows with 95% Wilson
+    intervals (from its confusion matrix at that threshold)."""
+    chosen = next(r for r in metrics["strategies"] if r["strategy"] == metrics["selected"])
+    cm = chosen["confusion_matrix"]
+    tp, fp, fn, tn = cm["tp"], cm["fp"], cm["fn"], cm["tn"]
+    rows = tp + fp + fn + tn
+
+    def share(k: int, n: int, scale: float = 1.0) -> dict[str, float]:
+        value, low, high = wilson_interval(k, n)
+        return {"value": value * scale, "low": low * scale, "high": high * scale}
+
+    return {
+        "strategy": chosen["strategy"],
+        "threshold": chosen["threshold"],
+        "positive": positive,
+        "rows": rows,
+        "precision": share(tp, tp + fp),
+        "recall": share(tp, tp + fn),
+        "alerts": share(tp + fp, rows, 1000.0),
+    }
+
+
+def answer_markdown(answer: dict[str, Any]) -> str:
+    """The answer box as markdown (the UI's artifact)."""
+
+    def figure(name: str) -> str:
+        f = answer[name]
+        return f"{num(f['value'])} (95% interval {num(f['low'])} to {num(f['high'])})"
+
+    return (
+        f"## Ship **{answer['strategy']}** at threshold **{num(answer['threshold'])}**\n\n"
+        f"On the {num(answer['rows'])} test rows, at that threshold:\n\n"
+        "| | value |\n|---|---|\n"
+        f"| precision | {figure('precision')} |\n"
+        f"| recall | {figure('recall')} |\n"
+        f"| alerts per 1,000 rows | {figure('alerts')} |\n"
+    )
 
 
 BOARD_EXTRAS = ("f1 @0.5", "recall @0.5", "steps", "train seconds", "calibration", "error")
 
 
-def _leaderboard_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    rank_by = metrics["rank_by"]
+def _leaderboard(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard (ranking, threshold, test metrics) and its details (eligibility, status,
+    metrics at 0.5, training effort) as two tables that fit a 1280-pixel window: the selected
+    row, failed rows and the reference marked."""
+    rank_by, selected = metrics["rank_by"], metrics["selected"]
+    columns = ["strategy", "rank", f"validation {rank_by}", "threshold", *BOARD_METRICS]
+    details = ["strategy", "status", "eligible", *BOARD_EXTRAS]
     rows = []
     for r in metrics["strategies"]:
         eligible = "yes" if r.get("eligible") else "no"
@@ -345,35 +419,17 @@ def _leaderboard_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             }
         else:
             row["error"] = r.get("error") or ""
+        if r["strategy"] == selected:
+            row["_class"] = "selected"
+        elif r["status"] != "ok":
+            row["_class"] = "failed"
+        elif r["strategy"] == "reference":
+            row["_class"] = "reference"
         rows.append(row)
-    return rows
+    return _tab(columns, rows) | {"details": _tab(details, rows)}
 
 
-def _leaderboard_section(metrics: dict[str, Any]) -> str:
-    selected = metrics["selected"]
-    columns = ["strategy", "rank", "status", "eligible", f"validation {metrics['rank_by']}"]
-    columns += ["threshold", *BOARD_METRICS, *BOARD_EXTRAS]
-
-    def row_class(row: dict[str, Any]) -> str:
-        if row["strategy"] == selected:
-            return "selected"
-        return "failed" if row["status"] != "ok" else ""
-
-    return (
-        "<h2>Leaderboard</h2>\n"
-        f"<p>Ranked by {html.escape(metrics['rank_by'])} on the validation split (selection "
-        "never looks at test): threshold-free metrics on the tuning half, threshold-dependent "
-        "ones cross-fitted (threshold tuned on one validation half, scored on the other, both "
-        "ways). Test metrics at each strategy's tuned threshold and at 0.5. Every strategy "
-        "trains on the same schedule: the stop half is scored every same number of optimizer "
-        "steps under the same cap; <em>steps</em> and <em>train seconds</em> are what each "
-        "actually used (all members of an ensemble). <code>brier_corrected</code> scores the "
-        "calibrated probabilities.</p>\n"
-        + _table(_leaderboard_rows(metrics), columns, "leaderboard", row_class)
-    )
-
-
-def _comparison_table(comparison: dict[str, Any]) -> str:
+def _comparison_table(comparison: dict[str, Any]) -> dict[str, Any]:
     label = "difference (selected − baseline)"
     rows = [
         {
@@ -387,30 +443,22 @@ def _comparison_table(comparison: dict[str, Any]) -> str:
             ("pr_auc", "pr_auc_difference", "pr_auc_interval"),
         )
     ]
-    return _table(rows, [label, "point", "95% low", "95% high"], "comparison")
+    return _tab([label, "point", "95% low", "95% high"], rows)
 
 
-def _repeats_section(repeats: dict[str, Any]) -> str:
-    repeat_rows = [
+def _repeats_table(repeats: dict[str, Any]) -> dict[str, Any]:
+    rows = [
         {
             "strategy": name,
             "repeats ok": f"{e['repeats_ok']}/{e['repeats']}",
             **{
-                k: (f"{e[k]['mean']:.4f} ± {e[k]['sd']:.4f}" if e.get(k) else "")
+                k: (f"{num(e[k]['mean'])} ± {num(e[k]['sd'])}" if e.get(k) else "")
                 for k in ("pr_auc", "f1", "recall", "precision")
             },
         }
         for name, e in repeats.items()
     ]
-    return (
-        "<h2>Repeats (test, mean ± sd)</h2><p>Each repeat draws a new train/validation/test "
-        "split and new training seeds, so the spread includes the split's variance, not only "
-        "the optimiser's.</p>"
-    ) + _table(
-        repeat_rows,
-        ["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"],
-        "repeats",
-    )
+    return _tab(["strategy", "repeats ok", "pr_auc", "f1", "recall", "precision"], rows)
 
 
 def _gate_rows(run: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -477,57 +525,49 @@ def _split_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _data_section(metrics: dict[str, Any], manifest: dict[str, Any], run: dict[str, Any]) -> str:
+def _data(metrics: dict[str, Any], manifest: dict[str, Any], run: dict[str, Any]) -> dict:
     ingest = manifest["ingest"]
     outlier_columns = ["class", "training rows removed", "values clipped"]
     outlier_columns.append("seed article's rule would remove")
     split_columns = ["split", "rows", "share of rows", "positives", "positive share"]
-    return (
-        "<h2>Data</h2>\n"
-        f"<p>Source <code>{html.escape(manifest['source'])}</code>, sha256 "
-        f"<code>{manifest['source_sha256'][:16]}…</code>, fingerprint "
-        f"<code>{html.escape(metrics['data_fingerprint'])}</code>; {ingest['rows']} rows, "
-        f"classes {html.escape(str(ingest['class_counts']))}, positive class "
-        f"<code>{html.escape(manifest['positive_label'])}</code>. Exact duplicate rows: "
-        f"{ingest['exact_duplicate_rows']}; rows with conflicting labels: "
-        f"{ingest['conflicting_duplicate_rows']}. Split: "
-        f"{html.escape(manifest['split_method'])}; groups of identical feature rows spread over "
-        f"two splits: {manifest.get('feature_duplicates_across_splits', 0)} (refused on random "
-        "splits, reported on time splits).</p>\n"
-        + _table(_split_rows(manifest), split_columns, "splits")
-        + f"\n<h3>Outlier handling ({html.escape(manifest['outliers']['method'])}, training rows "
-        "only)</h3>\n"
-        + _table(_outlier_rows(manifest), outlier_columns, "outliers")
-        + "\n<h3>Gates</h3>"
-        + _table(_gate_rows(run, manifest), ["gate", "result", "expectations", "checked"], "gates")
-    )
+    return {
+        "source": manifest["source"],
+        "sha256": manifest["source_sha256"][:16],
+        "fingerprint": metrics["data_fingerprint"],
+        "rows": ingest["rows"],
+        "class_counts": str(ingest["class_counts"]),
+        "duplicates": ingest["exact_duplicate_rows"],
+        "conflicting": ingest["conflicting_duplicate_rows"],
+        "split_method": manifest["split_method"],
+        "spread": manifest.get("feature_duplicates_across_splits", 0),
+        "splits": _tab(split_columns, _split_rows(manifest)),
+        "outlier_method": manifest["outliers"]["method"],
+        "outliers": _tab(outlier_columns, _outlier_rows(manifest)),
+        "gates": _tab(["gate", "result", "expectations", "checked"], _gate_rows(run, manifest)),
+    }
 
 
-def _run_section(run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
+def _run(run: dict[str, Any], metrics: dict[str, Any], manifest: dict[str, Any]) -> dict:
     durations = [{"step": s["stage"], "seconds": s["seconds"]} for s in run["stages"]]
     versions = [{"package": k, "version": v} for k, v in manifest["versions"].items()]
-    config_json = html.escape(json.dumps(metrics["config"], indent=2))
-    return (
-        f"<h2>Run</h2>{_table(durations, ['step', 'seconds'], 'durations')}\n"
-        f"<h3>Effective configuration</h3><pre>{config_json}</pre>\n"
-        f"<h3>Library versions</h3>{_table(versions, ['package', 'version'], 'versions')}"
-    )
-
-
-def _md_bold(text: str) -> str:
-    parts = text.split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    return {
+        "durations": _tab(["step", "seconds"], durations),
+        "config": json.dumps(metrics["config"], indent=2),
+        "versions": _tab(["package", "version"], versions),
+    }
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(
     metrics: dict[str, Any],
     verdict: str,
-    report_path: UPath,
+    run_dir: UPath,
     registry: dict[str, Any],
     decision: dict[str, Any],
+    manifest: dict[str, Any],
 ) -> None:
-    """Leaderboard table, verdict markdown and a link to the HTML report on the flow run."""
+    """On the flow run, as the UI renders them: the answer box and verdict (markdown), the
+    leaderboard (table), drift against the champion (table), and a link to the HTML report."""
     from prefect.artifacts import (
         create_link_artifact,
         create_markdown_artifact,
@@ -558,9 +598,12 @@ def publish_artifacts(
             table=decision["drift"]["table"],
             description=f"Training data vs the champion's: {decision['drift']['status']}",
         )
+    answer = answer_box(metrics, manifest["positive_label"])
+    report_path = run_dir / "report.html"
     create_markdown_artifact(
         key="verdict",
-        markdown=f"# Run {metrics['run_id']}\n\n{verdict}\n\n**Champion / challenger:** "
+        markdown=f"# Run {metrics['run_id']}\n\n{answer_markdown(answer)}"
+        f"\n{verdict}\n\n**Champion / challenger:** "
         f"{registry['decision']}: "
         f"{registry['reason']} (champion now `{registry['champion']}`, registry "
         f"`{registry['registry']}`)\n\n"
@@ -576,28 +619,24 @@ def publish_artifacts(
     )
 
 
-def _champion_section(decision: dict[str, Any]) -> str:
+def _champion(decision: dict[str, Any]) -> dict[str, Any]:
     comparison = decision.get("comparison") or {}
     interval = comparison.get(
         "pr_auc_interval" if decision.get("metric") == "pr_auc" else "objective_interval"
     )
-    text = f"<strong>{html.escape(decision['action'])}</strong>: {html.escape(decision['reason'])}"
+    text = decision["reason"]
     if interval:
         text += (
-            f" (champion run {html.escape(str(decision['champion_run_id']))}, "
-            f"{decision.get('rows')} rows neither "
+            f" (champion run {decision['champion_run_id']}, {decision.get('rows')} rows neither "
             f"model trained on, 95% interval {interval['low']:+.4f} to {interval['high']:+.4f})"
         )
     if decision.get("note"):
-        text += f". {html.escape(decision['note'])}"
-    section = f'<h2>Champion / challenger</h2><p id="champion">{text}</p>'
+        text += f". {decision['note']}"
+    drift = None
     if decision.get("drift"):
         rows = [
             {k: v for k, v in row.items() if v is not None} for row in decision["drift"]["table"]
         ]
-        section += (
-            f"<p>Drift of this run's training rows against the champion's training data: "
-            f"<strong>{decision['drift']['status']}</strong></p>"
-            + _table(rows, ["feature", "kind", "psi", "ks", "status"], "drift")
-        )
-    return section
+        table = _tab(["feature", "kind", "psi", "ks", "status"], rows)
+        drift = table | {"status": decision["drift"]["status"]}
+    return {"action": decision["action"], "text": text, "drift": drift}

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import gates
+from tasks import gates, progress
 from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -39,7 +39,7 @@ from tasks.model import (
     schedule,
     steps_per_epoch,
 )
-from tasks.progress import BOARD, progress_key
+from tasks.progress import progress_key
 from tasks.records import (
     AT_HALF,
     LEADERBOARD_COLUMNS,
@@ -426,14 +426,14 @@ def fit_neural(
     plans = plan_members(strategy, parts["train"], config, prep, settings)
     stop = parts["stop"]
     key = progress or strategy.name
-    BOARD.start(key, len(plans), settings.max_checks * settings.steps_per_check)
+    progress.start(key, len(plans), settings.max_checks * settings.steps_per_check)
     fitted = [
         fit_member(
             plan.network,
             stop.inputs,
             stop.y,
             settings,
-            lambda step, best, m=plan.member: BOARD.update(key, step, best, member=m),
+            lambda step, best, m=plan.member: progress.update(key, step, best, member=m),
         )
         for plan in plans
     ]
@@ -646,7 +646,7 @@ def train_branch(
     """Train and evaluate one strategy (or the reference) on its own. Raises BranchFailed with
     the record when anything goes wrong, so the task shows as failed and the run goes on."""
     record, key = _started(name), progress_key(name, repeat)
-    BOARD.start(key)
+    progress.start(key)
     branch_dir = location(out_dir) / name
     try:
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
@@ -672,9 +672,9 @@ def train_branch(
                 record | finish_branch(name, scores, parts, config, branch_dir), config
             )
     except Exception as exc:
-        BOARD.finish(key, "failed")
+        progress.finish(key, "failed")
         raise BranchFailed(_failed(record, exc)) from exc
-    BOARD.finish(key, record["status"])
+    progress.finish(key, record["status"])
     return record
 
 
@@ -714,11 +714,11 @@ def _stack_progress(
         for name, planned in plans.items()
     }
     for key, members in rows.items():
-        BOARD.start(key, len(members), total)
+        progress.start(key, len(members), total)
 
     def on_check(steps: np.ndarray, best: np.ndarray) -> None:
         for key, members in rows.items():
-            BOARD.update(key, int(steps[members].max()), float(best[members].max()))
+            progress.update(key, int(steps[members].max()), float(best[members].max()))
 
     return on_check
 
@@ -774,7 +774,7 @@ def train_stack(
         except Exception as exc:
             records[name] = _failed(records[name], exc)
     for name in names:
-        BOARD.finish(progress_key(name, repeat), records[name]["status"])
+        progress.finish(progress_key(name, repeat), records[name]["status"])
     return [records[name] for name in names]
 
 

@@ -56,6 +56,7 @@ RUN_FILES = [
     "model",
     "report.html",
     "run.json",
+    "run.log",
     "seen_rows.parquet",
 ]
 

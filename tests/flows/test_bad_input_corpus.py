@@ -420,6 +420,12 @@ PREDICT_CASES = [
     ),
     Case("out is a directory", csv(base()), r"is a directory", ["--out", "{dir}"]),
     Case("out is the input", csv(base()), r"is the input file", ["--out", "{dir}/data.csv"]),
+    Case(
+        "out names no format",
+        csv(base()),
+        r"scored\.txt: the file's name sets its format; end it in \.csv, \.csv\.gz or \.parquet",
+        ["--out", "{dir}/scored.txt"],
+    ),
     Case("unknown model name", csv(base()), r"no model at 'nope'", ["--model", "nope"]),
     Case(
         "model name with a path escape",

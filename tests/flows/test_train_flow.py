@@ -352,6 +352,12 @@ def test_internal_error_exits_1_with_the_failed_stage(tmp_path, monkeypatch):
     assert not (output / "latest").exists()
 
 
+def ui_url() -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    return PREFECT_UI_URL.value()
+
+
 def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     output = tmp_path / "runs"
     code = main(
@@ -379,14 +385,18 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     assert any(line.startswith("Selected class_weight") for line in out)  # the verdict
     assert "Champion: promoted (first model of this name)." in out
     assert f"Report: {latest / 'report.html'}" in out and f"Model:  {latest / 'model'}" in out
-    assert not any("In the Prefect UI" in line for line in out)  # a temporary server: no link
+    # the session's test server is a configured API (as a lasting server would be): its link
+    run = json.loads((latest / "run.json").read_text())
+    assert [line for line in out if line.startswith("In the Prefect UI: ")] == [
+        f"In the Prefect UI: {ui_url()}/runs/flow-run/{run['flow_run_id']}"
+    ]
     assert "{" not in captured.out  # no JSON unless asked (--json)
-    # the project's own lines on the console, and in the run's run.log with Prefect's
-    assert "tasks.branches - selected class_weight (ranked on" in captured.err
+    # the project's own lines in the run's run.log, with Prefect's (on the console of a real
+    # process: test_two_processes)
     run_log = (latest / "run.log").read_text()
     assert "INFO tasks.branches: selected class_weight" in run_log
     assert "task run train-stack: Finished in state Completed()" in run_log
-    assert "ephemeral docs site" not in captured.err + run_log  # GX's noise is off
+    assert "ephemeral docs site" not in run_log  # GX's noise is off
 
 
 def test_infeasible_objective_fails_every_branch_and_the_run(tmp_path, capsys):

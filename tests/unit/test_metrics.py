@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics
 
 from tasks.calibration import EPS
@@ -58,3 +60,37 @@ def test_one_class_has_no_ranking_metric():
     assert np.isnan(average_precision(np.zeros(5), np.linspace(0, 1, 5)))
     with pytest.raises(ValueError, match="Only one class"):
         roc_auc(np.ones(5), np.linspace(0, 1, 5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    share=st.floats(min_value=0.002, max_value=0.998),
+    trials=st.integers(min_value=5, max_value=400),
+)
+def test_the_wilson_interval_covers_the_true_share_about_95_percent_of_the_time(share, trials):
+    """The answer box's intervals (precision, recall, alert rate): over many draws from a known
+    share, the 95% Wilson interval covers it close to 95% of the time (exact binomial
+    coverage, not a simulation), never less than 85% even for rare shares and few trials
+    (where the normal approximation covers far less), and it stays inside [0, 1]."""
+    from scipy.stats import binom
+
+    from tasks.evaluate import wilson_interval
+
+    ks = np.arange(trials + 1)
+    bounds = np.array([wilson_interval(int(k), trials)[1:] for k in ks])
+    assert (bounds >= 0).all() and (bounds <= 1).all() and (bounds[:, 0] <= bounds[:, 1]).all()
+    covers = (bounds[:, 0] <= share) & (share <= bounds[:, 1])
+    coverage = float(binom.pmf(ks, trials, share)[covers].sum())
+    assert coverage >= 0.85
+    if trials * min(share, 1 - share) >= 10:  # away from the edges: close to nominal
+        assert 0.92 <= coverage <= 0.98
+
+
+def test_the_wilson_interval_at_the_edges():
+    from tasks.evaluate import wilson_interval
+
+    value, low, high = wilson_interval(0, 20)
+    assert value == 0 and low == 0 and 0.1 < high < 0.2  # 0 of 20 still allows ~16%
+    value, low, high = wilson_interval(20, 20)
+    assert value == 1 and high == 1 and 0.8 < low < 0.9
+    assert all(np.isnan(x) for x in wilson_interval(0, 0))

@@ -8,13 +8,15 @@ command line's live display, flows.console); without one, a strategy that trains
 than LOG_SECONDS gets a log line every LOG_SECONDS. The UI's artifacts are written by a
 publisher thread (`Board.publishing`) at most once per strategy every PUBLISH_SECONDS, so the
 training loop never waits for the API; where no publisher runs (a Dask worker), each strategy's
-artifact is written once, when it finishes. A failure to write an artifact is logged, never
+artifact is written once, when it finishes. IMBALANCE_PROGRESS_ARTIFACTS=false turns the
+artifacts off. A failure to write an artifact is logged, never
 raised: progress must not sink a run."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 PUBLISH_SECONDS = 2.0  # at most one API update per strategy this often
+# "false" keeps progress off the API (the console and logs still show it): for a server far
+# away, or a test session whose one SQLite server serves hundreds of runs
+ARTIFACTS_VARIABLE = "IMBALANCE_PROGRESS_ARTIFACTS"
 LOG_SECONDS = 15.0  # without a live display: a progress line per strategy this often
 
 
@@ -39,7 +44,7 @@ class Line:
     member: int | None = None  # the member training now, when members train one at a time
     best: float | None = None  # best stop-half PR-AUC so far, over its members
     status: str = "training"  # then ok, failed or skipped
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
     ids: tuple[Any, Any] = (None, None)  # the task run and flow run it belongs to
     artifact_id: Any = None
     published: float = 0.0
@@ -192,6 +197,8 @@ class Board:
         from prefect.artifacts import ProgressArtifact, update_progress_artifact
 
         line.changed, line.published = False, time.monotonic()
+        if os.environ.get(ARTIFACTS_VARIABLE, "true").lower() in ("0", "false", "no", "off"):
+            return
         if line is self._summary:
             progress = 100.0 * line.step / line.total if line.total else 100.0
             description = f"strategies {line.step}/{line.total} done"

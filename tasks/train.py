@@ -418,14 +418,14 @@ def fit_neural(
     prep: Preprocessing,
     labels: tuple[str, str],
     model_dir: UPath,
-    progress: str | None = None,
+    line: str | None = None,
 ) -> Scores:
     """One strategy on its own, each member through Keras's own loop (the `separate` trainer),
-    reporting to the progress board's line `progress`."""
+    reporting to the progress board's `line` (default: the strategy's name)."""
     settings = neural_settings(parts["train"], config)
     plans = plan_members(strategy, parts["train"], config, prep, settings)
     stop = parts["stop"]
-    key = progress or strategy.name
+    key = line or strategy.name
     progress.start(key, len(plans), settings.max_checks * settings.steps_per_check)
     fitted = [
         fit_member(

@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Log lines stay on the console: shipping every line of ~40 runs to the one SQLite-backed test
 # server slows its API down as the session goes on. (No test reads logs through the API.)
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# Progress artifacts likewise (tests/flows/test_run_talks.py turns them on for its own run).
+os.environ.setdefault("IMBALANCE_PROGRESS_ARTIFACTS", "false")
 # The test server need not store every event (nothing here reads them) nor evaluate automations:
 # both write to its one SQLite file and slowed its API down as the session went on.
 os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false")

@@ -126,7 +126,8 @@ def test_exported_model_and_card(full_run):
         all((model_dir / m).is_file() for m in meta["members"])
         and (model_dir / "preprocessing.json").is_file()
     )
-    card = (model_dir.parent / "MODEL_CARD.md").read_text()
+    card = (model_dir / "MODEL_CARD.md").read_text()  # the card travels with the model
+    assert (model_dir.parent / "MODEL_CARD.md").read_text() == card  # and a copy beside it
     assert f"strategy **{metrics['selected']}**" in card and "validation tuning half" in card
     assert "## Known limits" in card
 

@@ -38,6 +38,7 @@ def command_line_env(home: Path, port: str) -> dict[str, str]:
     Prefect's server address pointing at the running server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     return env | {
+        "IMBALANCE_PROGRESS_ARTIFACTS": "true",
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": port,

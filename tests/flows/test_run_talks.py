@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = [
     *("--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes"),
     *("--id", "account_id", "--categorical", "segment", "--strategies", "baseline,ensemble"),
-    *("--hidden", "4", "--epochs", "2", "--batch-size", "64", "--ensemble-k", "2"),
+    *("--hidden", "4", "--epochs", "1", "--batch-size", "64", "--ensemble-k", "2"),
     *("--bootstrap", "1000", "--json"),
 ]
 

@@ -98,6 +98,9 @@ def test_artifacts_are_on_the_flow_run(full_run):
     rows = json.loads(table) if isinstance(table, str) else table
     assert len(rows) == len(STRATEGIES) + 1
     assert metrics["selected"] in found["verdict"].data
+    # the answer box, as markdown the UI renders (issue 13 item 6)
+    assert f"## Ship **{metrics['selected']}** at threshold **0." in found["verdict"].data
+    assert "| precision | " in found["verdict"].data and "(95% interval " in found["verdict"].data
     assert found["report"].data.endswith("report.html") or "report.html" in found["report"].data
 
 

@@ -234,7 +234,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                     run.staging / "report.html",
                     run.snapshot(),
                     chosen.metrics,
-                    feature_set.manifest,
+                    feature_set,
                     branches,
                     versus,
                     decision,
@@ -250,7 +250,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                 config.registry_dir, model_name, run_dir, chosen.chosen, decision
             )
     log.info(versus[1].replace("**", ""))
-    publish_artifacts(chosen.metrics, versus[1], run_dir, registry, decision, feature_set.manifest)
+    publish_artifacts(chosen.metrics, versus[1], run_dir, registry, decision, feature_set)
     return TrainResult.of(run_dir, feature_set, chosen, versus[1], registry, config.rank_by)
 
 

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
 from tasks.evaluate import wilson_interval
+from tasks.features import FeatureSet
 from tasks.io import io_task_options
 from tasks.records import BOARD_METRICS, HEADLINE_METRICS
 from tasks.storage import is_local, local_path, read_parquet, write_text
@@ -303,7 +304,7 @@ def write_report(
     path: UPath,
     run: dict[str, Any],
     metrics: dict[str, Any],
-    manifest: dict[str, Any],
+    feature_set: FeatureSet,
     branches_dir: UPath,
     compared: tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None],
     decision: dict[str, Any] | None = None,
@@ -311,8 +312,11 @@ def write_report(
     """Read the branches' predictions and histories, draw the plots, render one HTML file from
     the template. `compared` is what `compare_with_baseline` returned: the comparison with the
     baseline (none when baseline is selected), the verdict (which covers the reference
-    comparison) and the selected model's operating points."""
+    comparison) and the selected model's operating points. The feature set, not its manifest,
+    is the parameter: Prefect walks every task parameter element by element, and on wide data
+    the manifest's per-column statistics took ~15 s to walk."""
     comparison, verdict, operating, _ = compared
+    manifest = feature_set.manifest
     records = metrics["strategies"]
     predictions = {
         r["strategy"]: read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
@@ -564,7 +568,7 @@ def publish_artifacts(
     run_dir: UPath,
     registry: dict[str, Any],
     decision: dict[str, Any],
-    manifest: dict[str, Any],
+    feature_set: FeatureSet,
 ) -> None:
     """On the flow run, as the UI renders them: the answer box and verdict (markdown), the
     leaderboard (table), drift against the champion (table), and a link to the HTML report."""
@@ -598,7 +602,7 @@ def publish_artifacts(
             table=decision["drift"]["table"],
             description=f"Training data vs the champion's: {decision['drift']['status']}",
         )
-    answer = answer_box(metrics, manifest["positive_label"])
+    answer = answer_box(metrics, feature_set.manifest["positive_label"])
     report_path = run_dir / "report.html"
     create_markdown_artifact(
         key="verdict",

@@ -101,3 +101,22 @@ def test_no_formatter_opt_outs():
     paths = [*SOURCES, *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
     marker = "fmt: " + "skip"  # spelt apart so this file does not match itself
     assert [str(p) for p in paths if marker in p.read_text()] == []
+
+
+def test_no_task_in_the_flow_gets_a_manifest_as_a_parameter():
+    """Regression (wide data, 5,000 columns): write_report and publish_artifacts got
+    `feature_set.manifest`, whose per-column statistics are ~13 MB of numbers. Prefect walks
+    every task parameter element by element, twice per task run: ~15 s of the report stage.
+    Tasks get the FeatureSet, which reads its manifest when asked."""
+    tree = ast.parse((ROOT / "flows" / "train.py").read_text())
+    (flow,) = [
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "train_flow"
+    ]
+    passed = [
+        ast.unparse(call)
+        for call in ast.walk(flow)
+        if isinstance(call, ast.Call)
+        for arg in [*call.args, *(k.value for k in call.keywords)]
+        if isinstance(arg, ast.Attribute) and arg.attr == "manifest"
+    ]
+    assert passed == []

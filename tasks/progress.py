@@ -74,6 +74,13 @@ class Line:
         return " · ".join(parts)
 
 
+def _run_ids() -> tuple[Any, Any]:
+    """The task run and flow run the caller is in (None outside them)."""
+    from prefect.utilities.context import get_task_and_flow_run_ids
+
+    return get_task_and_flow_run_ids()
+
+
 class View(Protocol):
     def show(self, line: Line) -> None: ...
 
@@ -92,9 +99,7 @@ class Board:
 
     # --- what the trainers call ---------------------------------------------------------------
     def start(self, strategy: str, members: int = 0, total: int = 0) -> None:
-        from prefect.utilities.context import get_task_and_flow_run_ids
-
-        line = Line(strategy, members, total, ids=get_task_and_flow_run_ids())
+        line = Line(strategy, members, total, ids=_run_ids())
         with self._lock:
             self.lines[strategy] = line
         self._show(line)
@@ -115,8 +120,8 @@ class Board:
         """The branch is done; idempotent (the flow repeats it for branches run elsewhere)."""
         with self._lock:
             line = self.lines.get(strategy)
-            if line is None:
-                line = self.lines[strategy] = Line(strategy, 0, 0, started=time.monotonic())
+            if line is None:  # never started (skipped while planning, or run in another process)
+                line = self.lines[strategy] = Line(strategy, 0, 0, ids=_run_ids())
             if line.status != "training":
                 return
             line.status, line.changed = status, True
@@ -160,12 +165,10 @@ class Board:
         """While the branches train (called by the flow): a flow-run artifact "strategies k/n
         done", and a thread that writes the strategies' progress artifacts. Each strategy's
         final state is written before this returns."""
-        from prefect.utilities.context import get_task_and_flow_run_ids
-
         with self._lock:
             self.lines = {}
             self.expected = list(strategies)
-            self._summary = Line("strategies", 0, len(strategies), ids=get_task_and_flow_run_ids())
+            self._summary = Line("strategies", 0, len(strategies), ids=_run_ids())
             self._stop.clear()
         context = contextvars.copy_context()  # Prefect's settings and client, in the thread
         self._publisher = threading.Thread(
@@ -198,6 +201,8 @@ class Board:
 
         line.changed, line.published = False, time.monotonic()
         if os.environ.get(ARTIFACTS_VARIABLE, "true").lower() in ("0", "false", "no", "off"):
+            return
+        if line.ids == (None, None):  # not in a flow run (a trainer called directly): no API
             return
         if line is self._summary:
             progress = 100.0 * line.step / line.total if line.total else 100.0

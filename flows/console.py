@@ -39,7 +39,7 @@ def prepare_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     named = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
     os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(
-        dict.fromkeys(named + ["flows", "tasks"])
+        dict.fromkeys([*named, *PROJECT_LOGGERS])
     )
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 

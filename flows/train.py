@@ -33,7 +33,7 @@ from flows.console import (
     run_log,
 )
 from flows.server import lasting_server, start_temporary_server
-from tasks import out_of_core
+from tasks import events, out_of_core
 from tasks.branches import Selection, repeat_config, select_strategy, train_branches
 from tasks.champion import challenge, seen_rows
 from tasks.compare import compare_with_baseline
@@ -203,11 +203,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             run.note(ingest=ingested.model_dump(exclude={"raw_path"}))
         feature_sets = prepare_feature_sets(stages, config, ingested, run)
         feature_set = feature_sets[0]
-        run.note(
-            data_fingerprint=feature_set.fingerprint,
-            feature_set=feature_set.path,
-            feature_set_reused=feature_set.reused,
-        )
+        run.note(**feature_set.run_facts())
         with run.stage("train"):
             finish_preloading("tensorflow")
             configure_tensorflow(config.tf_threads)  # before TensorFlow initialises
@@ -250,6 +246,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                 config.registry_dir, model_name, run_dir, chosen.chosen, decision
             )
     log.info(versus[1].replace("**", ""))
+    events.decided(decision, model_name, run_dir)  # automations react to a promotion
     publish_artifacts(chosen.metrics, versus[1], run_dir, registry, decision, feature_set)
     return TrainResult.of(run_dir, feature_set, chosen, versus[1], registry, config.rank_by)
 

@@ -355,9 +355,16 @@ class TrainConfig(BaseModel):
     def registry_dir(self) -> UPath:
         return self.output_dir / "registry"
 
-    def resolved_model_name(self, target: str) -> str:
+    def resolved_model_name(self, target: str | None = None) -> str:
+        """The registry name: --model-name, else `<dataset>-<target>`; `target` defaults to the
+        configured one (or the built-in dataset's)."""
         if self.model_name:
             return self.model_name
+        if target is None:
+            from tasks.datasets import BUILTINS
+
+            builtin = BUILTINS.get(self.data)
+            target = self.target or (builtin.target if builtin else "target")
         dataset = Path(self.data).name.split(".")[0]
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{dataset}-{target}").lstrip("._-") or "model"
 

@@ -228,6 +228,14 @@ class FeatureSet(BaseModel):
     def location(self) -> UPath:
         return location(self.path)
 
+    def run_facts(self) -> dict[str, Any]:
+        """What `run.json` says about the feature set a run used."""
+        return {
+            "data_fingerprint": self.fingerprint,
+            "feature_set": self.path,
+            "feature_set_reused": self.reused,
+        }
+
     def split_path(self, name: str) -> UPath:
         return self.location / f"{name}.parquet"
 

@@ -12,11 +12,11 @@ import pandas as pd
 from prefect import task
 from upath import UPath
 
-from tasks import gates
+from tasks import events, gates
 from tasks.calibration import Calibration
 from tasks.config import DriftSettings
 from tasks.drift import drift_table, overall_status, publish_drift
-from tasks.errors import DataInputError, DriftError
+from tasks.errors import DataInputError, DriftError, GateFailed
 from tasks.export import MODEL_FILE
 from tasks.features import PREPROCESSING, Preprocessing, code_matrix
 from tasks.ingest import NUMERIC_DTYPES, beyond_float32, canonical_categories
@@ -43,6 +43,16 @@ class LoadedModel:
         self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
         self.calibration = calibration_of(self.meta)
         self._members: list[Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The registered model name it was trained under."""
+        return str(self.meta.get("model_name", "model"))
+
+    @property
+    def run_id(self) -> str | None:
+        """The training run that produced it."""
+        return self.meta.get("run_id")
 
     @property
     def members(self) -> list[Any]:
@@ -212,7 +222,11 @@ def predict_file(
     frame = loaded.frame.reset_index(drop=True)
     if frame.empty:
         raise DataInputError(f"{data} has a header but no rows to score")
-    input_gate(frame, model.prep, schema_only=True)
+    try:
+        input_gate(frame, model.prep, schema_only=True)
+    except GateFailed as failure:
+        events.gate_failed(model.name, model.run_id, failure.stage, failure.failures)
+        raise
     reasons, unseen = row_problems(frame, model.prep, on_unseen)
     bad = reasons != ""
     rejects_path = None
@@ -242,9 +256,7 @@ def predict_file(
         float(scored["is_positive"].mean()) if len(scored) else None,
         reference_positive_rate(model.meta),
     )
-    publish_drift(
-        table, f"drift of {data} against model {model.meta['model_name']} ({model.meta['run_id']})"
-    )
+    publish_drift(table, f"drift of {data} against model {model.name} ({model.run_id})")
     status = overall_status(table)
     drifted = table[table.status != "ok"]
     if status != "ok":
@@ -252,6 +264,10 @@ def predict_file(
             "drift %s: %s",
             status,
             ", ".join(f"{r.feature} ({r.status})" for r in drifted.itertuples()),
+        )
+    if status != "ok":
+        events.drift(
+            status, model.name, model.run_id, data, drifted["feature"].tolist(), drift.action
         )
     if status == "fail" and drift.action == "fail":
         lines = [

@@ -25,6 +25,7 @@ from typing import Any
 
 from upath import UPath
 
+from tasks import events
 from tasks.config import TrainConfig
 from tasks.errors import GateFailed
 from tasks.storage import (
@@ -227,6 +228,8 @@ class RunRecord:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         gate = error.stage if isinstance(error, GateFailed) else None
         messages = [f"{gate} gate: {line}" for line in error.failures] if gate else [str(error)]
+        if gate:
+            events.gate_failed(self.config.resolved_model_name(), self.run_id, gate, error.failures)
         write_json(
             self.run_dir / "run.json",
             self._record(

@@ -1,22 +1,29 @@
-"""End to end: a real Prefect server on a free loopback port, the deployments served by
-`deployments/serve.py` in its own process, a training run triggered through the API.
+"""End to end: a real Prefect server on a free loopback port (every service on, as
+`prefect server start` runs it), the deployments served by `deployments/serve.py` in its own
+process, training runs triggered through the API.
 
 Also proves the cron deployment gets scheduled runs from the server's scheduler (which
-sqlalchemy 2.1 silently breaks; hence the pin)."""
+sqlalchemy 2.1 silently breaks; hence the pin), that a promotion's event makes the server run
+batch prediction with the new champion, and that a failed gate's event arrives and the shipped
+alert automation notifies through a (local) webhook."""
 
+import asyncio
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import FAST, SYNTHETIC_SETTINGS
+from tests.conftest import FAST, SYNTHETIC, SYNTHETIC_SETTINGS
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,19 +62,27 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def server(workdir):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        "PREFECT_HOME": str(workdir / "prefect-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{workdir / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        # as `prefect server start` runs by default (the session's test server turns them off)
+        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "true",
     }
     env.pop("PREFECT_API_URL", None)
-    log = tmp_path / "server.log"
+    log = workdir / "server.log"
     with open(log, "w") as out:
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
         proc = subprocess.Popen(
@@ -84,8 +99,103 @@ def server(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_served_training_deployment_runs_through_the_api(server, tmp_path):
+@pytest.fixture(scope="module")
+def api(server):
+    """This process talks to the e2e server (not the session's test server)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server}):
+        yield server
+
+
+class Webhook(http.server.BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        length = int(self.headers.get("Content-Length", 0))
+        Webhook.received.append(json.loads(self.rfile.read(length) or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def alerts(api):
+    """A local webhook as the notification block, and the shipped alert automation on it."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from deployments.automations import main as create_automations
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    CustomWebhookNotificationBlock(
+        name="alerts",
+        url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("e2e-alerts", overwrite=True)
+    assert create_automations(["--notify-block", "custom-webhook/e2e-alerts"]) == 0
+    assert create_automations(["--notify-block", "custom-webhook/e2e-alerts"]) == 0  # replaces
+    yield Webhook.received
+    receiver.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(server, workdir):
+    output = workdir / "runs"
+    strategies = ["baseline", "class_weight"]
+    config = {**SYNTHETIC_SETTINGS, "runs_dir": str(output), "strategies": strategies, **FAST}
+    config_file = workdir / "run.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    new_rows = workdir / "new_rows.csv"
+    pd.read_csv(SYNTHETIC).drop(columns="churned").head(50).to_csv(new_rows, index=False)
+    env = os.environ | {
+        "PREFECT_API_URL": server,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = workdir / "serve.log"
+    with open(log, "w") as out:
+        command = [sys.executable, "deployments/serve.py", "--config", str(config_file)]
+        served = subprocess.Popen(
+            [*command, "--predict-data", str(new_rows), "--predict-out", str(workdir / "scored")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield output, log, served
+    finally:
+        served.terminate()
+        served.wait(timeout=30)
+
+
+def read(call):
+    """Run one async client call against the e2e server; None when it raises."""
     from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            try:
+                return await call(client)
+            except Exception:
+                return None
+
+    return asyncio.run(go())
+
+
+def events_named(name: str) -> list:
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    page = read(  # (the client asks for 100 by default; the server allows 50)
+        lambda c: c.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+    )
+    return page.events if page else []
+
+
+def test_served_training_deployment_runs_through_the_api(api, served):
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
@@ -96,94 +206,107 @@ def test_served_training_deployment_runs_through_the_api(server, tmp_path):
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    output = tmp_path / "runs"
-    strategies = ["baseline", "class_weight"]
-    config = {**SYNTHETIC_SETTINGS, "runs_dir": str(output), "strategies": strategies, **FAST}
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    env = os.environ | {
-        "PREFECT_API_URL": server,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        command = [sys.executable, "deployments/serve.py", "--model-name", "synthetic-churned"]
-        served = subprocess.Popen(
-            [*command, "--config", str(config_file)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    output, log, process = served
+    found = wait_for(
+        lambda: read(lambda c: c.read_deployment_by_name("imbalance-train/weekly-retrain")),
+        120,
+        "the served deployment",
+        process,
+        log,
+    )
+    assert found.schedules and found.schedules[0].schedule.cron == "0 3 * * 1"
+    assert found.parameters["config"]["strategies"] == ["baseline", "class_weight"]
+    assert "seed" not in found.parameters["config"]  # only what the file set
+
+    def scheduled_runs(client):
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["weekly-retrain"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
         )
-    try:
-        with temporary_settings({PREFECT_API_URL: server}):
 
-            async def deployment():
-                async with get_client() as client:
-                    try:
-                        return await client.read_deployment_by_name(
-                            "imbalance-train/weekly-retrain"
-                        )
-                    except Exception:
-                        return None
+    runs = wait_for(lambda: read(scheduled_runs), 60, "scheduled runs of the cron deployment")
+    assert all(
+        r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3 for r in runs
+    )
 
-            import asyncio
+    from prefect.deployments import run_deployment
 
-            found = wait_for(
-                lambda: asyncio.run(deployment()), 120, "the served deployment", served, log
-            )
-            assert found.schedules and found.schedules[0].schedule.cron == "0 3 * * 1"
-            assert found.parameters["config"]["strategies"] == ["baseline", "class_weight"]
+    flow_run = run_deployment("imbalance-train/weekly-retrain", timeout=300, poll_interval=2)
+    assert flow_run.state.is_completed(), (flow_run.state, log.read_text()[-3000:])
 
-            async def scheduled_runs():
-                async with get_client() as client:
-                    return await client.read_flow_runs(
-                        deployment_filter=DeploymentFilter(
-                            name=DeploymentFilterName(any_=["weekly-retrain"])
-                        ),
-                        flow_run_filter=FlowRunFilter(
-                            state=FlowRunFilterState(
-                                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
-                            )
-                        ),
-                    )
+    artifacts = read(
+        lambda c: c.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    )
+    assert {"leaderboard", "verdict", "report"} <= {a.key for a in artifacts}
+    latest = output / "latest"
+    metrics = json.loads((latest / "metrics.json").read_text())
+    assert metrics["flow_run_id"] == str(flow_run.id)
+    assert {r["strategy"] for r in metrics["strategies"]} == {
+        "baseline",
+        "class_weight",
+        "reference",
+    }
 
-            runs = wait_for(
-                lambda: asyncio.run(scheduled_runs()), 60, "scheduled runs of the cron deployment"
-            )
-            assert all(
-                r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3
-                for r in runs
-            )
 
-            from prefect.deployments import run_deployment
+def test_a_promotion_makes_the_server_score_new_data_with_the_new_champion(api, served, workdir):
+    """The first model of its name is promoted: the run emits `imbalance.model.promoted`, the
+    batch-predict deployment's trigger starts a run, and the served process scores the new rows
+    with the champion."""
+    output, log, _ = served
+    run_id = json.loads((output / "latest" / "run.json").read_text())["run_id"]
+    (promoted,) = wait_for(
+        lambda: events_named("imbalance.model.promoted"), 60, "the promotion event"
+    )
+    assert promoted.resource.id == "imbalance.model.synthetic-churned"
+    assert promoted.payload["model"] == "synthetic-churned"
+    assert promoted.payload["run_id"] == run_id
+    assert promoted.payload["reason"] == "first model of this name"
+    related = {r.role: r.name for r in promoted.related}
+    assert related["flow"] == "imbalance-train" and related["deployment"] == "weekly-retrain"
 
-            flow_run = run_deployment(
-                "imbalance-train/weekly-retrain", timeout=300, poll_interval=2
-            )
-            assert flow_run.state.is_completed(), (flow_run.state, log.read_text()[-3000:])
+    scored = workdir / "scored" / f"synthetic-churned-{run_id}.parquet"
+    wait_for(scored.exists, 180, f"{scored.name}, scored by the triggered run", log=log)
+    frame = pd.read_parquet(scored)
+    assert len(frame) == 50 and {"probability", "label", "is_positive"} <= set(frame.columns)
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-            async def artifacts():
-                async with get_client() as client:
-                    return await client.read_artifacts(
-                        artifact_filter=ArtifactFilter(
-                            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])
-                        )
-                    )
+    (predict_run,) = read(
+        lambda c: c.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["batch-predict"]))
+        )
+    )
+    assert predict_run.parameters["model"] == "synthetic-churned"
 
-            keys = {a.key for a in asyncio.run(artifacts())}
-            assert {"leaderboard", "verdict", "report"} <= keys
-        latest = output / "latest"
-        metrics = json.loads((latest / "metrics.json").read_text())
-        assert metrics["flow_run_id"] == str(flow_run.id)
-        assert {r["strategy"] for r in metrics["strategies"]} == {
-            "baseline",
-            "class_weight",
-            "reference",
-        }
-    finally:
-        served.terminate()
-        served.wait(timeout=30)
+
+def test_a_failed_gate_is_an_event_and_the_alert_automation_notifies(
+    api, served, alerts, workdir, synthetic_frame
+):
+    from prefect.deployments import run_deployment
+
+    output, log, _ = served
+    bad = synthetic_frame.assign(
+        churned=synthetic_frame.churned.where(synthetic_frame.index % 3 > 0, "x")
+    )
+    bad_file = workdir / "bad.csv"
+    bad.to_csv(bad_file, index=False)
+    config = {**SYNTHETIC_SETTINGS, "data": str(bad_file), "runs_dir": str(output), **FAST}
+    flow_run = run_deployment(
+        "imbalance-train/weekly-retrain",
+        parameters={"config": config},
+        timeout=300,
+        poll_interval=2,
+    )
+    assert flow_run.state.is_failed(), flow_run.state
+    (failed,) = wait_for(lambda: events_named("imbalance.gate.failed"), 60, "the gate event")
+    assert failed.resource.id == "imbalance.model.bad-churned"
+    assert failed.payload["gate"] == "raw"
+    assert "column 'churned' has 3 distinct values" in failed.payload["reason"]
+    assert any(r.role == "flow-run" and r.id.endswith(str(flow_run.id)) for r in failed.related)
+    (alert,) = wait_for(lambda: list(alerts), 60, "the webhook notification", log=log)
+    assert alert["subject"] == f"Training run {flow_run.name} Failed"
+    assert "column 'churned' has 3 distinct values" in alert["body"]

@@ -35,6 +35,52 @@ def test_training_deployment_parameters_are_the_typed_config():
     TrainConfig(**training["parameters"]["config"])
 
 
+def test_prefect_yaml_pulls_the_workers_own_checkout_not_the_deployers_directory():
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    assert spec["pull"] == [
+        {
+            "prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ $IMBALANCE_PROJECT_DIR }}"
+            }
+        }
+    ]
+
+
+def test_prefect_yaml_declares_the_same_promotion_trigger_as_serve_py():
+    """One trigger, two ways to deploy it: the YAML's must be the Python one."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from deployments.automations import promotion_trigger
+
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    prediction = next(d for d in spec["deployments"] if d["name"] == "batch-predict")
+    (declared,) = prediction["triggers"]
+    expected = promotion_trigger("breast_cancer", "runs/predictions")
+    assert DeploymentEventTrigger(**declared).model_dump() == expected.model_dump()
+    assert expected.parameters["out"].startswith("runs/predictions/{{ event.payload.model }}-")
+
+
+def test_served_deployments_freeze_only_the_settings_that_were_given():
+    """serve.py used to write every default into the deployment, so a changed default never
+    reached a served deployment."""
+    training, prediction = build_deployments(TrainConfig(), cron=None)
+    assert training.parameters == {}
+    assert prediction.parameters == {"model": "breast_cancer-diagnosis"}
+    (trigger,) = prediction.triggers
+    assert trigger.parameters["data"] == "breast_cancer"
+    assert trigger.parameters["out"].startswith("runs/predictions/")
+    training, prediction = build_deployments(
+        TrainConfig(data="x.csv", target="y", epochs=3, runs_dir="memory://b/r"),
+        predict_data="in.parquet",
+    )
+    assert training.parameters == {
+        "config": {"data": "x.csv", "target": "y", "epochs": 3, "runs_dir": "memory://b/r"}
+    }
+    assert prediction.parameters == {"model": "x-y", "runs_dir": "memory://b/r"}
+    assert prediction.triggers[0].parameters["data"] == "in.parquet"
+    assert prediction.triggers[0].parameters["out"].startswith("memory://b/r/predictions/")
+
+
 def test_served_deployments_resolve_and_carry_the_schedule():
     config = TrainConfig(runs_dir="somewhere")
     training, prediction = build_deployments(config, cron="0 2 * * *")

@@ -9,14 +9,29 @@ python -m flows.champion set-threshold breast_cancer-diagnosis --objective recal
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before Prefect's import: a running server hears about promotions
+    from flows.server import use_running_server
+
+    use_running_server()
+
 import argparse
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from flows.cli import add_deprecated_aliases, run_command
-from tasks import registry
+from tasks import events, registry
 from tasks.storage import location
+
+# commands that change the champion, announced as a promotion, with the reason from their answer
+CHAMPION_MOVES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "rollback": lambda done: f"rollback from {done['previous']}",
+    "promote": lambda done: f"manual promotion (champion was {done['previous']})",
+    "set-threshold": lambda done: (
+        f"threshold re-tuned to {done['threshold']:.6g} ({done['objective']}): "
+        f"version {done['version']}"
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         "promote": lambda: registry.promote(registry_dir, args.name, args.run_id),
         "set-threshold": lambda: registry.set_threshold(registry_dir, args.name, args.objective),
     }
-    return run_command(commands_by_name[args.command])
+
+    def command() -> Any:
+        done = commands_by_name[args.command]()
+        if args.command in CHAMPION_MOVES:
+            champion = registry.show(registry_dir, args.name)["champion"]
+            events.model_promoted(
+                args.name,
+                champion["run_id"],
+                CHAMPION_MOVES[args.command](done),
+                champion["model_dir"],
+                by=args.command,
+            )
+        return done
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

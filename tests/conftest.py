@@ -96,6 +96,19 @@ def prefect_harness():
 
 
 @pytest.fixture
+def prefect_events(monkeypatch):
+    """The events the code hands to Prefect, kept by Prefect's own asserting events client
+    (`worker._client.events`) instead of being sent to the test server."""
+    from prefect.events.clients import AssertingEventsClient
+    from prefect.events.worker import EventsWorker
+
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+    yield worker
+    worker.drain()
+
+
+@pytest.fixture
 def synthetic_frame() -> pd.DataFrame:
     return pd.read_csv(SYNTHETIC)
 

@@ -310,3 +310,74 @@ def test_a_failed_gate_is_an_event_and_the_alert_automation_notifies(
     (alert,) = wait_for(lambda: list(alerts), 60, "the webhook notification", log=log)
     assert alert["subject"] == f"Training run {flow_run.name} Failed"
     assert "column 'churned' has 3 distinct values" in alert["body"]
+
+
+def test_moving_the_champion_by_hand_is_announced_too(api, served, server):
+    """`flows.champion set-threshold` registers a new version as champion: the same event as a
+    run's promotion, so the same automations react."""
+    output, _, _ = served
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.champion", "--runs-dir", str(output), "set-threshold"]
+        + ["synthetic-churned", "--objective", "recall@precision:0.5"],
+        cwd=ROOT,
+        env=env | {"PREFECT_API_URL": server},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    version = json.loads(done.stdout)["version"]
+    moved = wait_for(
+        lambda: [e for e in events_named("imbalance.model.promoted") if e.payload["by"] != "run"],
+        60,
+        "the set-threshold event",
+    )
+    assert [e.payload["by"] for e in moved] == ["set-threshold"]
+    assert moved[0].payload["reason"].endswith(f"version {version}")
+    assert moved[0].payload["model_dir"].endswith(f"model-v{version}")
+
+
+def test_prefect_yaml_deploys_with_a_pull_step_each_worker_resolves_itself(
+    api, server, tmp_path, monkeypatch
+):
+    """`prefect deploy` keeps the pull step's placeholder (no deployer's absolute path), creates
+    the promotion trigger as an automation, and the step puts a worker in its own checkout."""
+    from prefect.deployments.steps.core import run_steps
+
+    env = os.environ | {"PREFECT_API_URL": server}
+    env.pop("IMBALANCE_PROJECT_DIR", None)
+    for command in (
+        ["work-pool", "create", "imbalance-pool", "--type", "process"],
+        ["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", *command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    deployment = read(lambda c: c.read_deployment_by_name("imbalance-predict/batch-predict"))
+    assert deployment.pull_steps == [
+        {
+            "prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ $IMBALANCE_PROJECT_DIR }}"
+            }
+        }
+    ]
+    automations = read(
+        lambda c: c.read_automations_by_name("imbalance: batch predict on promotion")
+    )
+    assert any(a.actions[0].deployment_id == deployment.id for a in automations), (
+        "the prefect.yaml trigger did not become an automation of the deployment"
+    )
+
+    checkout = tmp_path / "worker-checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMBALANCE_PROJECT_DIR", str(checkout))
+    asyncio.run(run_steps(deployment.pull_steps))  # what a worker does as a run starts
+    assert Path.cwd() == checkout

@@ -188,8 +188,14 @@ def test_predict_rejects_a_missing_column_naming_it(full_run, tmp_path, capsys):
     assert not out.exists()
 
 
+def emitted(worker, prefix: str) -> list:
+    """The project's events the flow runs handed to Prefect (Prefect's own asserting client)."""
+    worker.wait_until_empty()
+    return [e for e in worker._client.events if e.event.startswith(prefix)]
+
+
 def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
-    full_run, tmp_path, capsys
+    full_run, tmp_path, capsys, prefect_events
 ):
     _, result, _ = full_run
     raw, _ = raw_test_rows(result)
@@ -216,6 +222,14 @@ def test_predict_refuses_text_in_numbers_and_scores_or_refuses_unseen_levels(
     err = capsys.readouterr().err
     assert code == 2
     assert "column 'amount' is not numeric" in err
+    (gate,) = emitted(prefect_events, "imbalance.gate.failed")
+    assert gate.resource.id == "imbalance.model.synthetic-churned"
+    assert (
+        gate.payload["gate"] == "predict input"
+        and "'amount' is not numeric" in gate.payload["reason"]
+    )
+    assert gate.payload["run_id"] == result.run_id
+    assert {r.role for r in gate.related} >= {"flow-run", "flow"}
 
 
 def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
@@ -290,7 +304,7 @@ def test_the_verdict_says_plainly_when_the_reference_beats_every_network():
     assert reference_text("smote", ranked, None) == ""
 
 
-def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
+def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys, prefect_events):
     _, result, _ = full_run
     raw, _ = raw_test_rows(result)
     data = tmp_path / "rows.csv"
@@ -299,6 +313,7 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
     assert predict_cli(result.model_dir, data, out) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["drift"] in ("ok", "warn") and out.exists()
+    unshifted = [] if summary["drift"] == "ok" else ["imbalance.drift.warn"]
 
     shifted = raw.assign(amount=raw.amount * 20, score_a=raw.score_a + 5)
     shifted_file = tmp_path / "shifted.csv"
@@ -321,6 +336,13 @@ def test_predict_checks_drift_warns_or_fails(full_run, tmp_path, capsys):
         and "amount: psi" in err
     )
     assert not failed.exists()
+    # both scorings of the shifted rows announced it, whatever the action
+    drifted = emitted(prefect_events, "imbalance.drift.")
+    assert [e.event for e in drifted] == unshifted + ["imbalance.drift.fail"] * 2
+    drifted = drifted[len(unshifted) :]
+    assert [e.payload["action"] for e in drifted] == ["warn", "fail"]
+    assert {"amount", "score_a"} <= set(drifted[0].payload["features"])
+    assert drifted[0].payload["model"] == "synthetic-churned"
 
 
 def test_vectorised_bootstrap_metrics_match_scikit_learn():

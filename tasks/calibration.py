@@ -20,7 +20,7 @@ same `Calibration` is fitted when a branch trains, stored in the exported model,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -28,28 +28,62 @@ from pydantic import BaseModel
 EPS = 1e-7
 
 
-def logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+# Each function takes the array module it computes with: numpy (the default) for the training
+# and evaluation code, `keras.ops` inside the standalone model's `Calibrate` layer. One
+# implementation, two kinds of arrays.
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+def logit(p: Any, xp: Any = np) -> Any:
+    if xp is np:
+        p = np.asarray(p, dtype=np.float64)
+    p = xp.clip(p, EPS, 1 - EPS)
+    return xp.log(p / (1 - p))
 
 
-def prior_shift(p: np.ndarray, trained_prior: float, true_prior: float) -> np.ndarray:
+def sigmoid(z: Any, xp: Any = np) -> Any:
+    if xp is np:
+        z = np.asarray(z, dtype=np.float64)
+    return 1.0 / (1.0 + xp.exp(-z))
+
+
+def prior_shift(p: Any, trained_prior: float, true_prior: float, xp: Any = np) -> Any:
     """Probabilities learned under `trained_prior`, moved to `true_prior` (a logit shift)."""
     if abs(trained_prior - true_prior) < 1e-12:
-        return np.asarray(p, dtype=np.float64)
-    return sigmoid(logit(p) - logit(trained_prior) + logit(true_prior))
+        return np.asarray(p, dtype=np.float64) if xp is np else p
+    return sigmoid(logit(p, xp) - float(logit(trained_prior)) + float(logit(true_prior)), xp)
 
 
-def focal_posterior(p: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
+def focal_posterior(p: Any, alpha: float, gamma: float, xp: Any = np) -> Any:
     """The posterior q whose expected focal loss is minimised by the score p."""
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    d1 = gamma * (1 - p) ** (gamma - 1) * np.log(p) - (1 - p) ** gamma / p  # < 0
-    d0 = -gamma * p ** (gamma - 1) * np.log(1 - p) + p**gamma / (1 - p)  # > 0
+    if xp is np:
+        p = np.asarray(p, dtype=np.float64)
+    p = xp.clip(p, EPS, 1 - EPS)
+    d1 = gamma * (1 - p) ** (gamma - 1) * xp.log(p) - (1 - p) ** gamma / p  # < 0
+    d0 = -gamma * p ** (gamma - 1) * xp.log(1 - p) + p**gamma / (1 - p)  # > 0
     return (1 - alpha) * d0 / ((1 - alpha) * d0 - alpha * d1)
+
+
+def calibrated(calibration: Calibration, member_scores: list[Any], xp: Any = np) -> Any:
+    """Calibrated probabilities from each member's scores for the same rows."""
+
+    def mean(arrays: list[Any]) -> Any:
+        return xp.mean(xp.stack(arrays), axis=0)
+
+    if calibration.method == "prior":
+        return mean(
+            [
+                prior_shift(s, calibration.trained_prior, calibration.true_prior, xp)
+                for s in member_scores
+            ]
+        )
+    if calibration.method == "focal":
+        return mean(
+            [focal_posterior(s, calibration.alpha, calibration.gamma, xp) for s in member_scores]
+        )
+    score = mean(member_scores)
+    if calibration.method == "platt":
+        return sigmoid(calibration.slope * logit(score, xp) + calibration.intercept, xp)
+    return score
 
 
 class Calibration(BaseModel):
@@ -66,17 +100,7 @@ class Calibration(BaseModel):
 
     def apply(self, member_scores: list[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities from each member's scores for the same rows."""
-        if self.method == "prior":
-            corrected = [prior_shift(s, self.trained_prior, self.true_prior) for s in member_scores]
-            return np.mean(corrected, axis=0)
-        if self.method == "focal":
-            return np.mean(
-                [focal_posterior(s, self.alpha, self.gamma) for s in member_scores], axis=0
-            )
-        score = np.mean(member_scores, axis=0).astype(np.float64)
-        if self.method == "platt":
-            return sigmoid(self.slope * logit(score) + self.intercept)
-        return score
+        return calibrated(self, [np.asarray(s, dtype=np.float64) for s in member_scores])
 
     @property
     def summary(self) -> str:

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from upath import UPath
 
+from tasks import standalone
+from tasks.calibration import Calibration
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
 from tasks.io import io_task_options
 from tasks.records import TEST_METRICS
-from tasks.storage import copy_file, write_json, write_text
+from tasks.storage import (
+    copy_file,
+    copy_tree,
+    is_local,
+    local_copy,
+    local_path,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,7 @@ def export_model(
     )
     for member in members:
         copy_file(member, model_dir / member.name)
+    prep = feature_set.preprocessing()
     copy_file(feature_set.location / PREPROCESSING, model_dir / PREPROCESSING)
     # the validation and test predictions travel with the model: re-tuning its threshold later
     # recomputes everything the threshold touches from them
@@ -51,6 +64,13 @@ def export_model(
         "created_at": datetime.now(UTC).isoformat(),
         "strategy": selected["strategy"],
         "members": [m.name for m in members],
+        "standalone": {
+            "keras": standalone.KERAS_FILE,
+            "saved_model": standalone.SAVED_MODEL_DIR,
+            "signature": standalone.SERVING_SIGNATURE,
+            "outputs": list(standalone.OUTPUTS),
+        },
+        "inputs": standalone.input_names(prep.feature_columns),  # column -> signature name
         "threshold": selected["threshold"],
         "threshold_objective": selected["threshold_objective"],
         "rule": "positive iff probability >= threshold",
@@ -89,14 +109,40 @@ def export_model(
         },
         "versions": manifest["versions"],
     }
+    export_standalone(
+        model_dir, prep, members, Calibration.model_validate(selected["calibration"]), metadata
+    )
     write_model_files(model_dir, metadata)
     return model_dir
 
 
+def export_standalone(
+    model_dir: UPath, prep: Any, members: list[UPath], calibration: Calibration, meta: dict
+) -> None:
+    """The one model that takes raw columns (`tasks/standalone.py`): `model.keras` and the
+    SavedModel, written locally and copied to the model's store when it is remote."""
+    import keras
+
+    networks = []
+    for member in members:
+        with local_copy(member) as path:
+            networks.append(keras.models.load_model(path, compile=False))
+    model = standalone.build(prep, networks, calibration)
+    if is_local(model_dir):
+        standalone.write(model, local_path(model_dir), meta)
+        return
+    with tempfile.TemporaryDirectory(prefix="imbalance-model-") as scratch:
+        standalone.write(model, Path(scratch), meta)
+        copy_tree(scratch, model_dir)
+
+
 def write_model_files(model_dir: UPath, metadata: dict[str, Any]) -> None:
     """model.json and the model card, which travels inside the model directory (a copy stays
-    beside it, in the run directory)."""
+    beside it, in the run directory); the SavedModel's copy of model.json is kept equal."""
     card = model_card(metadata)
+    asset = model_dir / standalone.SAVED_MODEL_DIR / "assets" / MODEL_FILE
+    if asset.is_file():
+        write_json(asset, metadata)
     write_text(model_dir / CARD_FILE, card)
     write_text(model_dir.parent / CARD_FILE, card)
     write_json(model_dir / MODEL_FILE, metadata)  # last: a model directory is complete with it

@@ -18,10 +18,12 @@ from tasks.config import DriftSettings
 from tasks.drift import drift_table, overall_status, publish_drift
 from tasks.errors import DataInputError, DriftError, GateFailed
 from tasks.export import MODEL_FILE
-from tasks.features import PREPROCESSING, Preprocessing, code_matrix
+from tasks.features import PREPROCESSING, Preprocessing
 from tasks.ingest import NUMERIC_DTYPES, beyond_float32, canonical_categories
 from tasks.io import io_task_options, load_source
 from tasks.preflight import check_columns, header
+from tasks.standalone import KERAS_FILE, build, raw_inputs
+from tasks.standalone import score as standalone_score
 from tasks.storage import is_local, local_copy, local_path, location, write_parquet, write_text
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class LoadedModel:
             )
         self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
         self.calibration = calibration_of(self.meta)
-        self._members: list[Any] | None = None
+        self._standalone: Any = None
 
     @property
     def name(self) -> str:
@@ -55,16 +57,25 @@ class LoadedModel:
         return self.meta.get("run_id")
 
     @property
-    def members(self) -> list[Any]:
-        if self._members is None:
+    def standalone(self) -> Any:
+        """The model that takes raw columns (`tasks/standalone.py`): its `model.keras`, or for
+        a model exported before it existed, the same model built from its members."""
+        if self._standalone is None:
             import keras
 
-            members = []
-            for name in self.meta["members"]:
-                with local_copy(self.dir / name) as member:  # Keras reads local files only
-                    members.append(keras.models.load_model(member, compile=False))
-            self._members = members  # all or none, if a member cannot be read
-        return self._members
+            import tasks.layers  # noqa: F401 (registers the custom layers for loading)
+
+            saved = self.dir / KERAS_FILE
+            if saved.is_file():
+                with local_copy(saved) as path:  # Keras reads local files only
+                    self._standalone = keras.saving.load_model(path, compile=False)
+            else:
+                members = []
+                for name in self.meta["members"]:
+                    with local_copy(self.dir / name) as member:
+                        members.append(keras.models.load_model(member, compile=False))
+                self._standalone = build(self.prep, members, self.calibration)
+        return self._standalone
 
 
 def calibration_of(meta: dict[str, Any]) -> Calibration:
@@ -111,24 +122,16 @@ def input_gate(
 
 
 def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    from tasks.model import member_scores, one_hot_inputs
-
+    """Probabilities, labels and decisions for raw rows, from the standalone model."""
     prep = model.prep
-    features = prep.transform(frame)
-    codes = code_matrix(features, prep.categorical)
-    x = one_hot_inputs(
-        features[prep.numeric].to_numpy(np.float32),
-        codes,
-        [len(prep.categories[c]) for c in prep.categorical],
-    )
-    members = member_scores(model.members, x)
-    probability = np.mean(members, axis=0)
+    scores = standalone_score(model.standalone, raw_inputs(frame, prep))
+    probability = scores["probability"]
     is_positive = probability >= model.meta["threshold"]
     out = pd.DataFrame(index=frame.index)
     if prep.id and prep.id in frame.columns:
         out[prep.id] = frame[prep.id].to_numpy()
     out["probability"] = probability
-    out["probability_corrected"] = model.calibration.apply(members)
+    out["probability_corrected"] = scores["probability_corrected"]
     if not np.isfinite(probability).all():  # the input checks make this unreachable
         raise RuntimeError("the model produced a non-finite score")
     dtype = model.meta["target_dtype"]

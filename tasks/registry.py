@@ -31,6 +31,7 @@ from tasks.records import HEADLINE_METRICS, Decision, RegistryEntry
 from tasks.storage import (
     address,
     copy_file,
+    copy_tree,
     location,
     locked,
     read_parquet,
@@ -280,8 +281,8 @@ def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[s
         version = int(meta.get("version", 1)) + 1
         new_dir = model_dir.parent / f"model-v{version}"
         for member in model_dir.iterdir():
-            if member.name != MODEL_FILE:
-                copy_file(member, new_dir / member.name)
+            if member.name != MODEL_FILE:  # (the SavedModel's copy is rewritten with it)
+                (copy_tree if member.is_dir() else copy_file)(member, new_dir / member.name)
         validation = evaluate(
             tune.y.to_numpy(),
             tune.probability.to_numpy(),

@@ -171,6 +171,15 @@ def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) ->
     return location(target)
 
 
+def copy_tree(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> UPath:
+    """Copy a directory's files, sub-directories included, between any two stores."""
+    source = location(source)
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            copy_file(path, location(target) / path.relative_to(source).as_posix())
+    return location(target)
+
+
 @contextmanager
 def local_copy(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A local file with `path`'s content and name, for libraries that need one (Keras)."""

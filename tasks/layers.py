@@ -1,0 +1,145 @@
+"""The custom Keras layers of the standalone model (`tasks/standalone.py`), registered under the
+package name `imbalance` so that `keras.saving.load_model("model.keras")` finds them once this
+module is imported. The SavedModel export needs none of them: it is plain TensorFlow.
+
+- `NumericPreprocessing`: a missing value takes its imputed value, then clipping to the training
+  bounds, the normal-quantile map (piecewise linear through the training knots, flat beyond
+  them) and standardisation. Computed in float64, as the training path computes it.
+- `CategoryOneHot`: a category string to its one-hot code over the training levels; an unseen
+  level is all zeros, an empty string (missing) takes the imputed level when one was fitted.
+- `Calibrate`: the members' scores to the calibrated probability (`tasks.calibration`'s code,
+  run on tensors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from tasks.calibration import Calibration, calibrated
+
+PACKAGE = "imbalance"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NumericPreprocessing(keras.layers.Layer):
+    """(n, columns) raw numerics -> (n, columns) float32 model inputs. Its arrays are weights
+    (fixed, float64), so the saved config holds only the shapes."""
+
+    def __init__(self, columns: int, segments: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.columns, self.segments = columns, segments
+
+    def build(self, input_shape: Any) -> None:
+        def fixed(name: str, *shape: int) -> Any:
+            return self.add_weight(
+                name=name, shape=shape, dtype="float64", initializer="zeros", trainable=False
+            )
+
+        self.fill, self.low, self.high = (
+            fixed("fill", self.columns),
+            *(fixed(n, self.columns) for n in ("low", "high")),
+        )
+        self.start = fixed("start", self.columns)  # the map's value at the first knot
+        self.shaped = fixed("shaped", self.columns)  # 1 where a column has knots
+        self.knot_low, self.knot_high, self.slope = (
+            fixed(n, self.columns, self.segments) for n in ("knot_low", "knot_high", "slope")
+        )
+        self.mean, self.scale = fixed("mean", self.columns), fixed("scale", self.columns)
+
+    def call(self, x: Any) -> Any:
+        x = ops.cast(x, "float64")
+        x = ops.where(ops.isnan(x), self.fill, x)
+        x = ops.minimum(ops.maximum(x, self.low), self.high)
+        inside = ops.minimum(ops.maximum(x[:, :, None], self.knot_low), self.knot_high)
+        inside = inside - self.knot_low
+        mapped = self.start + ops.sum(self.slope * inside, axis=-1)
+        x = ops.where(self.shaped > 0, mapped, x)
+        return ops.cast((x - self.mean) / self.scale, "float32")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"columns": self.columns, "segments": self.segments}
+
+    @classmethod
+    def fitted(cls, prep: Any, name: str = "numeric_preprocessing") -> NumericPreprocessing:
+        """The layer for a fitted `tasks.features.Preprocessing`, its weights set."""
+        columns = prep.numeric
+        knots = [prep.quantiles.get(c) for c in columns]
+        segments = max([len(k[0]) - 1 for k in knots if k] + [1])
+        low, high, slope = (np.zeros((len(columns), segments)) for _ in range(3))
+        start, shaped = np.zeros(len(columns)), np.zeros(len(columns))
+        for j, pair in enumerate(knots):
+            if not pair:
+                continue
+            k, s = (np.asarray(v, dtype=np.float64) for v in pair)
+            k = np.concatenate([k, np.full(segments + 1 - len(k), k[-1])])  # flat padding
+            s = np.concatenate([s, np.full(segments + 1 - len(s), s[-1])])
+            width = np.diff(k)
+            low[j], high[j], start[j], shaped[j] = k[:-1], k[1:], s[0], 1.0
+            slope[j] = np.divide(np.diff(s), width, out=np.zeros(segments), where=width > 0)
+        bounds = [prep.clip_bounds.get(c, (-np.inf, np.inf)) for c in columns]
+        layer = cls(len(columns), segments, name=name)
+        layer.build((None, len(columns)))
+        layer.set_weights(
+            [
+                np.array([prep.impute_values.get(c, np.nan) for c in columns], dtype=np.float64),
+                np.array([b[0] for b in bounds], dtype=np.float64),
+                np.array([b[1] for b in bounds], dtype=np.float64),
+                start,
+                shaped,
+                low,
+                high,
+                slope,
+                np.array([prep.means[c] for c in columns], dtype=np.float64),
+                np.array([prep.scales[c] for c in columns], dtype=np.float64),
+            ]
+        )
+        return layer
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CategoryOneHot(keras.layers.Layer):
+    """(n, 1) category strings -> (n, levels) float32 one-hot; unseen -> zeros; "" (missing)
+    -> `missing_as` when given."""
+
+    def __init__(self, levels: list[str], missing_as: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.levels, self.missing_as = list(levels), missing_as
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        x = tf.reshape(tf.convert_to_tensor(x, tf.string), (-1, 1))
+        if self.missing_as is not None:
+            x = tf.where(tf.equal(x, ""), tf.constant(self.missing_as), x)
+        return tf.cast(tf.equal(x, tf.constant(self.levels)[None, :]), tf.float32)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], len(self.levels))
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"levels": self.levels, "missing_as": self.missing_as}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Calibrate(keras.layers.Layer):
+    """The members' (n, 1) probabilities -> the calibrated probability (n, 1)."""
+
+    def __init__(self, calibration: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.calibration = Calibration.model_validate(calibration)
+
+    def call(self, members: Any) -> Any:
+        scores = [ops.cast(m, "float64") for m in members]
+        return ops.cast(calibrated(self.calibration, scores, ops), "float32")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"calibration": self.calibration.model_dump()}

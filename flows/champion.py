@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         "--runs-dir", default="runs", help="where runs and the registry are (default: runs)"
     )
     add_deprecated_aliases(parser, "runs_dir", "--runs-dir")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI whose registry follows (default: MLFLOW_TRACKING_URI, if set)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered models and their champions")
     show = commands.add_parser("show", help="a model's champion and history")
@@ -67,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     commands_by_name: dict[str, Callable[[], Any]] = {
         "list": lambda: registry.list_models(registry_dir),
         "show": lambda: registry.show(registry_dir, args.name),
-        "rollback": lambda: registry.rollback(registry_dir, args.name, args.to),
-        "promote": lambda: registry.promote(registry_dir, args.name, args.run_id),
-        "set-threshold": lambda: registry.set_threshold(registry_dir, args.name, args.objective),
+        "rollback": lambda: registry.rollback(registry_dir, args.name, args.to, args.tracking_uri),
+        "promote": lambda: registry.promote(
+            registry_dir, args.name, args.run_id, args.tracking_uri
+        ),
+        "set-threshold": lambda: registry.set_threshold(
+            registry_dir, args.name, args.objective, args.tracking_uri
+        ),
     }
 
     def command() -> Any:

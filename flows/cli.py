@@ -56,7 +56,10 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         *("drift_psi_warn", "drift_psi_fail", "drift_ks_warn", "drift_rate_ratio_limit"),
         "drift_action",
     ),
-    "registry and storage": ("model_name", "promote_metric", "promote_margin", "runs_dir", "store"),
+    "registry and storage": (
+        *("model_name", "promote_metric", "promote_margin", "runs_dir", "store"),
+        "tracking_uri",
+    ),
     "runtime": (
         *("runner", "max_parallel", "dask_address", "trainer", "tf_threads", "memory_budget"),
         "seed",

@@ -243,7 +243,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                 champion_decision=decision,
             )
             registry = record_decision(
-                config.registry_dir, model_name, run_dir, chosen.chosen, decision
+                config.registry_dir, model_name, run_dir, decision, config.tracking_uri
             )
     log.info(versus[1].replace("**", ""))
     events.decided(decision, model_name, run_dir)  # automations react to a promotion

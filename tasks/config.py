@@ -179,6 +179,11 @@ class TrainConfig(BaseModel):
         "use at least 2000)",
     )
     model_name: str | None = Field(None, description="registry name; default <dataset>-<target>")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (e.g. sqlite:///mlflow.db): track the run there and "
+        "register its model; default: MLFLOW_TRACKING_URI, else none (needs .[mlflow])",
+    )
     promote_metric: Literal["pr_auc", "objective"] = Field(
         "pr_auc", description="metric whose paired-bootstrap difference decides promotion"
     )

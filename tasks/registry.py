@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import task
 from upath import UPath
@@ -42,6 +42,21 @@ from tasks.thresholds import parse_objective, tune_threshold
 
 log = logging.getLogger(__name__)
 SEEN_ROWS_FILE = "seen_rows.parquet"  # in the run directory; a copy is kept with the entry
+
+
+class RegistryBackend(Protocol):
+    """The operations every registry implements: `FileRegistry` (the record the champion/
+    challenger comparison reads: history and seen rows) and MLflow's model registry
+    (`tasks.tracking.MlflowRegistry`, with --tracking-uri). The file registry goes first; the
+    others follow its decisions."""
+
+    def record(self, name: str, run_dir: UPath, decision: dict[str, Any]) -> dict[str, Any]:
+        """Register the completed run in `run_dir`; champion if the decision promoted it."""
+        ...
+
+    def set_champion(self, name: str, entry: dict[str, Any], event: str, reason: str) -> Any:
+        """Make `entry`'s model champion (a rollback, a manual promotion, a new threshold)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,80 @@ class FileRegistry:
     def lock(self, name: str) -> Iterator[None]:
         with locked(self.path(name)):
             yield
+
+    def record(self, name: str, run_dir: UPath, decision: dict[str, Any]) -> dict[str, Any]:
+        """Append the run to the history; champion when promoted, else a candidate."""
+        meta = json.loads((run_dir / "model" / MODEL_FILE).read_text())
+        registry = self.read(name) or {
+            "name": name,
+            "champion": None,
+            "candidates": [],
+            "history": [],
+        }
+        seen_copy = self.keep_seen_rows(name, run_dir.name, run_dir / SEEN_ROWS_FILE)
+        entry = RegistryEntry.check(
+            {
+                "run_id": run_dir.name,
+                "model_dir": address(run_dir / "model"),
+                "strategy": meta["strategy"],
+                "metrics": {k: meta["metrics"]["test"][k] for k in HEADLINE_METRICS},
+                "seen_rows": address(seen_copy),
+                "recorded_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        Decision.check(decision)
+        event = {
+            **entry,
+            "event": "promoted" if decision["action"] == "promote" else "kept_champion",
+            "reason": decision["reason"],
+            "champion_before": decision.get("champion_run_id"),
+            "interval": (decision.get("comparison") or {}).get(
+                "pr_auc_interval" if decision.get("metric") == "pr_auc" else "objective_interval"
+            ),
+        }
+        if decision["action"] == "promote":
+            registry["champion"] = entry
+        else:
+            registry["candidates"].append(entry)
+        registry["history"].append(event)
+        self.write(name, registry)
+        return {
+            "decision": event["event"],
+            "reason": decision["reason"],
+            "registry": str(self.path(name)),
+            "champion": registry["champion"]["run_id"],
+        }
+
+    def set_champion(
+        self, name: str, entry: dict[str, Any], event: str, reason: str
+    ) -> dict[str, Any]:
+        registry = self.read(name)
+        champion = _make_champion(registry, entry, event, reason)
+        self.write(name, registry)
+        return champion
+
+
+def backends(registry_dir: UPath, tracking_uri: str | None = None) -> list[RegistryBackend]:
+    """The file registry, then MLflow's when a tracking URI is configured (or in the env)."""
+    from tasks.tracking import MlflowRegistry
+    from tasks.tracking import tracking_uri as configured_uri
+
+    uri = configured_uri(tracking_uri)
+    return [FileRegistry(registry_dir), *([MlflowRegistry(uri)] if uri else [])]
+
+
+def _follow(others: list[RegistryBackend], what: str, call: Any) -> dict[str, Any]:
+    """Run `call` on the registries that follow the file registry. The file registry already
+    holds the decision, so a follower that fails is reported, not raised."""
+    answers: dict[str, Any] = {}
+    for backend in others:
+        kind = type(backend).__name__
+        try:
+            answers[kind] = call(backend)
+        except Exception as exc:
+            log.error("%s could not record %s: %s: %s", kind, what, type(exc).__name__, exc)
+            answers[kind] = {"error": f"{type(exc).__name__}: {exc}"}
+    return answers
 
 
 def read_registry(registry_dir: UPath, name: str) -> dict[str, Any] | None:
@@ -200,7 +289,9 @@ def _make_champion(
     return entry
 
 
-def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str, Any]:
+def rollback(
+    registry_dir: UPath, name: str, to: str | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Make an earlier champion model again (default: the one before the current; a threshold
     change made a model version of its own, so it rolls back too)."""
     with registry_lock(registry_dir, name):
@@ -219,16 +310,36 @@ def rollback(registry_dir: UPath, name: str, to: str | None = None) -> dict[str,
             target = earlier[-1]
         else:
             target = _history_entry(registry, to)
-        entry = _make_champion(
-            registry, target, "rolled_back_to", f"rollback from {current['run_id']}"
+        entry, followed = _move_champion(
+            registry_dir,
+            name,
+            target,
+            "rolled_back_to",
+            f"rollback from {current['run_id']}",
+            tracking_uri,
         )
-        write_registry(registry_dir, name, registry)
     return {
         "name": name,
         "champion": entry["run_id"],
         "model_dir": entry["model_dir"],
         "previous": current["run_id"],
-    }
+    } | followed
+
+
+def _move_champion(
+    registry_dir: UPath,
+    name: str,
+    target: dict[str, Any],
+    event: str,
+    reason: str,
+    tracking_uri: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Make `target` champion in every registry (the file registry first). Returns the new
+    champion entry and, when MLflow follows, its answer."""
+    first, *others = backends(registry_dir, tracking_uri)
+    entry = first.set_champion(name, target, event, reason)
+    followed = _follow(others, event, lambda b: b.set_champion(name, entry, event, reason))
+    return entry, ({"mlflow_version": followed["MlflowRegistry"]} if followed else {})
 
 
 def _history_entry(registry: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -241,22 +352,27 @@ def _history_entry(registry: dict[str, Any], run_id: str) -> dict[str, Any]:
     return matches[-1]
 
 
-def promote(registry_dir: UPath, name: str, run_id: str) -> dict[str, Any]:
+def promote(
+    registry_dir: UPath, name: str, run_id: str, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Make a recorded run's model champion by hand, recorded as a manual promotion."""
     with registry_lock(registry_dir, name):
         registry = show(registry_dir, name)
         before = (registry.get("champion") or {}).get("run_id")
-        entry = _make_champion(
-            registry,
+        entry, followed = _move_champion(
+            registry_dir,
+            name,
             _history_entry(registry, run_id),
             "promoted_manually",
             f"manual promotion (champion was {before})",
+            tracking_uri,
         )
-        write_registry(registry_dir, name, registry)
-    return {"name": name, "champion": entry["run_id"], "previous": before}
+    return {"name": name, "champion": entry["run_id"], "previous": before} | followed
 
 
-def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[str, Any]:
+def set_threshold(
+    registry_dir: UPath, name: str, objective_text: str, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Re-tune the champion's threshold on its tuning-half predictions (no retraining) and
     register the result as a new model version beside it: the old version stays for rollback.
     Everything the threshold touches is recomputed from the predictions that travel with the
@@ -315,9 +431,10 @@ def set_threshold(registry_dir: UPath, name: str, objective_text: str) -> dict[s
             f"{old['objective']} {old['threshold']:.6g} -> {objective.label} {threshold:.6g} "
             f"(tuning-half value {value:.4f}); new version {version}"
         )
-        _make_champion(registry, target, "threshold_changed", reason)
-        write_registry(registry_dir, name, registry)
-    return {
+        _, followed = _move_champion(
+            registry_dir, name, target, "threshold_changed", reason, tracking_uri
+        )
+    return followed | {
         "name": name,
         "run_id": champion["run_id"],
         "threshold": threshold,
@@ -337,49 +454,14 @@ def record_decision(
     registry_dir: UPath,
     model_name: str,
     run_dir: UPath,
-    chosen: dict[str, Any],
     decision: dict[str, Any],
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Append the completed run in `run_dir` to the registry's history; make it champion when
-    promoted. The caller holds the registry lock."""
-    backend = FileRegistry(registry_dir)
-    run_id = run_dir.name
-    registry = backend.read(model_name) or {
-        "name": model_name,
-        "champion": None,
-        "candidates": [],
-        "history": [],
-    }
-    seen_copy = backend.keep_seen_rows(model_name, run_id, run_dir / SEEN_ROWS_FILE)
-    entry = RegistryEntry.check(
-        {
-            "run_id": run_id,
-            "model_dir": address(run_dir / "model"),
-            "strategy": chosen["strategy"],
-            "metrics": {k: chosen[k] for k in HEADLINE_METRICS},
-            "seen_rows": address(seen_copy),
-            "recorded_at": datetime.now(UTC).isoformat(),
-        }
+    """Record the completed run in `run_dir` in every registry (the file registry first); make
+    it champion when promoted. The caller holds the registry lock."""
+    first, *others = backends(registry_dir, tracking_uri)
+    answer = first.record(model_name, run_dir, decision)
+    followed = _follow(
+        others, f"run {run_dir.name}", lambda b: b.record(model_name, run_dir, decision)
     )
-    Decision.check(decision)
-    event = {
-        **entry,
-        "event": "promoted" if decision["action"] == "promote" else "kept_champion",
-        "reason": decision["reason"],
-        "champion_before": decision.get("champion_run_id"),
-        "interval": (decision.get("comparison") or {}).get(
-            "pr_auc_interval" if decision.get("metric") == "pr_auc" else "objective_interval"
-        ),
-    }
-    if decision["action"] == "promote":
-        registry["champion"] = entry
-    else:
-        registry["candidates"].append(entry)
-    registry["history"].append(event)
-    backend.write(model_name, registry)
-    return {
-        "decision": event["event"],
-        "reason": decision["reason"],
-        "registry": str(registry_dir / f"{model_name}.json"),
-        "champion": registry["champion"]["run_id"],
-    }
+    return answer | ({"mlflow": followed["MlflowRegistry"]} if followed else {})

@@ -6,8 +6,8 @@ MLflow from its run directory, which holds the whole record:
   selected strategy's test metrics, the data fingerprint, run id and flow run id as tags; the
   report, leaderboard, run.json and model card as artifacts;
 - one nested run per strategy with its test and tuning-half metrics and its status;
-- the selected model as an MLflow pyfunc model (`ThresholdedModel`: the standalone model plus the
-  threshold), registered under the model name; the run's champion/challenger decision sets the
+- the selected model as an MLflow pyfunc model (`tasks/mlflow_model.py`: the standalone model plus
+  the threshold), registered under the model name; the run's champion/challenger decision sets the
   alias `champion` (promoted) or `challenger` (kept).
 
 `MlflowRegistry` is the registry seam's second implementation (`tasks.registry.RegistryBackend`):
@@ -82,27 +82,6 @@ def local_directory(path: UPath) -> Iterator[Path]:
         yield local_path(copy_tree(path, Path(scratch) / path.name))
 
 
-class ThresholdedModel:
-    """An MLflow pyfunc model: raw rows in; probability, calibrated probability, label and the
-    decision at the tuned threshold out (the standalone model of `tasks/standalone.py`)."""
-
-    def load_context(self, context: Any) -> None:
-        from tasks.predict import LoadedModel
-
-        self.model = LoadedModel(UPath(context.artifacts["model_dir"]))
-
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        from tasks.predict import score
-
-        return score(self.model, model_input)
-
-
-def _pyfunc_class() -> type:
-    import mlflow.pyfunc
-
-    return type("ThresholdedPyfunc", (ThresholdedModel, mlflow.pyfunc.PythonModel), {})
-
-
 def _log_model(mlflow: Any, name: str, model_dir: UPath) -> Any:
     """Log `model_dir` as a pyfunc model in the active run, registered as `name`."""
     from importlib.metadata import version
@@ -111,7 +90,7 @@ def _log_model(mlflow: Any, name: str, model_dir: UPath) -> Any:
     with local_directory(model_dir) as local:
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=_pyfunc_class()(),
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"model_dir": str(local)},
             registered_model_name=name,
             pip_requirements=requirements,

@@ -22,8 +22,8 @@ NAME = "synthetic-churned"
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """Three runs of one model name: promoted (first), promoted (margin -1), kept (margin 1).
-    One seed for all: the split is the same, so the test rows are rows no model trained on."""
+    """Two runs of one model name: promoted (the first), kept (margin 1). One seed for both:
+    the split is the same, so the test rows are rows neither model trained on."""
     tmp = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     runs = tmp / "runs"
@@ -32,14 +32,14 @@ def tracked(tmp_path_factory):
         return train_flow(
             fast_config(
                 runs,
-                strategies=["baseline", "class_weight"],
+                strategies=["baseline"],
                 tracking_uri=uri,
                 promote_margin=margin,
                 bootstrap=1000,
             )
         )
 
-    results = [run(0.0), run(-1.0), run(1.0)]
+    results = [run(0.0), run(1.0)]
     return uri, runs, results
 
 
@@ -60,9 +60,9 @@ def test_each_run_is_tracked_with_its_config_strategies_artifacts_and_tags(track
         for r in runs
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     }
-    assert set(children) == {"baseline", "class_weight", "reference"}
+    assert set(children) == {"baseline", "reference"}
     assert parent.data.params["epochs"] == "4" and parent.data.params["seed"] == "42"
-    assert json.loads(parent.data.params["strategies"]) == ["baseline", "class_weight"]
+    assert json.loads(parent.data.params["strategies"]) == ["baseline"]
     assert parent.data.tags["imbalance.data_fingerprint"] == first.feature_set.fingerprint
     assert parent.data.tags["imbalance.selected"] == first.selected
     board = pd.read_csv(Path(first.run_dir) / "leaderboard.csv").set_index("strategy")
@@ -76,21 +76,19 @@ def test_each_run_is_tracked_with_its_config_strategies_artifacts_and_tags(track
 def test_models_are_registered_and_the_decisions_set_the_aliases(tracked):
     uri, _, results = tracked
     decisions = [r.registry["decision"] for r in results]
-    assert decisions == ["promoted", "promoted", "kept_champion"], [
-        r.registry["reason"] for r in results
-    ]
-    assert [r.registry["mlflow"]["version"] for r in results] == ["1", "2", "3"]
+    assert decisions == ["promoted", "kept_champion"], [r.registry["reason"] for r in results]
+    assert [r.registry["mlflow"]["version"] for r in results] == ["1", "2"]
     champion = client(uri).get_model_version_by_alias(NAME, "champion")
     challenger = client(uri).get_model_version_by_alias(NAME, "challenger")
-    assert champion.tags["imbalance.run_id"] == results[1].run_id
-    assert challenger.tags["imbalance.run_id"] == results[2].run_id
+    assert champion.tags["imbalance.run_id"] == results[0].run_id
+    assert challenger.tags["imbalance.run_id"] == results[1].run_id
 
 
 def test_the_registered_pyfunc_scores_raw_rows_like_flows_predict(tracked):
     uri, _, results = tracked
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    stored = pd.read_parquet(Path(results[1].model_dir) / "evaluation.parquet")
+    stored = pd.read_parquet(Path(results[0].model_dir) / "evaluation.parquet")
     stored = stored[stored.part == "test"]
     raw = pd.read_csv(SYNTHETIC).set_index("account_id", drop=False).loc[stored["__id"]]
     scored = model.predict(raw.drop(columns="churned").reset_index(drop=True))
@@ -103,16 +101,18 @@ def test_the_registered_pyfunc_scores_raw_rows_like_flows_predict(tracked):
 def test_champion_commands_move_the_mlflow_aliases(tracked, capsys):
     uri, runs, results = tracked
     base = ["--runs-dir", str(runs), "--tracking-uri", uri]
-    assert champion_main([*base, "rollback", NAME]) == 0
-    assert json.loads(capsys.readouterr().out)["mlflow_version"] == "1"
-    champion = client(uri).get_model_version_by_alias(NAME, "champion")
+
+    def champion_after(*command: str) -> tuple[dict, object]:
+        assert champion_main([*base, *command]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        return answer, client(uri).get_model_version_by_alias(NAME, "champion")
+
+    answer, champion = champion_after("promote", NAME, results[1].run_id)
+    assert answer["mlflow_version"] == "2" and str(champion.version) == "2"
+    answer, champion = champion_after("rollback", NAME)
+    assert answer["mlflow_version"] == "1"
     assert champion.tags["imbalance.run_id"] == results[0].run_id
-
-    assert champion_main([*base, "set-threshold", NAME, "--objective", "recall@precision:0.5"]) == 0
-    answer = json.loads(capsys.readouterr().out)
-    assert answer["mlflow_version"] == "4"  # the new model version is registered, then champion
-    champion = client(uri).get_model_version_by_alias(NAME, "champion")
+    # a new threshold is a new model version: registered, then champion
+    answer, champion = champion_after("set-threshold", NAME, "--objective", "recall@precision:0.5")
+    assert answer["mlflow_version"] == "3" and str(champion.version) == "3"
     assert champion.tags["imbalance.model_dir"].endswith("model-v2")
-
-    assert champion_main([*base, "promote", NAME, results[2].run_id]) == 0
-    assert json.loads(capsys.readouterr().out)["mlflow_version"] == "3"

@@ -70,7 +70,7 @@ def export_model(
             "signature": standalone.SERVING_SIGNATURE,
             "outputs": list(standalone.OUTPUTS),
         },
-        "inputs": standalone.input_names(prep.feature_columns),  # column -> signature name
+        **standalone.signature_facts(prep),  # column -> signature input name
         "threshold": selected["threshold"],
         "threshold_objective": selected["threshold_objective"],
         "rule": "positive iff probability >= threshold",

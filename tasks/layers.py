@@ -42,10 +42,11 @@ class NumericPreprocessing(keras.layers.Layer):
             fixed("fill", self.columns),
             *(fixed(n, self.columns) for n in ("low", "high")),
         )
-        self.start = fixed("start", self.columns)  # the map's value at the first knot
         self.shaped = fixed("shaped", self.columns)  # 1 where a column has knots
-        self.knot_low, self.knot_high, self.slope = (
-            fixed(n, self.columns, self.segments) for n in ("knot_low", "knot_high", "slope")
+        # per column and segment: its knots, the map's value at its left knot, its slope
+        self.knot_low, self.knot_high, self.base, self.slope = (
+            fixed(n, self.columns, self.segments)
+            for n in ("knot_low", "knot_high", "base", "slope")
         )
         self.mean, self.scale = fixed("mean", self.columns), fixed("scale", self.columns)
 
@@ -53,11 +54,25 @@ class NumericPreprocessing(keras.layers.Layer):
         x = ops.cast(x, "float64")
         x = ops.where(ops.isnan(x), self.fill, x)
         x = ops.minimum(ops.maximum(x, self.low), self.high)
-        inside = ops.minimum(ops.maximum(x[:, :, None], self.knot_low), self.knot_high)
-        inside = inside - self.knot_low
-        mapped = self.start + ops.sum(self.slope * inside, axis=-1)
-        x = ops.where(self.shaped > 0, mapped, x)
+        x = ops.where(self.shaped > 0, self._through_knots(x), x)
         return ops.cast((x - self.mean) / self.scale, "float32")
+
+    def _through_knots(self, x: Any) -> Any:
+        """Each column through its piecewise-linear map: the segment each value falls in (a
+        binary search per column, so memory stays (rows, columns)), then its line, flat beyond
+        the first and last knots."""
+        import tensorflow as tf
+
+        values = tf.transpose(x)  # (columns, rows): one sorted knot row per column
+        segment = tf.searchsorted(tf.convert_to_tensor(self.knot_low), values, side="right") - 1
+        segment = tf.clip_by_value(segment, 0, self.segments - 1)
+
+        def at(weights: Any) -> Any:
+            return tf.gather(tf.convert_to_tensor(weights), segment, batch_dims=1)
+
+        low, high = at(self.knot_low), at(self.knot_high)
+        mapped = at(self.base) + at(self.slope) * (tf.minimum(tf.maximum(values, low), high) - low)
+        return tf.transpose(mapped)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
@@ -71,8 +86,8 @@ class NumericPreprocessing(keras.layers.Layer):
         columns = prep.numeric
         knots = [prep.quantiles.get(c) for c in columns]
         segments = max([len(k[0]) - 1 for k in knots if k] + [1])
-        low, high, slope = (np.zeros((len(columns), segments)) for _ in range(3))
-        start, shaped = np.zeros(len(columns)), np.zeros(len(columns))
+        low, high, base, slope = (np.zeros((len(columns), segments)) for _ in range(4))
+        shaped = np.zeros(len(columns))
         for j, pair in enumerate(knots):
             if not pair:
                 continue
@@ -80,7 +95,7 @@ class NumericPreprocessing(keras.layers.Layer):
             k = np.concatenate([k, np.full(segments + 1 - len(k), k[-1])])  # flat padding
             s = np.concatenate([s, np.full(segments + 1 - len(s), s[-1])])
             width = np.diff(k)
-            low[j], high[j], start[j], shaped[j] = k[:-1], k[1:], s[0], 1.0
+            low[j], high[j], base[j], shaped[j] = k[:-1], k[1:], s[:-1], 1.0
             slope[j] = np.divide(np.diff(s), width, out=np.zeros(segments), where=width > 0)
         bounds = [prep.clip_bounds.get(c, (-np.inf, np.inf)) for c in columns]
         layer = cls(len(columns), segments, name=name)
@@ -90,10 +105,10 @@ class NumericPreprocessing(keras.layers.Layer):
                 np.array([prep.impute_values.get(c, np.nan) for c in columns], dtype=np.float64),
                 np.array([b[0] for b in bounds], dtype=np.float64),
                 np.array([b[1] for b in bounds], dtype=np.float64),
-                start,
                 shaped,
                 low,
                 high,
+                base,
                 slope,
                 np.array([prep.means[c] for c in columns], dtype=np.float64),
                 np.array([prep.scales[c] for c in columns], dtype=np.float64),

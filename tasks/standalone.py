@@ -16,7 +16,9 @@ It is written twice into the model directory:
 
 Signature input names must match `[A-Za-z0-9.][A-Za-z0-9_.-/]*`: any other character of a column
 name becomes `_` (the Wisconsin column `concave points_mean` is the input `concave_points_mean`),
-and a name taken twice gets `_2`, `_3`... `model.json`'s `inputs` maps each column to its name."""
+and a name taken twice gets `_2`, `_3`... `model.json`'s `inputs` maps each column to its name.
+Wide data (more than MAX_COLUMN_INPUTS numeric columns) has one numeric input instead: `numerics`,
+(n, columns) float32, its column order in `model.json`'s `numeric_matrix`."""
 
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Wide data: past this many numeric columns, the numerics are one (n, columns) float32 input
+# named `numerics`, in the order of model.json's `numeric_matrix.columns` (one input per column
+# made the wide benchmark's export take a minute).
+MAX_COLUMN_INPUTS = 256
+NUMERIC_MATRIX = "numerics"
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 SERVING_SIGNATURE = "serving_default"
@@ -37,10 +44,29 @@ OUTPUTS = ("probability", "probability_corrected")
 SCORE_CHUNK = 65_536  # rows per call when scoring
 
 
-def input_names(columns: list[str]) -> dict[str, str]:
+def numeric_matrix(prep: Any) -> bool:
+    """Whether the numerics come as one matrix input (wide data)."""
+    return len(prep.numeric) > MAX_COLUMN_INPUTS
+
+
+def column_inputs(prep: Any) -> dict[str, str]:
+    """Each column that is its own input -> its input name (every feature column, except the
+    numerics of wide data)."""
+    if numeric_matrix(prep):
+        return input_names(prep.categorical, reserved=frozenset({NUMERIC_MATRIX}))
+    return input_names(prep.feature_columns)
+
+
+def signature_facts(prep: Any) -> dict[str, Any]:
+    """What model.json says about the model's inputs."""
+    matrix = {"input": NUMERIC_MATRIX, "columns": prep.numeric} if numeric_matrix(prep) else None
+    return {"inputs": column_inputs(prep), "numeric_matrix": matrix}
+
+
+def input_names(columns: list[str], reserved: frozenset[str] = frozenset()) -> dict[str, str]:
     """Each column's input name in the model's signature (see the module docstring)."""
     names: dict[str, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = {name.lower() for name in reserved}
     for column in columns:
         base = re.sub(r"[^A-Za-z0-9_.\-]", "_", column)
         if not re.match(r"[A-Za-z0-9.]", base):
@@ -61,13 +87,16 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
 
     from tasks.layers import Calibrate, CategoryOneHot, NumericPreprocessing
 
-    names = input_names(prep.feature_columns)
-    inputs = {names[c]: keras.Input((1,), name=names[c], dtype="float32") for c in prep.numeric} | {
-        names[c]: keras.Input((1,), name=names[c], dtype="string") for c in prep.categorical
-    }
+    names = column_inputs(prep)
+    inputs = {names[c]: keras.Input((1,), name=names[c], dtype="string") for c in prep.categorical}
     blocks = []
-    if prep.numeric:
-        numeric = [inputs[names[c]] for c in prep.numeric]
+    if numeric_matrix(prep):
+        joined = keras.Input((len(prep.numeric),), name=NUMERIC_MATRIX, dtype="float32")
+        inputs[NUMERIC_MATRIX] = joined
+        blocks.append(NumericPreprocessing.fitted(prep)(joined))
+    elif prep.numeric:
+        numeric = [keras.Input((1,), name=names[c], dtype="float32") for c in prep.numeric]
+        inputs |= {names[c]: tensor for c, tensor in zip(prep.numeric, numeric, strict=True)}
         joined = numeric[0] if len(numeric) == 1 else keras.layers.Concatenate(axis=1)(numeric)
         blocks.append(NumericPreprocessing.fitted(prep)(joined))
     for j, column in enumerate(prep.categorical):
@@ -96,11 +125,15 @@ def raw_inputs(frame: pd.DataFrame, prep: Any) -> dict[str, np.ndarray]:
     strings ("" where missing)."""
     from tasks.ingest import canonical_categories
 
-    names = input_names(prep.feature_columns)
-    inputs = {
-        names[c]: frame[c].to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
-        for c in prep.numeric
-    }
+    names = column_inputs(prep)
+    if numeric_matrix(prep):
+        numerics = frame[prep.numeric].to_numpy(dtype=np.float32, na_value=np.nan)
+        inputs = {NUMERIC_MATRIX: numerics}
+    else:
+        inputs = {
+            names[c]: frame[c].to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
+            for c in prep.numeric
+        }
     for column in prep.categorical:
         text = canonical_categories(frame[column]).astype(object).where(frame[column].notna(), "")
         inputs[names[column]] = text.to_numpy(dtype=object).astype(str).reshape(-1, 1)
@@ -141,7 +174,7 @@ def _archive(model: Any, asset: Any) -> Any:
     archive = keras.export.ExportArchive()
     archive.track(model)
     signature = {
-        name: tf.TensorSpec((None, 1), tf.as_dtype(tensor.dtype), name=name)
+        name: tf.TensorSpec((None, *tensor.shape[1:]), tf.as_dtype(tensor.dtype), name=name)
         for name, tensor in model.input.items()
     }
     archive.add_endpoint(

@@ -114,3 +114,26 @@ def test_input_names_are_valid_signature_names_and_unique():
     assert names["concave points_mean"] == "concave_points_mean"
     assert len({n.lower() for n in names.values()}) == len(columns)
     assert all(re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*", n) for n in names.values())
+
+
+def test_wide_data_gets_one_numeric_matrix_input_and_the_same_scores():
+    """Past MAX_COLUMN_INPUTS numerics, one (n, columns) input replaces a input per column (a
+    5,000-column model took a minute to export); the scores are the training path's."""
+    import keras
+
+    from tasks import standalone
+
+    rng = np.random.default_rng(1)
+    columns = standalone.MAX_COLUMN_INPUTS + 44
+    train = {f"c{j}": rng.lognormal(size=120) for j in range(columns)}
+    prep = preprocessing(train, rng, [True] * columns)
+    inputs = keras.Input((columns,))
+    member = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    model = standalone.build(prep, [member], Calibration(method="identity"))
+    assert list(model.input) == ["numerics"]
+    frame = pd.DataFrame(train) * 1.5
+    got = standalone.score(model, standalone.raw_inputs(frame, prep))["probability"]
+    expected = np.asarray(member(prep.transform(frame)[prep.numeric].to_numpy(np.float32)))
+    np.testing.assert_allclose(got, expected.ravel(), rtol=1e-5, atol=1e-6)
+    facts = standalone.signature_facts(prep)
+    assert facts["inputs"] == {} and facts["numeric_matrix"]["columns"] == prep.numeric

@@ -112,11 +112,15 @@ def replace_automation(automation: Any) -> Any:
 
 
 def block_document_id(slug: str) -> Any:
-    """The id of a saved block, given as `<block type slug>/<block name>`."""
-    from prefect.blocks.core import Block
+    """The id of a saved block, given as `<block type slug>/<block name>` (read through the API:
+    `Block.load` would also emit a "block loaded" event)."""
+    from prefect.client.orchestration import get_client
 
-    block = Block.load(slug)
-    return block._block_document_id
+    block_type, _, name = slug.partition("/")
+    if not name:
+        raise SystemExit(f"--notify-block {slug!r}: expected <block type>/<name>")
+    with get_client(sync_client=True) as client:
+        return client.read_block_document_by_name(name, block_type_slug=block_type).id
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,11 @@ def api(server):
 
     with temporary_settings({PREFECT_API_URL: server}):
         yield server
+        # Send whatever this process emitted to this server while it still runs: an events
+        # worker left for a stopped server kept the session's last teardown waiting.
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=30)
 
 
 class Webhook(http.server.BaseHTTPRequestHandler):

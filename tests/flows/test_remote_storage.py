@@ -49,8 +49,14 @@ def test_runs_land_on_a_store_without_rename(memory_runs):
         "evaluation.parquet",
         "member_0.keras",
         "model.json",
+        "model.keras",
         "preprocessing.json",
+        "saved_model",
     ]
+    # the standalone model's files were written locally, then uploaded: the SavedModel is whole
+    saved = location(second.model_dir) / "saved_model"
+    assert (saved / "saved_model.pb").is_file() and (saved / "assets" / "model.json").is_file()
+    assert (saved / "variables" / "variables.index").is_file()
     metrics = json.loads(location(second.metrics_path).read_text())
     assert {r["strategy"] for r in metrics["strategies"]} == {*STRATEGIES, "reference"}
     assert all(r["status"] == "ok" for r in metrics["strategies"])

@@ -66,7 +66,7 @@ def export_model(
         "members": [m.name for m in members],
         "standalone": {
             "keras": standalone.KERAS_FILE,
-            "saved_model": standalone.SAVED_MODEL_DIR,
+            "saved_model": standalone.SAVED_MODEL_DIR if config.saved_model else None,
             "signature": standalone.SERVING_SIGNATURE,
             "outputs": list(standalone.OUTPUTS),
         },
@@ -109,15 +109,19 @@ def export_model(
         },
         "versions": manifest["versions"],
     }
-    export_standalone(
-        model_dir, prep, members, Calibration.model_validate(selected["calibration"]), metadata
-    )
+    calibration = Calibration.model_validate(selected["calibration"])
+    export_standalone(model_dir, prep, members, calibration, metadata, config.saved_model)
     write_model_files(model_dir, metadata)
     return model_dir
 
 
 def export_standalone(
-    model_dir: UPath, prep: Any, members: list[UPath], calibration: Calibration, meta: dict
+    model_dir: UPath,
+    prep: Any,
+    members: list[UPath],
+    calibration: Calibration,
+    meta: dict,
+    saved_model: bool = True,
 ) -> None:
     """The one model that takes raw columns (`tasks/standalone.py`): `model.keras` and the
     SavedModel, written locally and copied to the model's store when it is remote."""
@@ -129,10 +133,10 @@ def export_standalone(
             networks.append(keras.models.load_model(path, compile=False))
     model = standalone.build(prep, networks, calibration)
     if is_local(model_dir):
-        standalone.write(model, local_path(model_dir), meta)
+        standalone.write(model, local_path(model_dir), meta, saved_model)
         return
     with tempfile.TemporaryDirectory(prefix="imbalance-model-") as scratch:
-        standalone.write(model, Path(scratch), meta)
+        standalone.write(model, Path(scratch), meta, saved_model)
         copy_tree(scratch, model_dir)
 
 

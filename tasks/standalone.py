@@ -152,12 +152,14 @@ def score(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
 
 
-def write(model: Any, model_dir: Path, meta: dict[str, Any]) -> None:
-    """`model.keras` and `saved_model/` (with `model.json` among its assets) into the local
-    directory `model_dir`."""
+def write(model: Any, model_dir: Path, meta: dict[str, Any], saved_model: bool = True) -> None:
+    """`model.keras` and (unless `saved_model` is off) `saved_model/`, with `model.json` among
+    its assets, into the local directory `model_dir`."""
     import tensorflow as tf
 
     model.save(model_dir / KERAS_FILE)
+    if not saved_model:
+        return
     with tempfile.TemporaryDirectory(prefix="imbalance-export-") as scratch:
         asset = Path(scratch) / "model.json"
         asset.write_text(json.dumps(meta, indent=2, default=str))

@@ -73,6 +73,7 @@ def argv(template: str, *extra: str, **values: object) -> list[str]:
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 FAST = {
+    "saved_model": False,  # ~2 s a run; the SavedModel has its own tests (test_standalone_model)
     "hidden": [8],
     "dropout": 0.1,
     "epochs": 4,

@@ -23,7 +23,7 @@ STRATEGIES = ["baseline", "undersample"]
 def memory_runs():
     """Two runs on the same data into memory://: the second reuses the stored feature set."""
     output = f"memory://runs-{uuid.uuid4().hex[:8]}/team"
-    config = fast_config(output, strategies=STRATEGIES)
+    config = fast_config(output, strategies=STRATEGIES, saved_model=True)
     first = train_flow(config)
     second = train_flow(config)
     yield config, first, second

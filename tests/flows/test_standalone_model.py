@@ -71,12 +71,13 @@ def runs(tmp_path_factory):
                 data="breast_cancer",
                 categorical=[],
                 strategies=["ensemble"],
+                saved_model=True,
             ),
             BUILTINS["breast_cancer"].load(),
         ),
         (
             "synthetic",
-            fast_config(tmp / "runs", strategies=["focal_loss"]),
+            fast_config(tmp / "runs", strategies=["focal_loss"], saved_model=True),
             pd.read_csv(SYNTHETIC),
         ),
     ]
@@ -89,6 +90,7 @@ def runs(tmp_path_factory):
             "id": "id",
             "categorical": ["Gender", "Vehicle_Age", "Vehicle_Damage"],
             "strategies": ["class_weight"],
+            "saved_model": True,
         }
         cases.append(("insurance", fast_config(tmp / "runs", **settings), pd.read_csv(sample)))
     return [(name, train_flow(config), frame) for name, config, frame in cases]

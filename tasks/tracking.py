@@ -105,13 +105,34 @@ class MlflowRegistry:
         self.mlflow = _mlflow(uri)
         self.client = self.mlflow.MlflowClient()
 
+    def use_experiment(self, name: str) -> None:
+        """The model's experiment, `imbalance/<name>`. Created with its artifacts beside a
+        local database or file store (MLflow's default is ./mlruns in whatever directory the
+        process runs from: a scheduled worker's, a test's)."""
+        experiment = f"imbalance/{name}"
+        if self.client.get_experiment_by_name(experiment) is None:
+            self.client.create_experiment(experiment, artifact_location=self.artifact_root(name))
+        self.mlflow.set_experiment(experiment)
+
+    def artifact_root(self, name: str) -> str | None:
+        """`<database's directory>/mlartifacts/<name>` for sqlite:/// and file: stores; None
+        (the server's own default) for a tracking server."""
+        scheme, _, rest = self.uri.partition(":")
+        if scheme.startswith("sqlite") and rest.startswith("///"):
+            base = Path(rest[3:]).resolve().parent
+        elif scheme == "file":
+            base = Path(rest.removeprefix("//")).resolve()
+        else:
+            return None
+        return (base / "mlartifacts" / name).as_uri()
+
     def record(self, name: str, run_dir: UPath, decision: dict[str, Any]) -> dict[str, Any]:
         """Track the completed run in `run_dir`, register its model, set the alias the
         decision gives it. Returns the MLflow run id and the model version."""
         mlflow = self.mlflow
         run_record = json.loads((run_dir / "run.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        mlflow.set_experiment(f"imbalance/{name}")
+        self.use_experiment(name)
         tags = {
             RUN_ID_TAG: run_dir.name,
             MODEL_DIR_TAG: str(run_dir / "model"),
@@ -147,7 +168,7 @@ class MlflowRegistry:
         never saw (a threshold change's new version) is logged and registered first."""
         version = self._version_of(name, entry["model_dir"])
         if version is None:
-            self.mlflow.set_experiment(f"imbalance/{name}")
+            self.use_experiment(name)
             tags = {RUN_ID_TAG: entry["run_id"], "imbalance.event": event}
             with self.mlflow.start_run(run_name=f"{event}-{entry['run_id']}", tags=tags):
                 self.mlflow.set_tag("imbalance.reason", reason[:5000])

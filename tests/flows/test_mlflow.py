@@ -71,6 +71,9 @@ def test_each_run_is_tracked_with_its_config_strategies_artifacts_and_tags(track
     assert parent.data.metrics["test_pr_auc"] == pytest.approx(board.loc[first.selected, "pr_auc"])
     artifacts = {a.path for a in client(uri).list_artifacts(parent.info.run_id)}
     assert {"report.html", "leaderboard.csv", "run.json", "MODEL_CARD.md"} <= artifacts
+    # artifacts beside the database, never in the directory the process runs from
+    assert experiment.artifact_location.startswith(Path(uri[len("sqlite:///") :]).parent.as_uri())
+    assert not (Path.cwd() / "mlruns").exists()
 
 
 def test_models_are_registered_and_the_decisions_set_the_aliases(tracked):

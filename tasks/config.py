@@ -243,6 +243,16 @@ class TrainConfig(BaseModel):
             check_name(value, "--model-name")
         return value
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _mlflow_installed(cls, value: str | None) -> str | None:
+        """Refused before any work when MLflow is missing, not after the run completed."""
+        import importlib.util
+
+        if value and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(f"--tracking-uri {value} needs MLflow: pip install -e '.[mlflow]'")
+        return value
+
     @field_validator("bootstrap")
     @classmethod
     def _enough_resamples(cls, value: int) -> int:

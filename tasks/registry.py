@@ -173,7 +173,13 @@ def backends(registry_dir: UPath, tracking_uri: str | None = None) -> list[Regis
     from tasks.tracking import tracking_uri as configured_uri
 
     uri = configured_uri(tracking_uri)
-    return [FileRegistry(registry_dir), *([MlflowRegistry(uri)] if uri else [])]
+    if not uri:
+        return [FileRegistry(registry_dir)]
+    try:
+        return [FileRegistry(registry_dir), MlflowRegistry(uri)]
+    except ConfigError as exc:  # MLFLOW_TRACKING_URI set where MLflow is not installed
+        log.error("%s; the file registry alone records this", exc)
+        return [FileRegistry(registry_dir)]
 
 
 def _follow(others: list[RegistryBackend], what: str, call: Any) -> dict[str, Any]:

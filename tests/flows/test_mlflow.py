@@ -119,3 +119,16 @@ def test_champion_commands_move_the_mlflow_aliases(tracked, capsys):
     answer, champion = champion_after("set-threshold", NAME, "--objective", "recall@precision:0.5")
     assert answer["mlflow_version"] == "3" and str(champion.version) == "3"
     assert champion.tags["imbalance.model_dir"].endswith("model-v2")
+
+
+def test_mlflow_tracking_without_mlflow_is_refused_before_any_work(monkeypatch):
+    import importlib.util
+
+    from tasks.config import TrainConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"needs MLflow: pip install -e '\.\[mlflow\]'"):
+        TrainConfig(tracking_uri="sqlite:///x.db")

@@ -21,7 +21,6 @@ from tasks.storage import (
     copy_file,
     copy_tree,
     is_local,
-    local_copy,
     local_path,
     write_json,
     write_text,
@@ -125,13 +124,7 @@ def export_standalone(
 ) -> None:
     """The one model that takes raw columns (`tasks/standalone.py`): `model.keras` and the
     SavedModel, written locally and copied to the model's store when it is remote."""
-    import keras
-
-    networks = []
-    for member in members:
-        with local_copy(member) as path:
-            networks.append(keras.models.load_model(path, compile=False))
-    model = standalone.build(prep, networks, calibration)
+    model = standalone.build(prep, standalone.load_networks(members), calibration)
     if is_local(model_dir):
         standalone.write(model, local_path(model_dir), meta, saved_model)
         return

@@ -22,7 +22,7 @@ from tasks.features import PREPROCESSING, Preprocessing
 from tasks.ingest import NUMERIC_DTYPES, beyond_float32, canonical_categories
 from tasks.io import io_task_options, load_source
 from tasks.preflight import check_columns, header
-from tasks.standalone import KERAS_FILE, build, raw_inputs
+from tasks.standalone import KERAS_FILE, build, load_networks, raw_inputs
 from tasks.standalone import score as standalone_score
 from tasks.storage import is_local, local_copy, local_path, location, write_parquet, write_text
 
@@ -70,10 +70,7 @@ class LoadedModel:
                 with local_copy(saved) as path:  # Keras reads local files only
                     self._standalone = keras.saving.load_model(path, compile=False)
             else:
-                members = []
-                for name in self.meta["members"]:
-                    with local_copy(self.dir / name) as member:
-                        members.append(keras.models.load_model(member, compile=False))
+                members = load_networks([self.dir / name for name in self.meta["members"]])
                 self._standalone = build(self.prep, members, self.calibration)
         return self._standalone
 

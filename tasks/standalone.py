@@ -120,6 +120,19 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
     )
 
 
+def load_networks(paths: list[Any]) -> list[Any]:
+    """The member networks saved at `paths` (any store: Keras reads a local copy)."""
+    import keras
+
+    from tasks.storage import local_copy
+
+    networks = []
+    for path in paths:
+        with local_copy(path) as local:
+            networks.append(keras.models.load_model(local, compile=False))
+    return networks
+
+
 def raw_inputs(frame: pd.DataFrame, prep: Any) -> dict[str, np.ndarray]:
     """A frame's feature columns as the model's inputs: float32 numerics, canonical category
     strings ("" where missing)."""

@@ -512,6 +512,8 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{r.get('peak_rss_mb') or '':>8} {r.get('tree_peak_rss_mb') or '':>8} "
                 f"{r.get('rows_per_s', ''):>9}"
             )
+            if "data docs" in steps:  # the run's GX Data Docs, built as it ends
+                print(f"  {'of which Great Expectations Data Docs':<60} {steps['data docs']:>8}")
         if "ratios" in entries:
             for name, value in entries["ratios"].items():
                 print(f"  {name}: {value}")

@@ -58,7 +58,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "registry and storage": (
         *("model_name", "promote_metric", "promote_margin", "runs_dir", "store"),
-        *("tracking_uri", "saved_model"),
+        *("tracking_uri", "saved_model", "data_docs"),
     ),
     "runtime": (
         *("runner", "max_parallel", "dask_address", "trainer", "tf_threads", "memory_budget"),

@@ -196,7 +196,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     branches = run.staging / "branches"
-    with run, run_log(run.log_path, run.flow_run_id):  # on an error only run.json is left
+    with run, run_log(run.log_path, run.flow_run_id):  # on an error: run.json and gx/
         with run.stage("ingest"):
             stages = data_path(config)
             ingested = stages.ingest(config, run.work_dir)

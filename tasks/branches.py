@@ -14,7 +14,7 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 from upath import UPath
 
-from tasks import progress
+from tasks import gx_run, progress
 from tasks.compare import summarize_repeats
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -147,6 +147,7 @@ def _branch_jobs(
         "config": repeat_config(config, repeat),
         "out_dir": str(out_dir if repeat == 0 else out_dir / f"repeat-{repeat}"),
         "repeat": repeat,
+        "gx_dir": str(project.root) if (project := gx_run.current()) else None,
     }
     suffix = "" if repeat == 0 else f"-r{repeat}"
     neural = [n for n in names if n in STRATEGIES]

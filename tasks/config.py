@@ -184,6 +184,11 @@ class TrainConfig(BaseModel):
         description="export the TensorFlow SavedModel (saved_model/) beside model.keras; off "
         "saves ~2 s a run where only flows.predict or Keras will load the model",
     )
+    data_docs: bool = Field(
+        True,
+        description="build Great Expectations Data Docs for the run's gates in <run>/gx/ (its "
+        "suites, checkpoints and results are kept either way); off saves ~1-2 s a run",
+    )
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI (e.g. sqlite:///mlflow.db): track the run there and "

@@ -3,9 +3,13 @@
 Each suite is a JSON file in `expectations/`. A suite entry is a GX expectation whose `kwargs` may
 name run-specific columns as templates (`"{target}"`, or `"for_each": "numeric_features"` with
 `"{column}"`), and whose limits are GX suite parameters (`{"$PARAMETER": "min_class_count"}`)
-supplied from the run's config. Every entry carries its reason in `meta.reason`, and may carry
+supplied from the run's config. Every entry carries its reason in GX's `notes`, and may carry
 `meta.describe`, a sentence used when it fails. A failed gate raises `GateFailed` listing each
 failed expectation with its observed value.
+
+Inside a training run every gate validates through a Checkpoint of the run's own GX project
+(`tasks.gx_run`), which keeps its results for the run's Data Docs; elsewhere (prediction, tests
+of one stage) through one ephemeral context per process.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks import gx_run
 from tasks.errors import GateFailed
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
@@ -55,17 +61,13 @@ class GateReport:
 def _context():
     """One ephemeral GX context per process, with its progress bars off."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    # this module sets its own level to INFO when imported: "temporary directory ... for
-    # ephemeral docs site" on every run says nothing a user needs
-    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    gx_run.quiet()
     ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = ctx.data_sources.add_pandas("frames")
-    asset = source.add_dataframe_asset("frame")
-    return ctx, asset.add_batch_definition_whole_dataframe("whole")
+    gx_run.progress_bars_off(ctx)
+    source = ctx.data_sources.add_pandas(gx_run.SOURCE)
+    asset = source.add_dataframe_asset(gx_run.ASSET)
+    return ctx, asset.add_batch_definition_whole_dataframe(gx_run.BATCH)
 
 
 def load_suite_file(name: str) -> dict[str, Any]:
@@ -109,6 +111,7 @@ def expand_suite(spec: dict[str, Any], bindings: dict[str, Any]) -> list[dict[st
                     "table": entry["table"],
                     "type": entry["type"],
                     "kwargs": _bind(entry["kwargs"], local),
+                    "notes": entry["notes"],
                     "meta": {**entry.get("meta", {}), "column": column},
                     "family": family if "for_each" in entry else None,
                 }
@@ -205,7 +208,6 @@ def validate(
     """Validate the tables (a frame, or {"data": frame, "facts": one-row frame}) with the suite
     file `suite_name`. Parameters the config does not supply take the suite file's defaults.
     Raises GateFailed naming every failed expectation when the gate fails."""
-    from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
@@ -215,24 +217,18 @@ def validate(
     spec = load_suite_file(suite_name)
     params = {**spec.get("parameters", {}), **(parameters or {})}
     report = GateReport(stage=stage, success=True)
-    concrete = _screen_wide_families(expand_suite(spec, bindings), tables, params, report)
-    for table_name, frame in tables.items():
+    concrete, summaries = _screen_wide_families(expand_suite(spec, bindings), tables, params)
+    for table_name, frame in {**tables, **summaries}.items():
         configs = [
-            ExpectationConfiguration(type=c["type"], kwargs=c["kwargs"], meta=c["meta"])
+            ExpectationConfiguration(
+                type=c["type"], kwargs=c["kwargs"], notes=c["notes"], meta=c["meta"]
+            )
             for c in concrete
             if c["table"] == table_name
         ]
-        if not configs:
-            continue
-        suite = ExpectationSuite(
-            name=f"{stage}-{suite_name}-{table_name}",
-            expectations=[c.to_domain_obj() for c in configs],
-        )
-        with _LOCK:  # the GX context is not thread-safe; branches validate from several threads
-            _, batch_definition = _context()
-            batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-            outcome = batch.validate(suite, expectation_parameters=params, result_format="SUMMARY")
-        _collect(report, table_name, outcome, frame)
+        if configs:
+            outcome = _run_suite(f"{suite_name}.{table_name}", stage, configs, frame, params)
+            _collect(report, table_name, outcome, frame)
     report.success = not report.failures
     log.info(
         "%s gate: %d expectations, %d failed", stage, len(report.checked), len(report.failures)
@@ -242,6 +238,21 @@ def validate(
     return report
 
 
+def _run_suite(
+    name: str, stage: str, configs: list[Any], frame: pd.DataFrame, params: dict[str, Any]
+) -> Any:
+    """Validate: through the run's GX project when inside a run, else the ephemeral context."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    with _LOCK:  # a GX context is not thread-safe; branches validate from several threads
+        if (run_project := gx_run.current()) is not None:
+            return run_project.validate(name, stage, configs, frame, params)
+        _, batch_definition = _context()
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        suite = ExpectationSuite(name=name, expectations=[c.to_domain_obj() for c in configs])
+        return batch.validate(suite, expectation_parameters=params, result_format="SUMMARY")
+
+
 SCREEN_ABOVE = 16  # a per-column family of more expectations than this is screened first
 
 
@@ -249,71 +260,112 @@ def _parameter(value: Any, params: dict[str, Any]) -> Any:
     return params.get(value["$PARAMETER"]) if isinstance(value, dict) else value
 
 
-def _holds(kind: str, kwargs: dict[str, Any], frame: pd.DataFrame, params: dict[str, Any]) -> bool:
-    """Whether pandas shows that a per-column expectation holds, computing the statistic GX
-    computes for it. Only a sure pass counts: anything else (a failure, a type this does not
-    know) is left to GX, which then words the message."""
-    column = kwargs.get("column")
-    if column not in frame.columns:
-        return False
-    values = frame[column]
-    if kind == "expect_column_to_exist":
-        return True
-    if kind == "expect_column_values_to_not_be_null":
-        return bool(values.notna().all())
-    if kind == "expect_column_values_to_be_in_type_list":
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        return numeric and str(values.dtype) in (kwargs.get("type_list") or [])
+def _dtype(values: pd.Series, kwargs: dict[str, Any]) -> str:
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    return str(values.dtype) if numeric else f"not numeric ({values.dtype})"
+
+
+def _numeric(statistic: str) -> Callable[[pd.Series, dict[str, Any]], float | None]:
+    def compute(values: pd.Series, kwargs: dict[str, Any]) -> float | None:
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            return None
+        return float(getattr(values, statistic)())
+
+    return compute
+
+
+# A per-column expectation a wide family may be screened for: the statistic GX computes for it
+# (one column of the table's column summary) and the summary's expectation on that statistic.
+SUMMARY: dict[str, tuple[str, Callable[[pd.Series, dict[str, Any]], Any]]] = {
+    "expect_column_to_exist": ("present", lambda values, kwargs: 1),
+    "expect_column_values_to_not_be_null": ("missing", lambda v, k: int(v.isna().sum())),
+    "expect_column_values_to_be_in_type_list": ("dtype", _dtype),
+    "expect_column_values_to_be_in_set": (
+        "unseen",
+        lambda v, k: int((~v.dropna().isin(list(k["value_set"]))).sum()),
+    ),
+    "expect_column_mean_to_be_between": ("mean", _numeric("mean")),
+    "expect_column_stdev_to_be_between": ("std", _numeric("std")),
+    "expect_column_min_to_be_between": ("min", _numeric("min")),
+}
+
+
+def _summary_check(kind: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The expectation on the column summary that stands for `kind` on each column."""
+    statistic = SUMMARY[kind][0]
+    if statistic == "dtype":
+        return "expect_column_values_to_be_in_set", {
+            "column": statistic,
+            "value_set": kwargs.get("type_list") or [],
+        }
+    if statistic in ("mean", "std", "min"):
+        bounds = {key: kwargs[key] for key in ("min_value", "max_value") if key in kwargs}
+        return "expect_column_values_to_be_between", {"column": statistic, **bounds}
+    exact = 1 if statistic == "present" else 0
+    return "expect_column_values_to_be_between", {
+        "column": statistic,
+        "min_value": exact,
+        "max_value": exact,
+    }
+
+
+def _holds(value: Any, check: tuple[str, dict[str, Any]], params: dict[str, Any]) -> bool:
+    kind, kwargs = check
     if kind == "expect_column_values_to_be_in_set":
-        return bool(values.dropna().isin(list(kwargs["value_set"])).all())
-    statistic = {
-        "expect_column_mean_to_be_between": "mean",
-        "expect_column_stdev_to_be_between": "std",
-        "expect_column_min_to_be_between": "min",
-    }.get(kind)
-    if statistic is None or not pd.api.types.is_numeric_dtype(values):
-        return False
-    observed = float(getattr(values, statistic)())
+        return value in kwargs["value_set"]
     low = _parameter(kwargs.get("min_value"), params)
     high = _parameter(kwargs.get("max_value"), params)
     return bool(
-        np.isfinite(observed)
-        and (low is None or observed >= low)
-        and (high is None or observed <= high)
+        value is not None
+        and np.isfinite(value)
+        and (low is None or value >= low)
+        and (high is None or value <= high)
     )
 
 
 def _screen_wide_families(
-    concrete: list[dict[str, Any]],
-    tables: dict[str, pd.DataFrame],
-    params: dict[str, Any],
-    report: GateReport,
-) -> list[dict[str, Any]]:
+    concrete: list[dict[str, Any]], tables: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, pd.DataFrame]]:
     """Gates must scale with cells, not columns: GX spends a fixed overhead per expectation, so
     a family of thousands of per-column expectations (5,000 numeric columns) would take minutes.
-    Columns such a family clearly passes are checked with pandas and recorded as one entry per
-    family; the rest (any failure) go to GX as before, so messages name the columns as always."""
+    The statistic of each column of a wide family is computed with pandas into a column summary
+    of its table (`<table>.columns`: one row per column), and the columns that clearly pass are
+    validated by GX as one expectation on that summary; the rest (any failure) go to GX one
+    column at a time as before, so messages name the columns as always."""
     sizes = Counter(c["family"] for c in concrete if c["family"] is not None)
-    left, screened = [], Counter()
+    left: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    families: dict[tuple[str, str, str], dict[str, Any]] = {}
     for c in concrete:
         frame = tables.get(c["table"])
+        column = c["kwargs"].get("column")
         wide = c["family"] is not None and sizes[c["family"]] > SCREEN_ABOVE
-        if wide and frame is not None and _holds(c["type"], c["kwargs"], frame, params):
-            screened[(c["table"], c["type"], c["meta"].get("reason"))] += 1
-        else:
+        if not wide or frame is None or c["type"] not in SUMMARY or column not in frame.columns:
             left.append(c)
-    for (table, kind, reason), count in screened.items():
-        report.checked.append(
+            continue
+        statistic, compute = SUMMARY[c["type"]]
+        check = _summary_check(c["type"], c["kwargs"])
+        value = compute(frame[column], c["kwargs"])
+        if not _holds(value, check, params):
+            left.append(c)
+            continue
+        table = f"{c['table']}.columns"
+        rows.setdefault(table, {}).setdefault(column, {"column": column})[statistic] = value
+        key = (table, json.dumps(check, sort_keys=True, default=str), c["notes"])
+        family = families.setdefault(
+            key,
             {
                 "table": table,
-                "expectation": kind,
-                "kwargs": {"columns": count},
-                "reason": reason,
-                "success": True,
-                "observed": f"holds on {count} columns (checked with pandas)",
-            }
+                "type": check[0],
+                "kwargs": check[1],
+                "notes": c["notes"],
+                "meta": {"summarises": c["type"], "columns": 0},
+                "family": None,
+            },
         )
-    return left
+        family["meta"]["columns"] += 1
+    summaries = {table: pd.DataFrame(list(by_column.values())) for table, by_column in rows.items()}
+    return left + list(families.values()), summaries
 
 
 def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFrame) -> None:
@@ -333,7 +385,8 @@ def _collect(report: GateReport, table_name: str, outcome: Any, frame: pd.DataFr
                 "table": table_name,
                 "expectation": config.type,
                 "kwargs": kwargs,
-                "reason": meta.get("reason"),
+                "reason": config.notes,
+                **{k: meta[k] for k in ("summarises", "columns") if k in meta},
                 "success": bool(item.success),
                 "observed": observed
                 if isinstance(observed, (int, float, str, type(None)))

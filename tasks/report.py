@@ -21,7 +21,7 @@ from tasks.evaluate import wilson_interval
 from tasks.features import FeatureSet
 from tasks.io import io_task_options
 from tasks.records import BOARD_METRICS, HEADLINE_METRICS
-from tasks.storage import is_local, local_path, read_parquet, write_text
+from tasks.storage import read_parquet, url, write_text
 from tasks.thresholds import (
     Objective,
     confusion_at_each_threshold,
@@ -548,6 +548,7 @@ def _data(metrics: dict[str, Any], manifest: dict[str, Any], run: dict[str, Any]
         "outlier_method": manifest["outliers"]["method"],
         "outliers": _tab(outlier_columns, _outlier_rows(manifest)),
         "gates": _tab(["gate", "result", "expectations", "checked"], _gate_rows(run, manifest)),
+        "data_docs": run.get("data_docs"),
     }
 
 
@@ -614,10 +615,9 @@ def publish_artifacts(
         f"Report: `{report_path}`\n",
         description="Which strategy and threshold to ship",
     )
-    link = local_path(report_path).resolve().as_uri() if is_local(report_path) else str(report_path)
     create_link_artifact(
         key="report",
-        link=link,
+        link=url(report_path),
         link_text="HTML report",
         description=f"Comparison report of run {metrics['run_id']}",
     )

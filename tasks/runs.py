@@ -4,8 +4,10 @@ On a local disk a run writes into a hidden staging directory and is renamed into
 succeeds. On stores without rename (object stores, `memory://`) it writes into
 `<output>/<run-id>/` directly and `run.json`, written last, marks it complete. Then
 `<output>/latest.json` (and, where symlinks exist, the `<output>/latest` link) points at it. A
-failed run leaves only `<output>/<run-id>/run.json` (status, failed stage, messages, config).
-Intermediate files (raw copy, split assignment) stay on this machine in `work_dir`."""
+failed run leaves only `<output>/<run-id>/run.json` (status, failed stage, messages, config)
+and `gx/`, the Great Expectations project of the gates that ran (`tasks.gx_run`). Intermediate
+files (raw copy, split assignment, the GX project while the run goes) stay on this machine in
+`work_dir`."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from upath import UPath
 
-from tasks import events
+from tasks import events, gx_run
 from tasks.config import TrainConfig
 from tasks.errors import GateFailed
 from tasks.storage import (
@@ -109,6 +111,7 @@ class RunRecord:
     completed: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
     work_dir: Path = field(init=False)
+    data_docs: str | None = None  # the Data Docs index, relative to the run directory
     _t0: float = 0.0
     _stage_t0: float = 0.0
 
@@ -154,14 +157,25 @@ class RunRecord:
         """Where the run's files are written until it completes."""
         return self.output / f".{self.run_id}.partial" if self.renames else self.run_dir
 
+    @property
+    def gx_root(self) -> Path:
+        """The run's Great Expectations project while it runs (moved to `<run>/gx` at its end)."""
+        return self.work_dir / "gx"
+
     def __enter__(self) -> RunRecord:
+        self._recording = gx_run.recording(self.gx_root)  # gates run inside go through it
+        self._recording.__enter__()
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:
-        """A run that fails before it completes leaves only `run.json`, naming the stage and
-        the cause; the error goes on to the caller. After completion nothing is undone."""
-        if error is not None and not self.completed:
-            self.fail(error)
+        """A run that fails before it completes leaves only `run.json` and its gates' GX
+        project, naming the stage and the cause; the error goes on to the caller. After
+        completion nothing is undone."""
+        try:
+            if error is not None and not self.completed:
+                self.fail(error)
+        finally:
+            self._recording.__exit__(None, None, None)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -190,16 +204,28 @@ class RunRecord:
             "finished_at": datetime.now(UTC).isoformat(),
             "seconds": round(time.perf_counter() - self._t0, 3),
             "stages": self.stages,
+            "data_docs": self.data_docs,
             "config": self.config.model_dump(mode="json"),
             **self.facts,
             **extra,
         }
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:
-        """The run record so far (for the report, written before the run completes)."""
+        """The run record so far (for the report, written before the run completes): Data Docs
+        are linked where they will be once the run completes."""
+        if self.config.data_docs and (self.gx_root / "great_expectations.yml").exists():
+            self.data_docs = gx_run.DOCS_INDEX
         return self._record("running", **extra)
 
+    def _publish_gates(self, run_dir: UPath) -> None:
+        """The gates' GX project (and its Data Docs) into `run_dir`, linked from the flow run."""
+        self.data_docs = gx_run.publish(self.gx_root, run_dir, self.config.data_docs)
+        if self.data_docs and self.flow_run_id:
+            gx_run.link_artifact(self.run_dir / self.data_docs, self.run_id)
+
     def succeed(self, **extra: Any) -> UPath:
+        self.enter("data docs")
+        self._publish_gates(self.staging)
         self.enter("done")
         if not self.renames and self.log_path.exists():
             (self.staging / RUN_LOG).write_bytes(self.log_path.read_bytes())
@@ -223,9 +249,15 @@ class RunRecord:
     def fail(self, error: BaseException) -> UPath:
         failed_stage = self.current_stage
         self.enter("failed")
+        if self.renames:  # the project lives in the staging directory: move it out first
+            self.run_dir.mkdir(parents=True)
+            self._publish_gates(self.run_dir)
+            remove_tree(self.staging)
+        else:  # the staging directory is the run directory; the project is on this machine
+            remove_tree(self.staging)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._publish_gates(self.run_dir)
         remove_tree(self.work_dir)
-        remove_tree(self.staging)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         gate = error.stage if isinstance(error, GateFailed) else None
         messages = [f"{gate} gate: {line}" for line in error.failures] if gate else [str(error)]
         if gate:

@@ -353,3 +353,8 @@ def _lock_age(lock: UPath) -> float:
 def address(path: UPath | Path) -> str:
     """How to find `path` again from any working directory: an absolute local path or a URL."""
     return str(local_path(path).resolve()) if is_local(path) else str(path)
+
+
+def url(path: UPath | Path) -> str:
+    """A link to `path`: a file:// URI on this machine, else the store's URL."""
+    return local_path(path).resolve().as_uri() if is_local(path) else str(path)

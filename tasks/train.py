@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import gates, progress
+from tasks import gates, gx_run, progress
 from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -641,10 +641,23 @@ def _labels(feature_set: FeatureSet) -> tuple[str, str]:
 
 @task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
 def train_branch(
-    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int = 0
+    name: str,
+    feature_set: FeatureSet,
+    config: TrainConfig,
+    out_dir: str,
+    repeat: int = 0,
+    gx_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one strategy (or the reference) on its own. Raises BranchFailed with
-    the record when anything goes wrong, so the task shows as failed and the run goes on."""
+    the record when anything goes wrong, so the task shows as failed and the run goes on. Its
+    gate goes through the run's GX project at `gx_dir` (a Dask worker is in another process)."""
+    with gx_run.recording(gx_dir):
+        return _train_branch(name, feature_set, config, out_dir, repeat)
+
+
+def _train_branch(
+    name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int
+) -> dict[str, Any]:
     record, key = _started(name), progress_key(name, repeat)
     progress.start(key)
     branch_dir = location(out_dir) / name
@@ -725,11 +738,24 @@ def _stack_progress(
 
 @task(name="train-stack", cache_policy=NO_CACHE, tags=["training"])
 def train_stack(
-    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int = 0
+    names: list[str],
+    feature_set: FeatureSet,
+    config: TrainConfig,
+    out_dir: str,
+    repeat: int = 0,
+    gx_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate several strategies whose networks train side by side in one compiled
     program (tasks.stacked), then tune and evaluate each on its own. Returns one record per
-    strategy, failed or skipped ones included: a strategy that fails never sinks the others."""
+    strategy, failed or skipped ones included: a strategy that fails never sinks the others.
+    Their gates go through the run's GX project at `gx_dir`."""
+    with gx_run.recording(gx_dir):
+        return _train_stack(names, feature_set, config, out_dir, repeat)
+
+
+def _train_stack(
+    names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int
+) -> list[dict[str, Any]]:
     configure_tensorflow(config.tf_threads)
     parts = shared_parts(feature_set)
     train, stop = parts["train"], parts["stop"]

@@ -53,6 +53,7 @@ def predict_cli(model: object, data: object, out: object, flags: str = "") -> in
 RUN_FILES = [
     "MODEL_CARD.md",
     "branches",
+    "gx",
     "leaderboard.csv",
     "metrics.json",
     "model",
@@ -74,6 +75,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 FAST = {
     "saved_model": False,  # ~2 s a run; the SavedModel has its own tests (test_standalone_model)
+    "data_docs": False,  # ~1-2 s a run; Data Docs have their own tests (test_gx_project)
     "hidden": [8],
     "dropout": 0.1,
     "epochs": 4,
@@ -185,7 +187,7 @@ def full_run(tmp_path_factory):
 
     from flows.train import train_flow
 
-    config = fast_config(tmp_path_factory.mktemp("full") / "runs")
+    config = fast_config(tmp_path_factory.mktemp("full") / "runs", data_docs=True)
     result = train_flow(config)
     metrics = json.loads(Path(result.metrics_path).read_text())
     return config, result, metrics

@@ -21,7 +21,9 @@ from flows.predict import main as predict_main
 from flows.train import main as train_main
 from tests.conftest import SYNTHETIC, argv, predict_cli
 
-FAST_FLAGS = argv("--hidden 4 --epochs 1 --batch-size 64 --strategies baseline")
+FAST_FLAGS = argv(
+    "--hidden 4 --epochs 1 --batch-size 64 --strategies baseline --no-saved-model --no-data-docs"
+)
 
 
 def base() -> pd.DataFrame:

@@ -19,7 +19,8 @@ from tests.conftest import SYNTHETIC, argv, predict_cli
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = argv(
     "--data {a0} --target churned --positive yes --id account_id --categorical segment --hidden 4 "
-    "--epochs 2 --batch-size 64 --strategies ensemble --ensemble-k 2",
+    "--epochs 2 --batch-size 64 --strategies ensemble --ensemble-k 2 --no-saved-model "
+    "--no-data-docs",
     a0=SYNTHETIC,
 )
 

@@ -13,6 +13,7 @@ import pytest
 from flows.champion import main as champion_main
 from flows.predict import predict_flow
 from flows.train import train_flow
+from tasks.gx_run import DOCS_INDEX
 from tasks.storage import location, read_parquet, read_pointer, remove_tree
 from tests.conftest import RUN_FILES, SYNTHETIC, argv, fast_config
 
@@ -136,15 +137,18 @@ def test_champion_cli_on_a_url_registry(memory_runs, capsys):
 
 
 def test_failed_run_on_a_store_without_rename_leaves_only_its_record(tmp_path):
+    """A run stopped by a gate leaves its record and its gates' GX project, Data Docs included,
+    uploaded to the store; nothing else."""
     output = f"memory://failed-{uuid.uuid4().hex[:8]}/runs"
-    config = fast_config(output, strategies=["baseline"], target="no_such_column")
+    config = fast_config(output, strategies=["baseline"], min_class_count=10_000, data_docs=True)
     try:
-        with pytest.raises(Exception, match="no_such_column"):
+        with pytest.raises(Exception, match="raw gate failed"):
             train_flow(config)
         (run_dir,) = [p for p in location(output).iterdir() if p.name != "store"]
-        assert [p.name for p in run_dir.iterdir()] == ["run.json"]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["gx", "run.json"]
         run = json.loads((run_dir / "run.json").read_text())
-        assert run["status"] == "failed" and run["failed_stage"] == "ingest"
+        assert run["status"] == "failed" and run["failed_gate"] == "raw"
+        assert run["data_docs"] == DOCS_INDEX and (run_dir / DOCS_INDEX).is_file()
         assert read_pointer(location(output), "latest") is None
     finally:
         remove_tree(location(output))

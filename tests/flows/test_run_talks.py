@@ -23,7 +23,7 @@ FLAGS = [
     *("--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes"),
     *("--id", "account_id", "--categorical", "segment", "--strategies", "baseline,ensemble"),
     *("--hidden", "4", "--epochs", "1", "--batch-size", "64", "--ensemble-k", "2"),
-    *("--bootstrap", "1000", "--json"),
+    *("--bootstrap", "1000", "--json", "--no-saved-model", "--no-data-docs"),
 ]
 
 

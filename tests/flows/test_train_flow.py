@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import great_expectations as gx
 import numpy as np
 import pandas as pd
 import pytest
@@ -306,7 +307,7 @@ def test_memory_budget_skips_only_the_copying_strategy_with_its_reason(tmp_path,
     assert "skipped: its resampled copy" in Path(result.report_path).read_text()
 
 
-def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame, capsys):
+def test_failed_gate_exits_2_and_leaves_only_its_record(tmp_path, synthetic_frame, capsys):
     bad = synthetic_frame.assign(
         churned=np.where(np.arange(400) % 3 == 0, "x", synthetic_frame.churned)
     )
@@ -324,7 +325,7 @@ def test_failed_gate_exits_2_and_leaves_only_run_json(tmp_path, synthetic_frame,
     assert code == 2
     assert "raw gate failed" in capsys.readouterr().err
     (run_dir,) = [p for p in output.iterdir()]
-    assert [p.name for p in run_dir.iterdir()] == ["run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["gx", "run.json"]  # and its gates
     run = json.loads((run_dir / "run.json").read_text())
     assert (
         run["status"] == "failed"
@@ -490,6 +491,10 @@ def test_dask_runner_gives_the_same_results_as_threads(full_run, tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=name)
     records = json.loads(location(dask.metrics_path).read_text())["strategies"]
     assert all(r["status"] == "ok" for r in records)
+    # the workers' predictions gates went through the run's GX project, like the threads'
+    gx_project = gx.get_context(mode="file", context_root_dir=location(dask.run_dir).path + "/gx")
+    gates = {key.run_id.run_name for key in gx_project.validation_results_store.list_keys()}
+    assert {f"predictions[{name}]" for name in [*strategies, "reference"]} <= gates
 
 
 def test_branch_failures_survive_pickling():

@@ -21,7 +21,7 @@ FLAGS = [
     *("--data", str(SYNTHETIC), "--target", "churned", "--positive", "yes"),
     *("--id", "account_id", "--categorical", "segment", "--strategies", "baseline"),
     *("--hidden", "4", "--epochs", "1", "--batch-size", "64", "--bootstrap", "1000"),
-    "--no-saved-model",
+    *("--no-saved-model", "--no-data-docs"),
 ]
 
 

@@ -125,6 +125,7 @@ class RunProject:
 
     def _stored_or_created(self, name: str, configs: list[Any], key: str) -> tuple[str, Any]:
         """Created under a file lock: the run's Dask workers share the project."""
+        self.context()  # creates the project's directory
         with open(self.root / ".create.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return self._stored(name) or (key, self._create(name, configs, key))

@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+TEST_WORKERS ?= 2
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -24,8 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(PY) -m flows.train $(ARGS)
 
+# Two pytest-xdist workers, a test file to each at a time (files share their fixtures' runs):
+# most tests wait on servers and subprocesses as much as they compute. TEST_WORKERS=0 runs serially.
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 # A lasting Prefect server with its UI; `make run` and `python -m flows.train` use it when it runs.
 server: install

@@ -321,17 +321,22 @@ TRAINING_CASES = [
 
 
 def leftovers(output: Path) -> list[Path]:
-    """Everything a refused run left under --runs-dir, other than a failed run's run.json."""
+    """Everything a refused run left under --runs-dir, other than a failed run's record: its
+    run.json and its gates' Great Expectations project (gx/)."""
     if not output.exists():
         return []
-    left = []
-    for path in output.rglob("*"):
-        if path.is_dir():
-            continue
-        if path.name == "run.json" and json.loads(path.read_text())["status"] == "failed":
-            continue
-        left.append(path)
-    return left
+    failed = {
+        path.parent
+        for path in output.rglob("run.json")
+        if json.loads(path.read_text())["status"] == "failed"
+    }
+    return [
+        path
+        for path in output.rglob("*")
+        if path.is_file()
+        and not (path.name == "run.json" and path.parent in failed)
+        and not any(path.is_relative_to(run / "gx") for run in failed)
+    ]
 
 
 def test_the_corpus_is_large_enough():

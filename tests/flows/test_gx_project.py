@@ -62,7 +62,9 @@ def test_every_gate_of_a_run_is_a_gx_validation_with_data_docs(full_run):
     }
     assert all(r.success for rs in results.values() for r in rs)
     (facts,) = [r for r in results["raw"] if r.suite_name == "raw.facts"]
-    (used,) = [r for r in facts.results if r.expectation_config.column == positives.column]
+    (used,) = [
+        r for r in facts.results if r.expectation_config.kwargs["column"] == "minority_count"
+    ]
     assert used.expectation_config.kwargs["min_value"] == run["config"]["min_class_count"]
 
     pages = list((run_dir / DOCS_INDEX).parent.glob("validations/**/*.html"))

@@ -75,7 +75,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 FAST = {
     "saved_model": False,  # ~2 s a run; the SavedModel has its own tests (test_standalone_model)
-    "data_docs": False,  # ~1-2 s a run; Data Docs have their own tests (test_gx_project)
+    "data_docs": False,  # ~0.5 s a run; Data Docs have their own tests (test_gx_project)
     "hidden": [8],
     "dropout": 0.1,
     "epochs": 4,

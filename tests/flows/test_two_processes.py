@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import great_expectations as gx
+
 from flows.server import SERVER_START_LOCK
 from tasks.preflight import writable
 from tasks.storage import read_pointer
@@ -55,6 +57,10 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     assert len(set(run_ids)) == 2
     for run_id in run_ids:
         assert json.loads((output / run_id / "run.json").read_text())["status"] == "completed"
+        # each run's gates went through a GX project of its own: one raw result each, never both
+        project = gx.get_context(mode="file", context_root_dir=str(output / run_id / "gx"))
+        names = [key.run_id.run_name for key in project.validation_results_store.list_keys()]
+        assert names.count("raw") == 2 and names.count("predictions[baseline]") == 1, names
     assert read_pointer(output, "latest").name in run_ids
     assert (home / SERVER_START_LOCK).exists()  # the start-ups took turns
 

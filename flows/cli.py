@@ -49,7 +49,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         *("strategies", "hidden", "dropout", "weight_decay", "linear_skip", "learning_rate"),
         *("batch_size", "epochs", "patience", "min_steps", "min_patience_steps", "ensemble_k"),
     ),
-    "thresholds and selection": ("objective", "rank_by", "bootstrap"),
+    "thresholds and selection": ("objective", "rank_by", "allow_reference_champion", "bootstrap"),
     "gates": (
         *("min_class_count", "min_positives_per_split", "min_positives_per_half"),
         *("split_ratio_tolerance", "max_removed_share", "scale_tolerance"),

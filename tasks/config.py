@@ -147,6 +147,12 @@ class TrainConfig(BaseModel):
     ensemble_k: int = Field(5, ge=1)
     objective: str = Field("f1", description="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P")
     rank_by: RankMetric = "pr_auc"
+    allow_reference_champion: bool = Field(
+        False,
+        description="let the gradient-boosting reference be selected and shipped when it ranks "
+        "first on the validation tuning half, under the same threshold tuning, export, card and "
+        "registry rules (a scikit-learn model: no SavedModel)",
+    )
     max_parallel: int = Field(2, ge=1, description="strategy branches trained at once")
     runner: Literal["threads", "dask"] = Field(
         "threads", description="where branches run: threads here, or a Dask cluster (prefect-dask)"

@@ -17,6 +17,7 @@ from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
 from tasks.io import io_task_options
 from tasks.records import TEST_METRICS
+from tasks.reference import REFERENCE_FILE
 from tasks.storage import (
     copy_file,
     copy_tree,
@@ -25,6 +26,7 @@ from tasks.storage import (
     write_json,
     write_text,
 )
+from tasks.strategies import REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,15 @@ def export_model(
     model_dir: UPath,
     run_id: str,
 ) -> UPath:
-    """Copy the selected branch's Keras members and write everything needed to score new rows."""
+    """Copy the selected branch's Keras members (or, for the gradient-boosting reference shipped
+    with --allow-reference-champion, its scikit-learn model) and write everything needed to
+    score new rows."""
     manifest = feature_set.manifest
+    network = selected["strategy"] != REFERENCE
     members = sorted(
-        (branches_dir / selected["strategy"] / "model").glob("member_*.keras"),
+        (branches_dir / selected["strategy"] / "model").glob(
+            "member_*.keras" if network else REFERENCE_FILE
+        ),
         key=lambda member: member.name,
     )
     for member in members:
@@ -62,13 +69,16 @@ def export_model(
         "run_id": run_id,
         "created_at": datetime.now(UTC).isoformat(),
         "strategy": selected["strategy"],
+        "kind": "network" if network else "gradient_boosting",
         "members": [m.name for m in members],
         "standalone": {
             "keras": standalone.KERAS_FILE,
             "saved_model": standalone.SAVED_MODEL_DIR if config.saved_model else None,
             "signature": standalone.SERVING_SIGNATURE,
             "outputs": list(standalone.OUTPUTS),
-        },
+        }
+        if network
+        else None,
         **standalone.signature_facts(prep),  # column -> signature input name
         "threshold": selected["threshold"],
         "threshold_objective": selected["threshold_objective"],
@@ -109,7 +119,8 @@ def export_model(
         "versions": manifest["versions"],
     }
     calibration = Calibration.model_validate(selected["calibration"])
-    export_standalone(model_dir, prep, members, calibration, metadata, config.saved_model)
+    if network:
+        export_standalone(model_dir, prep, members, calibration, metadata, config.saved_model)
     write_model_files(model_dir, metadata)
     return model_dir
 
@@ -160,6 +171,17 @@ def model_card(meta: dict[str, Any]) -> str:
         f"# Model card: {meta['model_name']}",
         "",
         f"Run `{meta['run_id']}`, strategy **{meta['strategy']}**, created {meta['created_at']}.",
+        *(
+            [
+                "",
+                "The gradient-boosting reference (scikit-learn HistGradientBoostingClassifier, "
+                f"`{REFERENCE_FILE}`), shipped because it ranked first on the validation tuning "
+                "half and `--allow-reference-champion` was set. It has no Keras or SavedModel "
+                "form: score it with `python -m flows.predict` (or the MLflow pyfunc).",
+            ]
+            if meta.get("kind") == "gradient_boosting"
+            else []
+        ),
         "",
         "## Intended use",
         f"Binary scoring of `{meta['target']}`: the positive class is `{meta['positive_label']}`. "

@@ -12,7 +12,7 @@ import pandas as pd
 from prefect import task
 from upath import UPath
 
-from tasks import events, gates
+from tasks import events, gates, reference
 from tasks.calibration import Calibration
 from tasks.config import DriftSettings
 from tasks.drift import drift_table, overall_status, publish_drift
@@ -45,6 +45,22 @@ class LoadedModel:
         self.prep = Preprocessing.model_validate_json((self.dir / PREPROCESSING).read_text())
         self.calibration = calibration_of(self.meta)
         self._standalone: Any = None
+        self._reference: Any = None
+
+    @property
+    def kind(self) -> str:
+        """ "network" (the Keras models), or "gradient_boosting" (the reference, shipped with
+        --allow-reference-champion)."""
+        return str(self.meta.get("kind", "network"))
+
+    def scores(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw rows -> `probability` and `probability_corrected`: the standalone network, or the
+        gradient-boosting reference on the same preprocessing."""
+        if self.kind == "gradient_boosting":
+            if self._reference is None:
+                self._reference = reference.load(self.dir / self.meta["members"][0])
+            return reference.score(self._reference, self.prep, frame)
+        return standalone_score(self.standalone, raw_inputs(frame, self.prep))
 
     @property
     def name(self) -> str:
@@ -119,9 +135,10 @@ def input_gate(
 
 
 def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """Probabilities, labels and decisions for raw rows, from the standalone model."""
+    """Probabilities, labels and decisions for raw rows, from the standalone model (or the
+    shipped gradient-boosting reference)."""
     prep = model.prep
-    scores = standalone_score(model.standalone, raw_inputs(frame, prep))
+    scores = model.scores(frame)
     probability = scores["probability"]
     is_positive = probability >= model.meta["threshold"]
     out = pd.DataFrame(index=frame.index)

@@ -15,7 +15,8 @@ import numpy as np
 from tasks.calibration import Calibration
 from tasks.errors import ConfigError
 
-REFERENCE = "reference"  # HistGradientBoosting on the same splits; ranked, never champion
+REFERENCE = "reference"  # HistGradientBoosting on the same splits (tasks/reference.py); ranked;
+# champion only with --allow-reference-champion
 FOCAL_GAMMA = 2.0
 
 

@@ -443,13 +443,18 @@ def fit_neural(
 REFERENCE_STREAMED_ROWS = 500_000  # out of core: the reference fits on a sample this large
 
 
-def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str, str]) -> Scores:
+def fit_reference(
+    parts: dict[str, Part],
+    config: TrainConfig,
+    labels: tuple[str, str],
+    model_dir: UPath | None = None,
+) -> Scores:
     """scikit-learn HistGradientBoosting on the same rows, unbalanced; codes as categoricals. An
-    out-of-core training split is sampled (seeded, at most REFERENCE_STREAMED_ROWS rows)."""
+    out-of-core training split is sampled (seeded, at most REFERENCE_STREAMED_ROWS rows). With
+    `model_dir` the fitted model is saved there (it may be shipped)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    def matrix(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return np.hstack([numeric.astype(np.float64), codes.astype(np.float64)])
+    from tasks.reference import matrix, save
 
     train = parts["train"]
     info: dict[str, Any] = {}
@@ -474,6 +479,8 @@ def fit_reference(parts: dict[str, Part], config: TrainConfig, labels: tuple[str
     started = time.perf_counter()
     model.fit(x, y)
     seconds = time.perf_counter() - started
+    if model_dir is not None:
+        save(model, model_dir)
     probabilities = {
         n: model.predict_proba(matrix(parts[n].numeric, parts[n].codes))[:, 1]
         for n in ("stop", "tune", "test")
@@ -577,13 +584,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _started(name: str) -> dict[str, Any]:
+def _started(name: str, config: TrainConfig) -> dict[str, Any]:
     return {
         "strategy": name,
         "status": "ok",
         "error": None,
         "started_at": _now(),
-        "eligible": name != REFERENCE,
+        "eligible": name != REFERENCE or config.allow_reference_champion,
     }
 
 
@@ -658,7 +665,7 @@ def train_branch(
 def _train_branch(
     name: str, feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int
 ) -> dict[str, Any]:
-    record, key = _started(name), progress_key(name, repeat)
+    record, key = _started(name, config), progress_key(name, repeat)
     progress.start(key)
     branch_dir = location(out_dir) / name
     try:
@@ -670,7 +677,10 @@ def _train_branch(
         else:
             labels = _labels(feature_set)
             if name == REFERENCE:
-                scores = fit_reference(parts, config, labels)
+                shippable = config.allow_reference_champion
+                scores = fit_reference(
+                    parts, config, labels, branch_dir / "model" if shippable else None
+                )
             else:
                 scores = fit_neural(
                     STRATEGIES[name],
@@ -761,7 +771,7 @@ def _train_stack(
     train, stop = parts["train"], parts["stop"]
     prep, labels = feature_set.preprocessing(), _labels(feature_set)
     settings = neural_settings(train, config)
-    records = {name: _started(name) for name in names}
+    records = {name: _started(name, config) for name in names}
     plans: dict[str, list[MemberPlan]] = {}
     known: dict[tuple, MemberPlan] = {}
     for name in names:

@@ -103,7 +103,13 @@ def trains_stacked(config: TrainConfig, feature_set: FeatureSet) -> bool:
     streamed = bool(feature_set.manifest.get("out_of_core"))
     if config.trainer == "stacked" and streamed:
         log.warning("--trainer stacked: the training split is streamed, so strategies train apart")
-    return config.trainer != "separate" and not streamed
+    stacked = config.trainer != "separate" and not streamed
+    if config.search and not stacked:
+        log.warning(
+            "--search %d: only the stacked trainer searches; training with the defaults",
+            config.search,
+        )
+    return stacked
 
 
 PARALLEL_STACK_ROWS = 50_000  # from this many training rows, stacks train side by side

@@ -123,6 +123,15 @@ class TrainConfig(BaseModel):
         "regression inside every network)",
     )
     learning_rate: float = Field(1e-3, gt=0)
+    search: int = Field(
+        0,
+        ge=0,
+        le=36,
+        description="also train N other configurations of learning rate, weight decay and "
+        "dropout per strategy (drawn with the seed) and keep, per strategy, the one that scores "
+        "best on the validation stop half; training takes about N+1 times as long (stacked "
+        "trainer only)",
+    )
     batch_size: int | None = Field(
         None,
         ge=1,

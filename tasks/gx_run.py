@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"  # relative to a run directory
 SOURCE, ASSET, BATCH = "frames", "frame", "whole"
+LOCK_FILE = ".create.lock"  # serialises creating suites among the run's processes
 _CURRENT: ContextVar[RunProject | None] = ContextVar("imbalance_gx_project", default=None)
 _OPEN: dict[str, RunProject] = {}
 _OPEN_LOCK = threading.Lock()
@@ -126,7 +127,7 @@ class RunProject:
     def _stored_or_created(self, name: str, configs: list[Any], key: str) -> tuple[str, Any]:
         """Created under a file lock: the run's Dask workers share the project."""
         self.context()  # creates the project's directory
-        with open(self.root / ".create.lock", "a") as lock:
+        with open(self.root / LOCK_FILE, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return self._stored(name) or (key, self._create(name, configs, key))
 
@@ -189,6 +190,7 @@ def publish(root: Path, run_dir: UPath | Path, docs: bool) -> str | None:
         return None
     built = False
     try:
+        (root / LOCK_FILE).unlink(missing_ok=True)
         if docs:
             (opened or RunProject(root)).build_docs()
             built = True

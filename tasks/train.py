@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import gates, gx_run, progress
+from tasks import gates, gx_run, progress, search
 from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -574,7 +574,7 @@ def finish_branch(
         "validation": validation,
         **{
             k: scores.info[k]
-            for k in ("members", "schedule", "training_data", "trained_on", "trainer")
+            for k in ("members", "schedule", "training_data", "trained_on", "trainer", "search")
             if k in scores.info
         },
     }
@@ -726,6 +726,28 @@ def _fit_together(
     return results
 
 
+def _fit_candidates(
+    plans: dict[str, list[MemberPlan]],
+    networks: list[Network],
+    stop: Part,
+    options: list[TrainSettings],
+    repeat: int,
+) -> list[dict[int, tuple[Any, dict[str, Any]] | BaseException]]:
+    """The networks trained side by side once per configuration (`--search`; one without),
+    each network's result by `id(network)`. Progress lines count every configuration's steps."""
+    total = options[0].max_checks * options[0].steps_per_check
+    on_check = _stack_progress(plans, networks, total * len(options), repeat)
+    runs = []
+    for n, settings in enumerate(options):
+
+        def report(steps: np.ndarray, best: np.ndarray, done: int = n * total) -> None:
+            on_check(steps + done, best)
+
+        trained = _fit_together(networks, stop, settings, report)
+        runs.append(dict(zip(map(id, networks), trained, strict=True)))
+    return runs
+
+
 def _stack_progress(
     plans: dict[str, list[MemberPlan]], networks: list[Network], total: int, repeat: int
 ) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -784,27 +806,31 @@ def _train_stack(
         except Exception as exc:
             records[name] = _failed(records[name], exc)
     networks = list({id(p.network): p.network for ps in plans.values() for p in ps}.values())
-    total = settings.max_checks * settings.steps_per_check
-    on_check = _stack_progress(plans, networks, total, repeat)
-    trained = _fit_together(networks, stop, settings, on_check)
-    fitted = dict(zip(map(id, networks), trained, strict=True))
+    options = search.candidates(settings, config.search, config.seed)
+    fitted = _fit_candidates(plans, networks, stop, options, repeat)
     log.info(
-        "%d strategies trained side by side: %d networks in one program",
+        "%d strategies trained side by side: %d networks in one program, %d configuration(s)",
         len(plans),
         len(networks),
+        len(options),
     )
     for name, planned in plans.items():
         branch_dir = location(out_dir) / name
         try:
-            results = [fitted[id(p.network)] for p in planned]
+            chosen, stop_scores = search.choose(
+                [[run[id(p.network)] for p in planned] for run in fitted]
+            )
+            results = [fitted[chosen][id(p.network)] for p in planned]
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
             strategy = STRATEGIES[name]
             scores = neural_scores(
-                strategy, planned, results, parts, settings, labels, branch_dir / "model"
+                strategy, planned, results, parts, options[chosen], labels, branch_dir / "model"
             )
             scores.info["trainer"] = f"stacked: {len(networks)} networks in one program"
+            if config.search:
+                scores.info["search"] = search.record(options, chosen, stop_scores)
             records[name] |= finish_branch(name, scores, parts, config, branch_dir)
             records[name] = _finished(records[name], config)
         except Exception as exc:

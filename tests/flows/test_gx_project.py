@@ -14,7 +14,7 @@ import pytest
 
 from flows.train import main
 from tasks.gates import load_suite_file
-from tasks.gx_run import DOCS_INDEX
+from tasks.gx_run import DOCS_INDEX, LOCK_FILE
 from tests.conftest import SYNTHETIC, argv
 
 TEMPLATES = ("raw", "split", "outliers", "features", "predictions")
@@ -67,6 +67,7 @@ def test_every_gate_of_a_run_is_a_gx_validation_with_data_docs(full_run):
     ]
     assert used.expectation_config.kwargs["min_value"] == run["config"]["min_class_count"]
 
+    assert not (run_dir / "gx" / LOCK_FILE).exists()
     pages = list((run_dir / DOCS_INDEX).parent.glob("validations/**/*.html"))
     assert len(pages) == sum(len(r) for r in results.values())
     report = Path(result.report_path).read_text()

@@ -406,6 +406,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "learning rate 3e-3": {"learning_rate": 0.003},
     "dropout 0.4": {"dropout": 0.4},
     "hidden 128/64": {"hidden": [128, 64]},
+    "search 4": {"search": 4},  # chosen per strategy on the stop half (tasks/search.py)
 }
 ABLATION_STRATEGIES = ["baseline", "class_weight"]
 

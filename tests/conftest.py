@@ -21,7 +21,9 @@ os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false"
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -212,3 +214,34 @@ def tiny_model(tmp_path_factory):
         == 0
     )
     return output / "latest" / "model"
+
+
+def run_with_a_third_label(tmp_path: Path, frame: pd.DataFrame, *extra: str) -> tuple[int, Path]:
+    """`python -m flows.train` (baseline only) on the synthetic rows with every third label "x":
+    the raw gate refuses it. Returns the exit code and the --runs-dir."""
+    from flows.train import main
+
+    bad = frame.assign(churned=np.where(np.arange(len(frame)) % 3 == 0, "x", frame.churned))
+    data, output = tmp_path / "bad.csv", tmp_path / "runs"
+    bad.to_csv(data, index=False)
+    template = "--data {data} --target churned --categorical segment --runs-dir {output}"
+    code = main(argv(template + " --strategies baseline", *extra, data=data, output=output))
+    return code, output
+
+
+def flow_run_artifacts(flow_run_id: str) -> dict[str, Any]:
+    """The Prefect artifacts of a flow run, by key."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+
+    return {artifact.key: artifact for artifact in asyncio.run(read())}

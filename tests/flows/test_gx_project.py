@@ -3,7 +3,6 @@ loads (reasons in `notes`, run-specific limits as suite parameters), one Checkpo
 every gate's validation result kept, and Data Docs built for passing and failing runs, linked
 from run.json, the report and a Prefect link artifact."""
 
-import asyncio
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -12,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.train import main
 from tasks.gates import load_suite_file
 from tasks.gx_run import DOCS_INDEX, LOCK_FILE
-from tests.conftest import SYNTHETIC, argv
+from tests.conftest import SYNTHETIC, flow_run_artifacts, run_with_a_third_label
 
 TEMPLATES = ("raw", "split", "outliers", "features", "predictions")
 
@@ -75,22 +73,9 @@ def test_every_gate_of_a_run_is_a_gx_validation_with_data_docs(full_run):
 
 
 def test_data_docs_are_linked_from_the_flow_run(full_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
     _, result, metrics = full_run
-
-    async def artifacts():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[metrics["flow_run_id"]])
-                )
-            )
-
-    found = {a.key: a for a in asyncio.run(artifacts())}
     index = (Path(result.run_dir) / DOCS_INDEX).resolve().as_uri()
-    assert index in found["data-docs"].data
+    assert index in flow_run_artifacts(metrics["flow_run_id"])["data-docs"].data
 
 
 def test_a_gx_user_reruns_a_runs_checkpoint_without_this_project(full_run):
@@ -113,21 +98,8 @@ def test_a_gx_user_reruns_a_runs_checkpoint_without_this_project(full_run):
 
 @pytest.mark.parametrize("docs", [True, False])
 def test_a_failed_run_keeps_its_gates_and_data_docs(tmp_path, synthetic_frame, capsys, docs):
-    bad = synthetic_frame.assign(
-        churned=np.where(np.arange(len(synthetic_frame)) % 3 == 0, "x", synthetic_frame.churned)
-    )
-    data = tmp_path / "bad.csv"
-    bad.to_csv(data, index=False)
-    output = tmp_path / "runs"
-    code = main(
-        argv(
-            "--data {data} --target churned --categorical segment --runs-dir {output} "
-            "--strategies baseline",
-            "--data-docs" if docs else "--no-data-docs",
-            data=data,
-            output=output,
-        )
-    )
+    flag = "--data-docs" if docs else "--no-data-docs"
+    code, output = run_with_a_third_label(tmp_path, synthetic_frame, flag)
     assert code == 2 and "raw gate failed" in capsys.readouterr().err
     (run_dir,) = list(output.iterdir())
     assert sorted(p.name for p in run_dir.iterdir()) == ["gx", "run.json"]

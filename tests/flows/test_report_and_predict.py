@@ -1,6 +1,5 @@
 """Report, Prefect artifacts, exported model, registry and batch prediction."""
 
-import asyncio
 import json
 import re
 from html.parser import HTMLParser
@@ -16,7 +15,7 @@ from flows.train import train_flow
 from tasks.compare import paired_bootstrap, reference_text, verdict_text
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective
-from tests.conftest import SYNTHETIC, argv, fast_config, predict_cli
+from tests.conftest import SYNTHETIC, argv, fast_config, flow_run_artifacts, predict_cli
 
 
 class Tables(HTMLParser):
@@ -79,20 +78,8 @@ def test_report_is_self_contained_and_complete(full_run):
 
 
 def test_artifacts_are_on_the_flow_run(full_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
     _, result, metrics = full_run
-
-    async def artifacts():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[metrics["flow_run_id"]])
-                )
-            )
-
-    found = {a.key: a for a in asyncio.run(artifacts())}
+    found = flow_run_artifacts(metrics["flow_run_id"])
     assert {"leaderboard", "verdict", "report"} <= set(found)
     table = found["leaderboard"].data
     rows = json.loads(table) if isinstance(table, str) else table

@@ -17,7 +17,7 @@ from tasks.evaluate import evaluate
 from tasks.storage import location, read_parquet
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective, tune_threshold
-from tests.conftest import RUN_FILES, argv, fast_config
+from tests.conftest import RUN_FILES, argv, fast_config, run_with_a_third_label
 
 RECORD_KEYS = {
     "strategy",
@@ -308,20 +308,7 @@ def test_memory_budget_skips_only_the_copying_strategy_with_its_reason(tmp_path,
 
 
 def test_failed_gate_exits_2_and_leaves_only_its_record(tmp_path, synthetic_frame, capsys):
-    bad = synthetic_frame.assign(
-        churned=np.where(np.arange(400) % 3 == 0, "x", synthetic_frame.churned)
-    )
-    data = tmp_path / "bad.csv"
-    bad.to_csv(data, index=False)
-    output = tmp_path / "runs"
-    code = main(
-        argv(
-            "--data {data} --target churned --categorical segment --runs-dir {output} --strategies "
-            "baseline",
-            data=data,
-            output=output,
-        )
-    )
+    code, output = run_with_a_third_label(tmp_path, synthetic_frame)
     assert code == 2
     assert "raw gate failed" in capsys.readouterr().err
     (run_dir,) = [p for p in output.iterdir()]
@@ -335,7 +322,7 @@ def test_failed_gate_exits_2_and_leaves_only_its_record(tmp_path, synthetic_fram
     assert run["messages"] == [
         "raw gate: column 'churned' has 3 distinct values ('no', 'x', 'yes'); expected 2"
     ]
-    assert run["config"]["data"] == str(data)
+    assert run["config"]["data"] == str(tmp_path / "bad.csv")
 
 
 def test_internal_error_exits_1_with_the_failed_stage(tmp_path, monkeypatch):

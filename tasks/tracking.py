@@ -86,7 +86,9 @@ def _log_model(mlflow: Any, name: str, model_dir: UPath) -> Any:
     """Log `model_dir` as a pyfunc model in the active run, registered as `name`."""
     from importlib.metadata import version
 
-    requirements = [f"{p}=={version(p)}" for p in ("tensorflow-cpu", "keras", "pandas")]
+    # scikit-learn scores a shipped gradient-boosting reference (--allow-reference-champion)
+    packages = ("tensorflow-cpu", "keras", "pandas", "scikit-learn")
+    requirements = [f"{p}=={version(p)}" for p in packages]
     with local_directory(model_dir) as local:
         return mlflow.pyfunc.log_model(
             name="model",

@@ -67,8 +67,12 @@ def current() -> RunProject | None:
 
 @contextmanager
 def recording(root: str | Path | None) -> Iterator[None]:
-    """Gates validated inside go through the project at `root` (nothing changes for None)."""
-    if root is None:
+    """Gates validated inside go through the project at `root` (nothing changes for None, or
+    where the run's work directory is not on this machine: a Dask worker on another host
+    validates in memory, and its results stay out of the run's Data Docs)."""
+    if root is None or not Path(root).parent.is_dir():
+        if root is not None:
+            log.warning("the run's GX project %s is not on this machine; gates validate here", root)
         yield
         return
     token = _CURRENT.set(project(root))

@@ -59,3 +59,16 @@ def test_prediction_gate(values, message):
     gates.validate("predictions", "predictions", pd.DataFrame({"probability": [0.1, 0.9]}), {})
     with pytest.raises(GateFailed, match=message):
         gates.validate("predictions", "predictions", pd.DataFrame({"probability": values}), {})
+
+
+def test_a_gate_away_from_its_runs_machine_validates_in_memory(tmp_path, caplog):
+    """A Dask worker on another host is handed a project path that does not exist there: the
+    gate still validates, and no stray project is created."""
+    from tasks import gx_run
+
+    away = tmp_path / "elsewhere" / "work" / "gx"
+    frame = pd.DataFrame({"probability": [0.1, 0.9]})
+    with gx_run.recording(away):
+        report = gates.validate("predictions[x]", "predictions", frame, {}, {})
+    assert report.success and not (tmp_path / "elsewhere").exists()
+    assert "not on this machine" in caplog.text

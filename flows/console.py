@@ -143,8 +143,8 @@ def _figure(value: float | None) -> str:
 
 
 def summary_table(lines: list[Any], rank_by: str) -> Any:
-    """The leaderboard as a rich table: one line per strategy, the reference included (marked:
-    it is never shipped)."""
+    """The leaderboard as a rich table: one line per strategy, the reference included (marked
+    when it may not be shipped: without --allow-reference-champion)."""
     from rich import box
     from rich.table import Table
 

@@ -335,6 +335,7 @@ def write_report(
         answer=answer_box(metrics, manifest["positive_label"]),
         verdict=verdict,
         rank_by=metrics["rank_by"],
+        reference_shippable=bool(metrics["config"].get("allow_reference_champion")),
         colors=strategy_colors([r["strategy"] for r in records]),
         leaderboard=_leaderboard(metrics),
         comparison=_comparison_table(comparison) if comparison else None,

@@ -63,6 +63,7 @@ def test_the_reference_is_shipped_only_when_allowed_and_it_ranks_first(box_data,
     )
     assert "--allow-reference-champion" in (model_dir / "MODEL_CARD.md").read_text()
     assert "The gradient-boosting reference is shipped" in allowed.verdict
+    assert "this run allowed it" in Path(allowed.report_path).read_text()
     registry = json.loads((tmp_path / "allowed" / "registry" / "box-flag.json").read_text())
     assert registry["champion"]["run_id"] == allowed.run_id
 

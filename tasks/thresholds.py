@@ -82,7 +82,13 @@ def tune_threshold(y: np.ndarray, p: np.ndarray, objective: Objective) -> tuple[
     """Return (threshold, objective value) maximising the objective on these rows; ties go to
     the highest threshold (fewest alerts). Flagging nothing (a threshold just above the top
     score) is a candidate too: under a cost it can be the cheapest choice; for
-    recall@precision it is never feasible (no precision to speak of)."""
+    recall@precision it is never feasible (no precision to speak of).
+
+    Every threshold between the lowest flagged score and the next lower score makes the same
+    decisions on these rows; the one returned is the midpoint of that gap, the farthest from
+    both rows. (The edge itself, the lowest flagged row's score, would miss any new row scoring
+    a hair below it: on the built-in data's 57-row tuning half the midpoint raised the mean test
+    F1 over 5 repeats from 0.927 to 0.934, docs/quality.md.)"""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
     thresholds, tp, fp, fn, _ = confusion_at_each_threshold(y, p)
@@ -106,4 +112,9 @@ def tune_threshold(y: np.ndarray, p: np.ndarray, objective: Objective) -> tuple[
         # maximise recall among feasible thresholds; precision breaks ties
         score = np.where(feasible, value + 1e-9 * precision, -np.inf)
     best = np.flatnonzero(score == score.max())[0]  # thresholds descend: first = highest
-    return float(thresholds[best]), float(value[best])
+    threshold = thresholds[best]
+    if 0 < best < len(thresholds) - 1:  # a gap below: flagging nothing or everything has none
+        middle = (threshold + thresholds[best + 1]) / 2
+        if thresholds[best + 1] < middle <= threshold:  # adjacent floats have no middle
+            threshold = middle
+    return float(threshold), float(value[best])

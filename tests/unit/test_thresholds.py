@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.calibration import prior_shift
 from tasks.errors import ConfigError, StrategyError
@@ -27,23 +29,57 @@ def scores():
     return y, p
 
 
+def middle_below(p, edge):
+    """The midpoint between a flagged score and the next lower distinct score."""
+    lower = [v for v in set(p) if v < edge]
+    return (edge + max(lower)) / 2 if lower else edge
+
+
 def test_f1_matches_a_brute_force_search_over_every_distinct_score(scores):
     y, p = scores
     t, value = tune_threshold(y, p, parse_objective("f1"))
     bt, bv = brute_force(y, p, lambda tp, fp, fn: 2 * tp / (2 * tp + fp + fn))
-    assert (t, value) == (pytest.approx(bt), pytest.approx(bv))
+    assert value == pytest.approx(bv)
+    assert t == pytest.approx(middle_below(p, bt))  # the middle of the gap below the edge
+    assert ((p >= t) == (p >= bt)).all()  # the same decisions on these rows
     assert threshold_metrics(y, p, t)["f1"] == pytest.approx(value)
-    assert t in set(p)  # a real candidate score, not a grid point
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=2, max_size=60),
+    st.sampled_from(["f1", "fbeta:2", "cost:FP=1,FN=5"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_threshold_is_the_middle_of_the_gap_and_decides_like_the_edge(rows, text):
+    """Property: against the brute-force best score (ties: the highest), the tuned threshold
+    flags exactly the same rows and sits halfway to the next lower score."""
+    y = np.array([int(a) for a, _ in rows])
+    p = np.array([b for _, b in rows])
+    objective = parse_objective(text)
+    scorer = {
+        "f1": lambda tp, fp, fn: 2 * tp / max(2 * tp + fp + fn, 1),
+        "fbeta:2": lambda tp, fp, fn: 5 * tp / max(5 * tp + 4 * fn + fp, 1),
+        "cost:FP=1,FN=5": lambda tp, fp, fn: -(fp + 5 * fn),
+    }[text]
+    t, value = tune_threshold(y, p, objective)
+    bt, bv = brute_force(y, p, scorer)
+    if t > p.max():  # flagging nothing, which wins ties (it is the highest threshold)
+        assert value >= bv - 1e-12
+        return
+    assert value == pytest.approx(bv)
+    assert ((p >= t) == (p >= bt)).all()
+    lower = p[p < bt]
+    assert t == (pytest.approx((bt + lower.max()) / 2) if lower.size else bt)
 
 
 def test_fbeta_and_cost(scores):
     y, p = scores
     t2, v2 = tune_threshold(y, p, parse_objective("fbeta:2"))
     bt2, bv2 = brute_force(y, p, lambda tp, fp, fn: 5 * tp / (5 * tp + 4 * fn + fp))
-    assert t2 == pytest.approx(bt2) and v2 == pytest.approx(bv2)
+    assert t2 == pytest.approx(middle_below(p, bt2)) and v2 == pytest.approx(bv2)
     tc, vc = tune_threshold(y, p, parse_objective("cost:FP=1,FN=10"))
     bt, bv = brute_force(y, p, lambda tp, fp, fn: -(fp + 10 * fn))
-    assert tc == pytest.approx(bt) and vc == pytest.approx(bv)
+    assert tc == pytest.approx(middle_below(p, bt)) and vc == pytest.approx(bv)
     assert (
         tc <= tune_threshold(y, p, parse_objective("cost:FP=10,FN=1"))[0]
     )  # dear misses -> lower t

@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from typing import Any
 import pandas as pd
 from upath import UPath
 
-from tasks.storage import copy_tree, is_local, local_path, url
+from tasks.storage import publish_dir, url
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +184,10 @@ class RunProject:
 
 def publish(root: Path, run_dir: UPath | Path, docs: bool) -> str | None:
     """At the end of a run: build Data Docs (with `docs`) in the project at `root`, then move it
-    to `<run_dir>/gx` (copied to stores that cannot rename). Returns the Data Docs index,
-    relative to the run directory, or None when no gate ran or docs are off. A failure here
-    is logged, never raised: the run's outcome does not depend on its documentation."""
+    to `<run_dir>/gx` (uploaded to stores that cannot rename, its config last). Returns the
+    Data Docs index, relative to the run directory, or None when no gate ran or docs are off.
+    A failure here is logged, never raised: the run's outcome does not depend on its
+    documentation."""
     with _OPEN_LOCK:
         opened = _OPEN.pop(str(root), None)
     if not (root / "great_expectations.yml").exists():
@@ -198,11 +198,7 @@ def publish(root: Path, run_dir: UPath | Path, docs: bool) -> str | None:
         if docs:
             (opened or RunProject(root)).build_docs()
             built = True
-        target = run_dir / "gx"
-        if is_local(run_dir):
-            shutil.move(root, local_path(target))
-        else:
-            copy_tree(root, target)
+        publish_dir(root, run_dir / "gx", "great_expectations.yml")
     except Exception:
         log.exception("the run's Great Expectations project could not be published")
         return None

@@ -5,7 +5,6 @@ category codes (unseen -1), the codes as native categoricals."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 from upath import UPath
 
-from tasks.storage import copy_file, local_copy
+from tasks.storage import atomic_path, local_copy
 
 REFERENCE_FILE = "reference.joblib"  # in the branch's and the exported model's directory
 
@@ -24,13 +23,11 @@ def matrix(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def save(model: Any, model_dir: UPath | Path) -> UPath | Path:
-    """The fitted model as `<model_dir>/reference.joblib` (written locally, then copied)."""
+    """The fitted model as `<model_dir>/reference.joblib`, written atomically on any store."""
     import joblib
 
-    with tempfile.TemporaryDirectory(prefix="imbalance-reference-") as scratch:
-        local = Path(scratch) / REFERENCE_FILE
-        joblib.dump(model, local)
-        copy_file(local, model_dir / REFERENCE_FILE)
+    with atomic_path(model_dir / REFERENCE_FILE) as tmp:
+        joblib.dump(model, tmp)
     return model_dir / REFERENCE_FILE
 
 

@@ -406,6 +406,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "learning rate 3e-3": {"learning_rate": 0.003},
     "dropout 0.4": {"dropout": 0.4},
     "hidden 128/64": {"hidden": [128, 64]},
+    "cosine schedule": {"lr_schedule": "cosine"},
+    "no numeric embeddings": {"numeric_embedding": "none"},
+    "periodic embeddings": {"numeric_embedding": "periodic"},  # whatever the size
+    "periodic + cosine": {"numeric_embedding": "periodic", "lr_schedule": "cosine"},
+    "robust scaling": {"numeric_transform": "robust"},
+    "one-hot categories": {"category_embedding": "one-hot"},
     "search 4": {"search": 4},  # chosen per strategy on the stop half (tasks/search.py)
 }
 ABLATION_STRATEGIES = ["baseline", "class_weight"]

@@ -48,7 +48,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "model": (
         *("strategies", "hidden", "dropout", "weight_decay", "linear_skip", "learning_rate"),
         *("batch_size", "epochs", "patience", "min_steps", "min_patience_steps", "ensemble_k"),
-        "search",
+        *("lr_schedule", "numeric_embedding", "category_embedding", "search"),
     ),
     "thresholds and selection": ("objective", "rank_by", "allow_reference_champion", "bootstrap"),
     "gates": (

@@ -96,11 +96,12 @@ class TrainConfig(BaseModel):
     split_ratio_tolerance: float = Field(
         0.05, ge=0, description="split gate: |positive rate of a split - overall| allowed"
     )
-    numeric_transform: Literal["quantile", "standard"] = Field(
+    numeric_transform: Literal["quantile", "robust", "standard"] = Field(
         "quantile",
         description="quantile: each numeric column through its training quantiles onto normal "
-        "scores, then standardised (robust to heavy tails and outliers); standard: "
-        "standardised only",
+        "scores, then standardised (robust to heavy tails and outliers); robust: centred on "
+        "the training median, scaled by the interquartile range and smoothly clipped at 3 "
+        "(linear in the bulk), then standardised; standard: standardised only",
     )
     max_removed_share: float = Field(
         0.2, ge=0, le=1, description="outlier gate: share of a class's training rows removable"
@@ -123,6 +124,23 @@ class TrainConfig(BaseModel):
         "regression inside every network)",
     )
     learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="constant: the learning rate throughout; cosine: decays along a half cosine "
+        "to 1% of it over the step budget (--epochs, --min-steps)",
+    )
+    numeric_embedding: Literal["auto", "none", "periodic"] = Field(
+        "auto",
+        description="periodic: each numeric column enters the network through a learned "
+        "periodic embedding (16 frequencies, 8 wide; Gorishniy et al. 2022); none: as one "
+        "input; auto: periodic from 2,000 training rows (docs/quality.md). Data with more than "
+        "256 numeric columns is never embedded",
+    )
+    category_embedding: Literal["one-hot", "embedding"] = Field(
+        "embedding",
+        description="embedding: a categorical column of 17 levels or more enters the network "
+        "as a learned 8-wide vector per level; one-hot: one input per level",
+    )
     search: int = Field(
         0,
         ge=0,

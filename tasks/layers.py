@@ -8,7 +8,11 @@ module is imported. The SavedModel export needs none of them: it is plain Tensor
 - `CategoryOneHot`: a category string to its one-hot code over the training levels; an unseen
   level is all zeros, an empty string (missing) takes the imputed level when one was fitted.
 - `Calibrate`: the members' scores to the calibrated probability (`tasks.calibration`'s code,
-  run on tensors)."""
+  run on tensors).
+- `InputEmbedding`: part of the network itself (`tasks.model.build_mlp`), not of the
+  preprocessing: numeric inputs through learned periodic embeddings, many-level categoricals
+  through learned vectors. Its arithmetic is `Embeddings.apply`, which the stacked trainer
+  (`tasks.stacked`) runs on S networks at once."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from tasks.calibration import Calibration, calibrated
+from tasks.embeddings import Embeddings
 
 PACKAGE = "imbalance"
 
@@ -158,3 +163,44 @@ class Calibrate(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"calibration": self.calibration.model_dump()}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InputEmbedding(keras.layers.Layer):
+    """(n, width) network inputs -> (n, out_width): `Embeddings.apply` for one network."""
+
+    def __init__(
+        self, width: int, numeric: int, categories: list[list[int]], seed: int = 0, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.embeddings = Embeddings(width, numeric, tuple(tuple(c) for c in categories))
+        self.seed = seed
+
+    def build(self, input_shape: Any) -> None:
+        starts = self.embeddings.initial(self.seed)
+        names = ["frequencies", "kernel", "bias"] if self.embeddings.numeric else []
+        names += [f"category_{j}" for j in range(len(self.embeddings.categories))]
+
+        def start(value: np.ndarray) -> Any:
+            return lambda shape, dtype=None: value
+
+        self.tables = [
+            self.add_weight(name=name, shape=value.shape, initializer=start(value))
+            for name, value in zip(names, starts, strict=True)
+        ]
+
+    def call(self, x: Any) -> Any:
+        return self.embeddings.apply(x[None], [w[None] for w in self.tables])[0]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], self.embeddings.out_width)
+
+    def get_config(self) -> dict[str, Any]:
+        e = self.embeddings
+        categories = [list(c) for c in e.categories]
+        return super().get_config() | {
+            "width": e.width,
+            "numeric": e.numeric,
+            "categories": categories,
+            "seed": self.seed,
+        }

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.embeddings import Embeddings
+
 log = logging.getLogger(__name__)
 _CONFIGURED: int | None = None
 
@@ -63,6 +65,29 @@ class TrainSettings:
     warmup_checks: int = 1
     linear_skip: bool = False  # a linear path from the inputs straight to the output logit
     weight_decay: float = 0.0  # decoupled (AdamW): each step w -= learning_rate * decay * w
+    lr_schedule: str = "constant"  # "constant" | "cosine": see learning_rate_at
+    embeddings: Embeddings | None = None  # which inputs enter through learned embeddings
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget: what a network that never stops early trains for."""
+        return self.max_checks * self.steps_per_check
+
+
+COSINE_FLOOR = 0.01  # the cosine schedule ends at this share of the learning rate
+
+
+def learning_rate_schedule(settings: TrainSettings) -> Any:
+    """The learning rate Keras's optimizer gets: a number, or its cosine decay over the step
+    budget (Loshchilov & Hutter 2017, without restarts), which the stacked trainer reproduces
+    step by step (tasks.stacked)."""
+    if settings.lr_schedule == "constant":
+        return settings.learning_rate
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(
+        settings.learning_rate, decay_steps=settings.total_steps, alpha=COSINE_FLOOR
+    )
 
 
 def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[int]) -> np.ndarray:
@@ -95,8 +120,13 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
     log-odds of the class mix the strategy trains on."""
     import keras
 
+    from tasks.layers import InputEmbedding
+
     inputs = keras.Input(shape=(n_inputs,), name="features")
     x = inputs
+    if settings.embeddings:
+        e = settings.embeddings
+        x = InputEmbedding(e.width, e.numeric, e.categories, seed, name="embeddings")(inputs)
     for i, units in enumerate(settings.hidden):
         x = keras.layers.Dense(
             units,
@@ -129,8 +159,11 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
 def initial_weights(
     n_inputs: int, settings: TrainSettings, seed: int, output_bias: float
 ) -> list[np.ndarray]:
-    """The weights build_mlp starts from (kernel, bias per layer), without building a model."""
+    """The weights build_mlp starts from (the numeric embedding's, then kernel and bias per
+    layer), without building a model."""
     weights, width = [], n_inputs
+    if settings.embeddings:
+        weights, width = settings.embeddings.initial(seed), settings.embeddings.out_width
     for i, units in enumerate(settings.hidden):
         weights += [_initializers(seed, i)((width, units)), np.zeros(units)]
         width = units
@@ -367,7 +400,8 @@ def fit_member(
         loss_fn = keras.losses.BinaryCrossentropy()
     model.compile(
         optimizer=keras.optimizers.Adam(
-            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay or None
+            learning_rate=learning_rate_schedule(settings),
+            weight_decay=settings.weight_decay or None,
         ),
         loss=loss_fn,
         steps_per_execution=steps_per_execution(settings.steps_per_check),

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tasks.model import (
+    COSINE_FLOOR,
     BatchStream,
     Network,
     TrainSettings,
@@ -101,6 +102,9 @@ class _Program:
 
         h, rate, v = x, self.settings.dropout, self.variables
         depth = len(self.settings.hidden)
+        if self.settings.embeddings:
+            tables = self.settings.embeddings.tables
+            h, v = self.settings.embeddings.apply(x, v[:tables]), v[tables:]
         for i in range(depth):
             h = tf.nn.relu(tf.linalg.matmul(h, v[2 * i]) + v[2 * i + 1][:, None])
             if step is not None and rate > 0:
@@ -138,8 +142,8 @@ class _Program:
         import tensorflow as tf
 
         beta_1, beta_2, epsilon = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
-        steps = self.settings.steps_per_check
-        decay = self.settings.learning_rate * self.settings.weight_decay
+        settings = self.settings
+        steps = settings.steps_per_check
         total = tf.zeros([self.count])
         for k in tf.range(steps):
             t = self.iterations + 1
@@ -148,13 +152,13 @@ class _Program:
                 summed = tf.reduce_sum(losses)
             grads = tape.gradient(summed, self.variables)
             t_float = tf.cast(t, tf.float32)
-            rate = (
-                self.settings.learning_rate * tf.sqrt(1 - beta_2**t_float) / (1 - beta_1**t_float)
-            )
+            learning_rate = self._learning_rate(t_float - 1)
+            decay = learning_rate * settings.weight_decay
+            rate = learning_rate * tf.sqrt(1 - beta_2**t_float) / (1 - beta_1**t_float)
             for var, g, m, v in zip(
                 self.variables, grads, self.moments, self.velocities, strict=True
             ):
-                if decay:  # Keras's decoupled weight decay, before the Adam step
+                if settings.weight_decay:  # Keras's decoupled weight decay, before Adam's step
                     var.assign(var - var * decay)
                 m.assign_add((g - m) * (1 - beta_1))
                 v.assign_add((tf.square(g) - v) * (1 - beta_2))
@@ -162,6 +166,18 @@ class _Program:
             self.iterations.assign(t)
             total += losses
         return total / steps
+
+    def _learning_rate(self, done):
+        """The learning rate after `done` steps: Keras's CosineDecay, or constant
+        (tasks.model.learning_rate_schedule)."""
+        import tensorflow as tf
+
+        base = self.settings.learning_rate
+        if self.settings.lr_schedule == "constant":
+            return tf.constant(base, tf.float32)
+        progress = tf.minimum(done, float(self.settings.total_steps)) / self.settings.total_steps
+        cosine = 0.5 * (1 + tf.cos(np.pi * progress))
+        return base * ((1 - COSINE_FLOOR) * cosine + COSINE_FLOOR)
 
     def weights(self) -> list[np.ndarray]:
         return [v.numpy() for v in self.variables]

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import gates, gx_run, progress, search
+from tasks import embeddings, gates, gx_run, progress, search
 from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -283,10 +283,22 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs) + SAMPLER_WORKING_MB * 2**20
 
 
-def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
+def neural_settings(train: Part, config: TrainConfig, prep: Preprocessing) -> TrainSettings:
     """The network and the schedule every strategy shares on this training split."""
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
+    n_numeric, _, width = train.widths()
+    periodic = embeddings.periodic_wanted(config.numeric_embedding, len(train.y))
+    if periodic and n_numeric > embeddings.MAX_EMBEDDED_NUMERIC:
+        log.warning(
+            "%d numeric columns: more than %d, so no numeric embeddings",
+            n_numeric,
+            embeddings.MAX_EMBEDDED_NUMERIC,
+        )
+    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
+    chosen = embeddings.choose(
+        width, n_numeric, cardinalities, periodic, config.category_embedding == "embedding"
+    )
     return TrainSettings(
         hidden=tuple(config.hidden),
         dropout=config.dropout,
@@ -294,6 +306,8 @@ def neural_settings(train: Part, config: TrainConfig) -> TrainSettings:
         batch_size=batch,
         linear_skip=config.linear_skip,
         weight_decay=config.weight_decay,
+        lr_schedule=config.lr_schedule,
+        embeddings=chosen,
         **schedule(
             len(train.y),
             minority,
@@ -422,7 +436,7 @@ def fit_neural(
 ) -> Scores:
     """One strategy on its own, each member through Keras's own loop (the `separate` trainer),
     reporting to the progress board's `line` (default: the strategy's name)."""
-    settings = neural_settings(parts["train"], config)
+    settings = neural_settings(parts["train"], config, prep)
     plans = plan_members(strategy, parts["train"], config, prep, settings)
     stop = parts["stop"]
     key = line or strategy.name
@@ -792,7 +806,7 @@ def _train_stack(
     parts = shared_parts(feature_set)
     train, stop = parts["train"], parts["stop"]
     prep, labels = feature_set.preprocessing(), _labels(feature_set)
-    settings = neural_settings(train, config)
+    settings = neural_settings(train, config, prep)
     records = {name: _started(name, config) for name in names}
     plans: dict[str, list[MemberPlan]] = {}
     known: dict[tuple, MemberPlan] = {}

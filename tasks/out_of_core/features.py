@@ -129,11 +129,8 @@ def fit_preprocessing(
     def clipped(values: pd.DataFrame) -> pd.DataFrame:
         return impute_and_clip(values, list(values.columns), impute_values, clip_bounds)
 
-    quantiles = (  # from the training sample: approximate quantiles, like the medians
-        fit_quantiles(clipped(sample[numeric].astype("float64")))
-        if config.numeric_transform == "quantile"
-        else {}
-    )
+    # from the training sample: approximate quantiles, like the medians
+    quantiles = fit_quantiles(clipped(sample[numeric].astype("float64")), config.numeric_transform)
 
     def prepare(values: pd.DataFrame) -> pd.DataFrame:
         frame = clipped(values)

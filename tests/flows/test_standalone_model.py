@@ -5,8 +5,9 @@ from raw columns. `model.keras` loads with Keras where the project is installed.
 
 Three real runs: the built-in Wisconsin data (an ensemble: member average and prior-shift
 calibration; column names TensorFlow must sanitise), the synthetic fixture (a categorical with
-focal loss: one-hot lookup and the focal inverse) and, when ../shared/data is there, a sample of
-the insurance cross-sell data (real categoricals)."""
+focal loss: one-hot lookup and the focal inverse; numerics through periodic embeddings) and,
+when ../shared/data is there, a sample of the insurance cross-sell data (real categoricals, a
+53-level one embedded)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,13 @@ def runs(tmp_path_factory):
         ),
         (
             "synthetic",
-            fast_config(tmp / "runs", strategies=["focal_loss"], saved_model=True),
+            fast_config(
+                tmp / "runs",
+                strategies=["focal_loss"],
+                saved_model=True,
+                numeric_embedding="periodic",  # the embedding layer exports too
+                lr_schedule="cosine",
+            ),
             pd.read_csv(SYNTHETIC),
         ),
     ]
@@ -88,7 +95,8 @@ def runs(tmp_path_factory):
             "target": "Response",
             "positive": "1",
             "id": "id",
-            "categorical": ["Gender", "Vehicle_Age", "Vehicle_Damage"],
+            "categorical": ["Gender", "Vehicle_Age", "Vehicle_Damage", "Region_Code"],
+            "category_embedding": "embedding",  # Region_Code's 53 levels: learned vectors
             "strategies": ["class_weight"],
             "saved_model": True,
         }
@@ -144,19 +152,25 @@ def test_the_saved_model_scores_raw_rows_in_an_isolated_interpreter(runs, tmp_pa
 
 
 def test_the_keras_file_loads_where_the_project_is_installed(runs):
-    """`model.keras` needs only `tasks.layers` beside Keras; its outputs are the run's."""
+    """`model.keras` needs only `tasks.layers` beside Keras; its outputs are the run's, the
+    learned embeddings included."""
     import keras
 
     import tasks.layers  # noqa: F401 (registers the custom layers)
     from tasks.predict import LoadedModel
     from tasks.standalone import score
 
-    name, result, frame = runs[1]  # synthetic: categorical + focal calibration
-    raw, stored = stored_test_rows(result, frame)
-    model = keras.saving.load_model(Path(result.model_dir) / "model.keras")
-    out = score(model, raw_inputs(raw, LoadedModel(Path(result.model_dir)).prep))
-    for column in ("probability", "probability_corrected"):
-        assert np.abs(out[column] - stored[column].to_numpy()).max() < 1e-5
+    for name, result, frame in runs[1:]:  # synthetic: categorical, focal, periodic numerics
+        raw, stored = stored_test_rows(result, frame)
+        model = keras.saving.load_model(Path(result.model_dir) / "model.keras")
+        embedded = model.get_layer("member_0").get_layer("embeddings").embeddings
+        # insurance: 3,600 training rows, so periodic numerics by default, and Region_Code
+        assert (embedded.numeric > 0, len(embedded.categories)) == (
+            (True, 0) if name == "synthetic" else (True, 1)
+        )
+        out = score(model, raw_inputs(raw, LoadedModel(Path(result.model_dir)).prep))
+        for column in ("probability", "probability_corrected"):
+            assert np.abs(out[column] - stored[column].to_numpy()).max() < 1e-5, name
 
 
 def test_the_model_directory_holds_everything_a_server_needs(runs):

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from tasks.embeddings import CATEGORY_DIM, PERIODIC_DIM
 from tasks.model import (
     BatchStream,
     Network,
     TrainSettings,
     auto_batch_size,
+    build_mlp,
     fit_member,
     predict,
     steps_per_execution,
@@ -139,3 +141,98 @@ def test_several_steps_per_execution_train_exactly_like_one(monkeypatch):
     assert many_info["history"]["val_pr_auc"] == pytest.approx(one_info["history"]["val_pr_auc"])
     for a, b in zip(one_model.get_weights(), many_model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("numeric", "category", "columns", "embedded", "blocks"),
+    [
+        ("periodic", "one-hot", 7, 7, ()),
+        ("none", "one-hot", 7, 0, ()),
+        ("none", "embedding", 7, 0, ((9, 17),)),  # the 2-level block stays one-hot
+        ("periodic", "embedding", 256, 256, ((258, 17),)),
+        ("periodic", "one-hot", 257, 0, ()),
+    ],
+)
+def test_embeddings_cover_the_inputs_they_are_asked_to(
+    numeric, category, columns, embedded, blocks, caplog
+):
+    """Every numeric input (they come first) up to the limit, and every one-hot block of at
+    least 17 levels; on data too wide to embed no numerics, saying so. The network takes the
+    inputs and its first layer sees the embedded width."""
+    from types import SimpleNamespace
+
+    from tasks.config import TrainConfig
+    from tasks.embeddings import MAX_EMBEDDED_NUMERIC
+    from tasks.model import one_hot_inputs
+    from tasks.train import Part, neural_settings
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(300, columns)).astype(np.float32)
+    codes = np.stack([rng.integers(0, 2, 300), rng.integers(0, 17, 300)], axis=1)
+    y = (rng.random(300) < 0.2).astype(np.int64)
+    inputs = one_hot_inputs(values, codes, [2, 17])
+    prep = SimpleNamespace(categorical=["a", "b"], categories={"a": [0, 1], "b": list(range(17))})
+    config = TrainConfig(numeric_embedding=numeric, category_embedding=category)
+    settings = neural_settings(Part(values, codes, y, np.arange(300), inputs), config, prep)
+    e = settings.embeddings
+    assert (e.numeric, e.categories) == (embedded, blocks) if e else not (embedded or blocks)
+    assert (f"more than {MAX_EMBEDDED_NUMERIC}" in caplog.text) == (columns > 256)
+    model = build_mlp(inputs.shape[1], settings, 3, 0.0)
+    assert model(inputs[:5]).shape == (5, 1)
+    width = model.get_layer("hidden_0").kernel.shape[0]
+    expected = inputs.shape[1] + embedded * (PERIODIC_DIM - 1)
+    assert width == expected + sum(CATEGORY_DIM - levels for _, levels in blocks)
+
+
+def test_a_level_s_vector_is_its_row_of_the_table_and_unseen_levels_get_zeros():
+    """A categorical embedding is the one-hot code times its table: a level's row, and zeros
+    for an unseen level (an all-zero code), as the one-hot input gave before."""
+    import tensorflow as tf
+
+    from tasks.embeddings import Embeddings
+
+    e = Embeddings(width=20, numeric=0, categories=((2, 18),))
+    tables = e.initial(4)
+    x = np.zeros((3, 20), np.float32)
+    x[:, :2] = [[1.5, -2.0]] * 3
+    x[0, 2 + 5], x[1, 2 + 17] = 1.0, 1.0  # levels 5 and 17; row 2 unseen
+    out = e.apply(tf.constant(x)[None], [tf.constant(t)[None] for t in tables])[0].numpy()
+    np.testing.assert_allclose(out[0, :CATEGORY_DIM], tables[0][5])
+    np.testing.assert_allclose(out[1, :CATEGORY_DIM], tables[0][17])
+    np.testing.assert_array_equal(out[2, :CATEGORY_DIM], 0.0)
+    np.testing.assert_array_equal(out[:, CATEGORY_DIM:], x[:, :2])  # numerics pass unchanged
+
+
+def test_the_cosine_schedule_decays_to_its_floor_over_the_step_budget():
+    import keras
+
+    from tasks.model import COSINE_FLOOR, learning_rate_schedule
+
+    s = TrainSettings(
+        hidden=(4,),
+        dropout=0.0,
+        learning_rate=0.01,
+        batch_size=32,
+        steps_per_check=10,
+        max_checks=20,
+        patience=3,
+        lr_schedule="cosine",
+    )
+    schedule = learning_rate_schedule(s)
+    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+    rates = [float(schedule(step)) for step in (0, 100, 200, 400)]
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[1] == pytest.approx(0.01 * (COSINE_FLOOR + (1 - COSINE_FLOOR) / 2))
+    assert rates[2] == rates[3] == pytest.approx(0.01 * COSINE_FLOOR)
+    constant = TrainSettings(**{**s.__dict__, "lr_schedule": "constant"})
+    assert learning_rate_schedule(constant) == 0.01
+
+
+def test_numeric_embeddings_by_default_only_from_enough_training_rows():
+    from tasks.config import TrainConfig
+    from tasks.embeddings import PERIODIC_MIN_ROWS, periodic_wanted
+
+    assert TrainConfig().numeric_embedding == "auto"
+    assert not periodic_wanted("auto", PERIODIC_MIN_ROWS - 1)
+    assert periodic_wanted("auto", PERIODIC_MIN_ROWS)
+    assert periodic_wanted("periodic", 10) and not periodic_wanted("none", 10**6)

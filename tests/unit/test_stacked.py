@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from tasks.embeddings import Embeddings
 from tasks.model import (
     BatchStream,
     Network,
@@ -58,23 +59,36 @@ def settings(**changes) -> TrainSettings:
     return TrainSettings(**(base | changes))
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip):
-    s = settings(linear_skip=skip)
+EMBEDDED = Embeddings(width=6, numeric=3, categories=((3, 3),))  # 3 numerics, a 3-level block
+
+
+@pytest.mark.parametrize(("skip", "embedded"), [(False, None), (True, None), (True, EMBEDDED)])
+def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip, embedded):
+    s = settings(linear_skip=skip, embeddings=embedded)
     for got, want in zip(
         initial_weights(6, s, 7, -1.5), build_mlp(6, s, 7, -1.5).get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(("skip", "decay"), [(False, 0.0), (True, 0.0), (True, 0.5)])
-def test_stacked_training_matches_one_network_at_a_time(skip, decay):
+@pytest.mark.parametrize(
+    ("skip", "decay", "schedule", "embedded"),
+    [
+        (False, 0.0, "constant", None),
+        (True, 0.0, "constant", None),
+        (True, 0.5, "constant", None),
+        (True, 0.5, "cosine", None),
+        (True, 0.0, "constant", EMBEDDED),
+    ],
+)
+def test_stacked_training_matches_one_network_at_a_time(skip, decay, schedule, embedded):
     """Without dropout both trainers are deterministic: after 40 steps every network's weights
     agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01 (with
-    and without the linear path, and with Keras's decoupled weight decay)."""
+    and without the linear path, with Keras's decoupled weight decay, its cosine decay of the
+    learning rate, and embeddings: periodic for 3 inputs, learned vectors for a block of 3)."""
     x, y, x_val, y_val = data()
     x_stop, y_stop, x_test, y_test = x_val[:150], y_val[:150], x_val[150:], y_val[150:]
-    s = settings(linear_skip=skip, weight_decay=decay)
+    s = settings(linear_skip=skip, weight_decay=decay, lr_schedule=schedule, embeddings=embedded)
     stacked = fit_stacked(networks(x, y, 64), x_stop, y_stop, s)
     for network, (model, info) in zip(networks(x, y, 64), stacked, strict=True):
         reference, ref_info = fit_member(network, x_stop, y_stop, s)

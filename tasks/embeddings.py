@@ -1,0 +1,119 @@
+"""The network's input embeddings, as one computation for both trainers: `Embeddings.apply` runs
+on S stacked networks in `tasks.stacked` and on one network in the Keras layer
+`tasks.layers.InputEmbedding` (a leading axis of 1), so both start from, and compute, the same.
+
+Numerics, "PLR" of Gorishniy et al. (2022), "On Embeddings for Numerical Features in Tabular Deep
+Learning": each numeric input x_j -> ReLU(W_j [cos(2 pi c_j x_j), sin(2 pi c_j x_j)] + b_j), with
+K learned frequencies c_j and a d-wide linear map per column. The inputs are already normal
+scores (tasks.features), so frequencies start small: a smooth, nearly linear start.
+Categoricals with many levels: the column's one-hot block times a (levels, d) matrix, i.e. a
+learned d-wide vector per level (Guo & Berkhahn 2016), instead of one input per level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PERIODIC_FREQUENCIES = 16
+PERIODIC_DIM = 8
+PERIODIC_SIGMA = 0.1
+CATEGORY_DIM = 8
+CATEGORY_MIN_LEVELS = 2 * CATEGORY_DIM + 1  # fewer levels: the one-hot code is small enough
+MAX_EMBEDDED_NUMERIC = 256  # wider data: an embedding per column would dwarf the network
+# `auto` embeds numerics from this many training rows: below it they cost small sets up to 0.11
+# of the PR-AUC ratio, above it they gained up to 0.09 (docs/quality.md)
+PERIODIC_MIN_ROWS = 2000
+
+
+def periodic_wanted(choice: str, rows: int) -> bool:
+    """Whether the numeric embedding setting (auto, none, periodic) embeds on `rows` rows."""
+    return choice == "periodic" or (choice == "auto" and rows >= PERIODIC_MIN_ROWS)
+
+
+def choose(
+    width: int, numeric: int, cardinalities: list[int], periodic: bool, categorical: bool
+) -> Embeddings | None:
+    """The embeddings of inputs laid out as `tasks.model.one_hot_inputs` lays them out
+    (`numeric` columns, then one one-hot block per categorical column): every numeric column
+    when `periodic` (none beyond MAX_EMBEDDED_NUMERIC columns), and when `categorical` every
+    column of at least CATEGORY_MIN_LEVELS levels."""
+    blocks, start = [], numeric
+    for levels in cardinalities:
+        if categorical and levels >= CATEGORY_MIN_LEVELS:
+            blocks.append((start, levels))
+        start += levels
+    embedded = numeric if periodic and numeric <= MAX_EMBEDDED_NUMERIC else 0
+    chosen = Embeddings(width, embedded, tuple(blocks))
+    return chosen if chosen else None
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Which network inputs are embedded: the first `numeric` inputs (periodic; 0: none) and
+    the one-hot blocks at `categories` ((first input, levels) each). `width` is all inputs."""
+
+    width: int
+    numeric: int = 0
+    categories: tuple[tuple[int, int], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.numeric or self.categories)
+
+    @property
+    def tables(self) -> int:
+        """How many weight arrays the embeddings have (the first of a network's weights)."""
+        return 3 * bool(self.numeric) + len(self.categories)
+
+    @property
+    def passed(self) -> list[int]:
+        """The inputs that pass unchanged (after the embedded ones, in input order)."""
+        taken = set(range(self.numeric))
+        for start, levels in self.categories:
+            taken.update(range(start, start + levels))
+        return [i for i in range(self.width) if i not in taken]
+
+    @property
+    def out_width(self) -> int:
+        embedded = self.numeric * PERIODIC_DIM + len(self.categories) * CATEGORY_DIM
+        return embedded + len(self.passed)
+
+    def initial(self, seed: int) -> list[np.ndarray]:
+        """The starting weights, from the network's seed only: periodic frequencies (F, K)
+        from a normal(0, sigma) cut at 3 sigma, its linear maps (F, 2K, d) and biases (F, d)
+        uniform within 1/sqrt(2K) (PyTorch's Linear default, as the paper's code); each level's
+        vector from a normal(0, 1/d), so it has about the length of a one-hot code."""
+        rng = np.random.default_rng([seed, 7919])
+        weights = []
+        if self.numeric:
+            k, d, sigma = PERIODIC_FREQUENCIES, PERIODIC_DIM, PERIODIC_SIGMA
+            frequencies = np.clip(rng.normal(0.0, sigma, (self.numeric, k)), -3 * sigma, 3 * sigma)
+            bound = 1 / np.sqrt(2 * k)
+            kernel = rng.uniform(-bound, bound, (self.numeric, 2 * k, d))
+            weights += [frequencies, kernel, rng.uniform(-bound, bound, (self.numeric, d))]
+        for _, levels in self.categories:
+            weights.append(rng.normal(0.0, 1 / np.sqrt(CATEGORY_DIM), (levels, CATEGORY_DIM)))
+        return [w.astype(np.float32) for w in weights]
+
+    def apply(self, x: Any, weights: list[Any]) -> Any:
+        """Stacked networks: x (S or 1, rows, width), weights with a leading S -> (S, rows,
+        out_width): periodic numerics, embedded categoricals, then the inputs passed on."""
+        import tensorflow as tf
+
+        stacks, rows = tf.shape(weights[0])[0], tf.shape(x)[1]
+        pieces, w = [], list(weights)
+        if self.numeric:
+            frequencies, kernel, bias = w[:3]
+            w = w[3:]
+            angles = (2 * np.pi) * x[..., : self.numeric, None] * frequencies[:, None]
+            periodic = tf.concat([tf.cos(angles), tf.sin(angles)], axis=-1)  # (S, rows, F, 2K)
+            embedded = tf.nn.relu(tf.einsum("sbfk,sfkd->sbfd", periodic, kernel) + bias[:, None])
+            pieces.append(tf.reshape(embedded, tf.stack([stacks, rows, -1])))
+        for (start, levels), table in zip(self.categories, w, strict=True):
+            pieces.append(tf.linalg.matmul(x[..., start : start + levels], table))
+        passed = self.passed
+        if passed:
+            pieces.append(tf.gather(x, passed, axis=-1))
+        pieces = [tf.broadcast_to(p, tf.stack([stacks, rows, tf.shape(p)[2]])) for p in pieces]
+        return tf.concat(pieces, axis=-1)

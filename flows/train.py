@@ -12,6 +12,7 @@ if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heav
 
     start_server_early()  # Prefect's temporary server starts while the imports below run
 
+import functools
 import importlib
 import logging
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags
+from prefect.context import TagsContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 from upath import UPath
@@ -188,7 +190,24 @@ def _flow_run_url() -> str | None:
 DEFAULT_CONFIG = TrainConfig()  # the built-in dataset with every default; never mutated
 
 
+def untagged_task_runs(body: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body whose task runs get no tags, while the flow run keeps its own (the UI filters
+    runs by them; the flow run is created before its body runs). For a task run with tags
+    Prefect asks the server for a concurrency slot per tag set: on a 2-core machine the first
+    request of a set took 2-5 s, three times per run; a task without tags asks nothing
+    (docs/performance.md). Limit concurrent runs with a work pool's or a deployment's
+    concurrency instead."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with TagsContext(current_tags=set()):
+            return body(*args, **kwargs)
+
+    return run
+
+
 @flow(name="imbalance-train", flow_run_name=_flow_run_name, log_prints=True)
+@untagged_task_runs
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""

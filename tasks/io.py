@@ -188,5 +188,4 @@ def io_task_options() -> dict[str, Any]:
         "retries": 2,
         "retry_delay_seconds": [2, 10],
         "retry_condition_fn": retry_on_io_errors,
-        "tags": ["io"],
     }

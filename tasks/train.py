@@ -660,7 +660,7 @@ def _labels(feature_set: FeatureSet) -> tuple[str, str]:
     return manifest["positive_label"], manifest["negative_label"]
 
 
-@task(name="train-branch", cache_policy=NO_CACHE, tags=["training"])
+@task(name="train-branch", cache_policy=NO_CACHE)
 def train_branch(
     name: str,
     feature_set: FeatureSet,
@@ -782,7 +782,7 @@ def _stack_progress(
     return on_check
 
 
-@task(name="train-stack", cache_policy=NO_CACHE, tags=["training"])
+@task(name="train-stack", cache_policy=NO_CACHE)
 def train_stack(
     names: list[str],
     feature_set: FeatureSet,

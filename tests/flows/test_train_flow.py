@@ -393,6 +393,33 @@ def test_cli_run_succeeds_and_prints_the_run(tmp_path, capsys):
     assert "INFO tasks.branches: selected class_weight" in run_log
     assert "task run train-stack: Finished in state Completed()" in run_log
     assert "ephemeral docs site" not in run_log  # GX's noise is off
+    # the flow run carries the command line's tags, its task runs none: a tagged task run asks
+    # the server for a concurrency slot per tag set, which took seconds (docs/performance.md)
+    flow_tags, task_tags = run_tags(run["flow_run_id"], {"ingest", "train-stack", "report"})
+    assert {"imbalance", "data:synthetic"} <= set(flow_tags)
+    assert task_tags and all(tags == [] for tags in task_tags.values()), task_tags
+
+
+def run_tags(flow_run_id: str, expected: set[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The flow run's tags and each task run's (by name), once `expected` task runs are there:
+    task runs reach the server as events, recorded in the background."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(flow_run_id)
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            return flow_run.tags, {r.name.rsplit("-", 1)[0]: r.tags for r in runs}
+
+    deadline = time.monotonic() + 60
+    while True:
+        flow_tags, task_tags = asyncio.run(read())
+        if expected <= set(task_tags) or time.monotonic() > deadline:
+            return flow_tags, task_tags
+        time.sleep(1)
 
 
 def test_infeasible_objective_fails_every_branch_and_the_run(tmp_path, capsys):

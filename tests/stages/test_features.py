@@ -23,18 +23,19 @@ def training_rows(result) -> tuple[pd.DataFrame, pd.DataFrame]:
     return raw, raw[(raw[SPLIT_COLUMN] == "train") & ~raw[ROW_COLUMN].isin(removed)]
 
 
-def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages):
-    result = stages(make_config())
+@pytest.mark.parametrize("transform", ["quantile", "robust"])
+def test_scaler_and_encoder_are_fitted_on_training_rows_only(make_config, stages, transform):
+    result = stages(make_config(numeric_transform=transform))
     fs = result["features"]
     prep = fs.preprocessing()
     raw, train = training_rows(result)
     clipped = train["age"].clip(*prep.clip_bounds["age"])  # the default winsorises
-    assert prep.quantiles["age"] == fit_quantiles(clipped.to_frame())["age"]
+    assert prep.quantiles["age"] == fit_quantiles(clipped.to_frame(), transform)["age"]
     shaped = normal_scores(clipped.to_numpy()[:, None], ["age"], prep.quantiles)[:, 0]
     assert prep.means["age"] == pytest.approx(shaped.mean())
     assert prep.scales["age"] == pytest.approx(shaped.std())
     everyone = raw["age"].clip(*prep.clip_bounds["age"]).to_frame()
-    assert prep.quantiles["age"] != fit_quantiles(everyone)["age"]
+    assert prep.quantiles["age"] != fit_quantiles(everyone, transform)["age"]
     assert prep.categories["segment"] == ["bronze", "gold", "silver"]
 
     stored_train = pd.read_parquet(fs.split_path("train"))

@@ -65,7 +65,7 @@ class TrainSettings:
     warmup_checks: int = 1
     linear_skip: bool = False  # a linear path from the inputs straight to the output logit
     weight_decay: float = 0.0  # decoupled (AdamW): each step w -= learning_rate * decay * w
-    lr_schedule: str = "constant"  # "constant" | "cosine": see learning_rate_at
+    lr_schedule: str = "constant"  # "constant" | "cosine": see learning_rate_schedule
     embeddings: Embeddings | None = None  # which inputs enter through learned embeddings
 
     @property
@@ -159,8 +159,8 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
 def initial_weights(
     n_inputs: int, settings: TrainSettings, seed: int, output_bias: float
 ) -> list[np.ndarray]:
-    """The weights build_mlp starts from (the numeric embedding's, then kernel and bias per
-    layer), without building a model."""
+    """The weights build_mlp starts from (the input embeddings' tables, then kernel and bias
+    per layer), without building a model."""
     weights, width = [], n_inputs
     if settings.embeddings:
         weights, width = settings.embeddings.initial(seed), settings.embeddings.out_width

@@ -406,6 +406,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "learning rate 3e-3": {"learning_rate": 0.003},
     "dropout 0.4": {"dropout": 0.4},
     "hidden 128/64": {"hidden": [128, 64]},
+    "no weight decay": {"weight_decay": 0.0},
     "weight decay 5": {"weight_decay": 5.0},
     "weight decay 1": {"weight_decay": 1.0},
     "cosine schedule": {"lr_schedule": "cosine"},

@@ -112,11 +112,12 @@ class TrainConfig(BaseModel):
     strategies: list[str] | None = Field(None, description="balancing strategies; default all")
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.2, ge=0, lt=1)
-    weight_decay: float = Field(
-        0.0,
+    weight_decay: float | None = Field(
+        None,
         ge=0,
         description="decoupled weight decay (AdamW): every step each weight shrinks by "
-        "learning_rate x weight_decay of itself",
+        "learning_rate x weight_decay of itself; default 5 below 2,000 training rows, 0 from "
+        "there (docs/quality.md)",
     )
     linear_skip: bool = Field(
         True,

@@ -305,7 +305,11 @@ def neural_settings(train: Part, config: TrainConfig, prep: Preprocessing) -> Tr
         learning_rate=config.learning_rate,
         batch_size=batch,
         linear_skip=config.linear_skip,
-        weight_decay=config.weight_decay,
+        weight_decay=(
+            embeddings.default_weight_decay(len(train.y))
+            if config.weight_decay is None
+            else config.weight_decay
+        ),
         lr_schedule=config.lr_schedule,
         embeddings=chosen,
         **schedule(

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.train import train_flow
+from tasks.embeddings import default_weight_decay
 from tests.conftest import FAST, fast_config
 
 STRATEGIES = ["baseline", "class_weight", "undersample", "ensemble"]
@@ -16,7 +17,12 @@ def test_each_strategy_keeps_the_configuration_best_on_the_stop_half(tmp_path):
     result = train_flow(fast_config(tmp_path / "runs", strategies=STRATEGIES, search=2))
     metrics = json.loads(Path(result.metrics_path).read_text())
     records = {r["strategy"]: r for r in metrics["strategies"] if r["strategy"] in STRATEGIES}
-    defaults = {"learning_rate": FAST["learning_rate"], "weight_decay": 0.0, "dropout": 0.1}
+    rows = result.feature_set.manifest["splits"]["train"]["rows"]
+    defaults = {
+        "learning_rate": FAST["learning_rate"],
+        "weight_decay": default_weight_decay(rows),
+        "dropout": 0.1,
+    }
     candidate_lists = []
     for name, record in records.items():
         assert record["status"] == "ok", record

@@ -236,3 +236,24 @@ def test_numeric_embeddings_by_default_only_from_enough_training_rows():
     assert not periodic_wanted("auto", PERIODIC_MIN_ROWS - 1)
     assert periodic_wanted("auto", PERIODIC_MIN_ROWS)
     assert periodic_wanted("periodic", 10) and not periodic_wanted("none", 10**6)
+
+
+@pytest.mark.parametrize(
+    ("rows", "given", "expected"),
+    [(300, None, 5.0), (2500, None, 0.0), (300, 0.0, 0.0), (2500, 1.0, 1.0)],
+)
+def test_weight_decay_defaults_to_strong_on_small_data_and_a_given_value_wins(
+    rows, given, expected
+):
+    from types import SimpleNamespace
+
+    from tasks.config import TrainConfig
+    from tasks.train import Part, neural_settings
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(rows, 3)).astype(np.float32)
+    y = (rng.random(rows) < 0.2).astype(np.int64)
+    part = Part(values, np.zeros((rows, 0), np.int32), y, np.arange(rows), values)
+    prep = SimpleNamespace(categorical=[], categories={})
+    settings = neural_settings(part, TrainConfig(weight_decay=given), prep)
+    assert settings.weight_decay == expected

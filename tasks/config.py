@@ -134,8 +134,8 @@ class TrainConfig(BaseModel):
         "auto",
         description="periodic: each numeric column enters the network through a learned "
         "periodic embedding (16 frequencies, 8 wide; Gorishniy et al. 2022); none: as one "
-        "input; auto: periodic from 2,000 training rows (docs/quality.md). Data with more than "
-        "256 numeric columns is never embedded",
+        "input; auto: periodic from 2,000 to 50,000 training rows (docs/quality.md). Data with "
+        "more than 256 numeric columns is never embedded",
     )
     category_embedding: Literal["one-hot", "embedding"] = Field(
         "embedding",

@@ -22,9 +22,13 @@ PERIODIC_SIGMA = 0.1
 CATEGORY_DIM = 8
 CATEGORY_MIN_LEVELS = 2 * CATEGORY_DIM + 1  # fewer levels: the one-hot code is small enough
 MAX_EMBEDDED_NUMERIC = 256  # wider data: an embedding per column would dwarf the network
-# `auto` embeds numerics from this many training rows: below it they cost small sets up to 0.11
-# of the PR-AUC ratio, above it they gained up to 0.09 (docs/quality.md)
+# `auto` embeds numerics from PERIODIC_MIN_ROWS training rows: below it they cost small sets up
+# to 0.11 of the PR-AUC ratio, above it they gained up to 0.09 (docs/quality.md). Up to
+# PERIODIC_MAX_ROWS: beyond it batches grow (tasks.model.auto_batch_size), the step's arithmetic
+# sets the training time and the embeddings' sines and cosines made a step 3.8x as long (6
+# networks, 2,048-row batches: 20 -> 76 ms; docs/performance.md).
 PERIODIC_MIN_ROWS = 2000
+PERIODIC_MAX_ROWS = 50_000
 
 
 SMALL_DATA_WEIGHT_DECAY = 5.0  # below PERIODIC_MIN_ROWS, unless --weight-decay says otherwise
@@ -39,7 +43,8 @@ def default_weight_decay(rows: int) -> float:
 
 def periodic_wanted(choice: str, rows: int) -> bool:
     """Whether the numeric embedding setting (auto, none, periodic) embeds on `rows` rows."""
-    return choice == "periodic" or (choice == "auto" and rows >= PERIODIC_MIN_ROWS)
+    automatic = PERIODIC_MIN_ROWS <= rows <= PERIODIC_MAX_ROWS
+    return choice == "periodic" or (choice == "auto" and automatic)
 
 
 def choose(

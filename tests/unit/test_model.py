@@ -228,13 +228,15 @@ def test_the_cosine_schedule_decays_to_its_floor_over_the_step_budget():
     assert learning_rate_schedule(constant) == 0.01
 
 
-def test_numeric_embeddings_by_default_only_from_enough_training_rows():
+def test_numeric_embeddings_by_default_only_between_enough_and_many_training_rows():
     from tasks.config import TrainConfig
-    from tasks.embeddings import PERIODIC_MIN_ROWS, periodic_wanted
+    from tasks.embeddings import PERIODIC_MAX_ROWS, PERIODIC_MIN_ROWS, periodic_wanted
 
     assert TrainConfig().numeric_embedding == "auto"
     assert not periodic_wanted("auto", PERIODIC_MIN_ROWS - 1)
     assert periodic_wanted("auto", PERIODIC_MIN_ROWS)
+    assert periodic_wanted("auto", PERIODIC_MAX_ROWS)
+    assert not periodic_wanted("auto", PERIODIC_MAX_ROWS + 1)  # large data: speed first
     assert periodic_wanted("periodic", 10) and not periodic_wanted("none", 10**6)
 
 

@@ -7,7 +7,10 @@ Learning": each numeric input x_j -> ReLU(W_j [cos(2 pi c_j x_j), sin(2 pi c_j x
 K learned frequencies c_j and a d-wide linear map per column. The inputs are already normal
 scores (tasks.features), so frequencies start small: a smooth, nearly linear start.
 Categoricals with many levels: the column's one-hot block times a (levels, d) matrix, i.e. a
-learned d-wide vector per level (Guo & Berkhahn 2016), instead of one input per level."""
+learned d-wide vector per level (Guo & Berkhahn 2016), instead of one input per level.
+
+The size rules of the defaults live here too: which training sizes get numeric embeddings, and
+the strong weight decay of the small-data network that goes without them (docs/quality.md)."""
 
 from __future__ import annotations
 
@@ -98,7 +101,8 @@ class Embeddings:
         """The starting weights, from the network's seed only: periodic frequencies (F, K)
         from a normal(0, sigma) cut at 3 sigma, its linear maps (F, 2K, d) and biases (F, d)
         uniform within 1/sqrt(2K) (PyTorch's Linear default, as the paper's code); each level's
-        vector from a normal(0, 1/d), so it has about the length of a one-hot code."""
+        vector from a normal of standard deviation 1/sqrt(d), so it has about the length of a
+        one-hot code."""
         rng = np.random.default_rng([seed, 7919])
         weights = []
         if self.numeric:

@@ -14,10 +14,13 @@ the strong weight decay of the small-data network that goes without them (docs/q
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 PERIODIC_FREQUENCIES = 16
 PERIODIC_DIM = 8
@@ -63,6 +66,12 @@ def choose(
             blocks.append((start, levels))
         start += levels
     embedded = numeric if periodic and numeric <= MAX_EMBEDDED_NUMERIC else 0
+    if periodic and numeric > MAX_EMBEDDED_NUMERIC:
+        log.warning(
+            "%d numeric columns: more than %d, so no numeric embeddings",
+            numeric,
+            MAX_EMBEDDED_NUMERIC,
+        )
     chosen = Embeddings(width, embedded, tuple(blocks))
     return chosen if chosen else None
 

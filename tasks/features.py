@@ -82,6 +82,11 @@ class Preprocessing(BaseModel):
     def feature_columns(self) -> list[str]:
         return self.numeric + self.categorical
 
+    @property
+    def cardinalities(self) -> list[int]:
+        """Levels per categorical column, in column order: the widths of the one-hot blocks."""
+        return [len(self.categories[c]) for c in self.categorical]
+
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Raw feature columns -> scaled float32 numerics and int32 category codes."""
         prepared = impute_and_clip(frame, self.numeric, self.impute_values, self.clip_bounds)

@@ -288,16 +288,12 @@ def neural_settings(train: Part, config: TrainConfig, prep: Preprocessing) -> Tr
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
     n_numeric, _, width = train.widths()
-    periodic = embeddings.periodic_wanted(config.numeric_embedding, len(train.y))
-    if periodic and n_numeric > embeddings.MAX_EMBEDDED_NUMERIC:
-        log.warning(
-            "%d numeric columns: more than %d, so no numeric embeddings",
-            n_numeric,
-            embeddings.MAX_EMBEDDED_NUMERIC,
-        )
-    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
     chosen = embeddings.choose(
-        width, n_numeric, cardinalities, periodic, config.category_embedding == "embedding"
+        width,
+        n_numeric,
+        prep.cardinalities,
+        embeddings.periodic_wanted(config.numeric_embedding, len(train.y)),
+        config.category_embedding == "embedding",
     )
     return TrainSettings(
         hidden=tuple(config.hidden),
@@ -345,7 +341,7 @@ def plan_members(
     """Resample the training split for each member and describe its network. A member that
     trains exactly like one already in `known` (same sampler, weights, loss, batches and seed:
     ensemble member 0 and `undersample`) is that member, not a second copy."""
-    cardinalities = [len(prep.categories[c]) for c in prep.categorical]
+    cardinalities = prep.cardinalities
     batch, plans = settings.batch_size, []
     for member in range(strategy.members(config.ensemble_k)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"

@@ -171,7 +171,7 @@ def test_embeddings_cover_the_inputs_they_are_asked_to(
     codes = np.stack([rng.integers(0, 2, 300), rng.integers(0, 17, 300)], axis=1)
     y = (rng.random(300) < 0.2).astype(np.int64)
     inputs = one_hot_inputs(values, codes, [2, 17])
-    prep = SimpleNamespace(categorical=["a", "b"], categories={"a": [0, 1], "b": list(range(17))})
+    prep = SimpleNamespace(cardinalities=[2, 17])  # the Preprocessing's one-hot block widths
     config = TrainConfig(numeric_embedding=numeric, category_embedding=category)
     settings = neural_settings(Part(values, codes, y, np.arange(300), inputs), config, prep)
     e = settings.embeddings
@@ -256,6 +256,6 @@ def test_weight_decay_defaults_to_strong_on_small_data_and_a_given_value_wins(
     values = rng.normal(size=(rows, 3)).astype(np.float32)
     y = (rng.random(rows) < 0.2).astype(np.int64)
     part = Part(values, np.zeros((rows, 0), np.int32), y, np.arange(rows), values)
-    prep = SimpleNamespace(categorical=[], categories={})
+    prep = SimpleNamespace(cardinalities=[])
     settings = neural_settings(part, TrainConfig(weight_decay=given), prep)
     assert settings.weight_decay == expected

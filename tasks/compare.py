@@ -28,9 +28,17 @@ def bootstrap_chunk(n_rows: int) -> int:
 
 
 def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """(size, n) counts: how often each row is drawn in each bootstrap resample."""
+    """(size, n) counts: how often each row is drawn in each bootstrap resample.
+
+    Stored row-major by row (its transpose is contiguous), so the metrics gather whole rows
+    and run their sums down the rows, across all resamples at once. float32 holds every count
+    and every running sum of them exactly below 2**24 rows (a resample's counts sum to n), at
+    half the memory traffic of float64; beyond that, float64."""
     draws = rng.integers(0, n, size=(size, n))
-    return np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)
+    draws += n * np.arange(size)[:, None]  # resample i's rows count in bins i*n .. i*n+n-1
+    counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
+    dtype = np.float32 if n < 2**24 else np.float64
+    return np.ascontiguousarray(counts.T, dtype=dtype).T
 
 
 def row_groups(raw_path: str, group: str | None, ids: np.ndarray) -> np.ndarray | None:
@@ -47,9 +55,13 @@ def weighted_objective(
     weights: np.ndarray, y: np.ndarray, predicted: np.ndarray, objective: Objective
 ) -> np.ndarray:
     """The threshold objective on each weighted row set. weights: (B, n); y, predicted: (n,) 0/1."""
-    tp = weights @ (y * predicted)
-    fp = weights @ ((1 - y) * predicted)
-    fn = weights @ (y * (1 - predicted))
+
+    def weighted_count(rows: np.ndarray) -> np.ndarray:  # in the weights' dtype: no upcast copy
+        return (weights @ rows.astype(weights.dtype)).astype(np.float64)
+
+    tp = weighted_count(y * predicted)
+    fp = weighted_count((1 - y) * predicted)
+    fn = weighted_count(y * (1 - predicted))
     return objective_values(tp, fp, fn, objective, n_rows=len(y))
 
 
@@ -83,7 +95,7 @@ def paired_bootstrap(
     for start in range(0, n_boot, chunk):
         weights = resample_counts(rng, units, min(chunk, n_boot - start))
         if codes is not None:
-            weights = weights[:, codes]  # a group's draw count weighs each of its rows
+            weights = weights.T[codes].T  # a group's draw count weighs each of its rows
         objective_diff.append(
             weighted_objective(weights, y, pred_a, objective)
             - weighted_objective(weights, y, pred_b, objective)

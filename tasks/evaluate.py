@@ -15,12 +15,14 @@ from tasks.calibration import EPS
 
 
 class SortedScores:
-    """Scores sorted once, so average precision of any row weighting is two segment sums.
+    """Scores sorted once, so average precision of any row weighting is two running sums.
 
     Recall only steps at score levels that hold a positive row, so precision is needed only at
-    the ends of those levels: the rows are cut into segments ending there (rows ranked below the
-    last positive never count), and the weighted rows and positives up to each end are the
-    cumulative sums of the segments' sums."""
+    the ends of those levels: the weighted rows up to each such end are a running sum over the
+    rows in rank order (rows ranked below the last positive never count), and the weighted
+    positives up to it a running sum over the positive rows alone. Running sums, then a gather
+    at the ends, cost a fraction of summing each segment (`np.add.reduceat`) on wide weight
+    matrices: the paired bootstrap calls this on (resamples x test rows) counts."""
 
     def __init__(self, y: np.ndarray, scores: np.ndarray):
         scores = np.asarray(scores)
@@ -31,17 +33,21 @@ class SortedScores:
         first = np.r_[0, last[:-1] + 1]
         with_positive = last[np.add.reduceat(y_sorted, first) > 0] if len(y_sorted) else last
         stop = int(with_positive[-1]) + 1 if len(with_positive) else 0
-        self.order, self.y = order[:stop], y_sorted[:stop]
-        self.segments = np.r_[0, with_positive[:-1] + 1].astype(np.intp)
+        positive = np.flatnonzero(y_sorted[:stop])
+        self.order = order[:stop]  # rows in rank order, down to the last positive
+        self.positive_rows = order[positive]  # the positive rows, in rank order
+        self.ends = with_positive.astype(np.intp)  # rank of each positive level's last row
+        # positives ranked at or above each end, minus one: an index into their running sum
+        self.positives_to_end = np.searchsorted(positive, with_positive, side="right") - 1
 
     def average_precision(self, weights: np.ndarray) -> np.ndarray:
         """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it.
         weights: (B, n) row weights (counts of a bootstrap resample); one AP per row of it."""
-        if not len(self.y):  # no positive row: AP is undefined
+        if not len(self.positive_rows):  # no positive row: AP is undefined
             return np.full(len(weights), np.nan)
-        w = weights[:, self.order]
-        rows = np.add.reduceat(w, self.segments, axis=1).cumsum(axis=1)
-        tp = np.add.reduceat(w * self.y, self.segments, axis=1).cumsum(axis=1)
+        by_row = weights.T  # (n, B): contiguous when the counts come from resample_counts
+        rows = by_row[self.order].cumsum(axis=0)[self.ends].T.astype(np.float64)
+        tp = by_row[self.positive_rows].cumsum(axis=0)[self.positives_to_end].T.astype(np.float64)
         positives = tp[:, -1:]
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = np.where(rows > 0, tp / rows, 0.0)

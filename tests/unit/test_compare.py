@@ -1,6 +1,9 @@
 """The paired bootstrap's chunking: bounded memory on large test sets, identical intervals."""
 
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tasks.compare as compare
 from tasks.thresholds import parse_objective
@@ -21,3 +24,47 @@ def test_chunk_size_does_not_change_the_intervals(monkeypatch):
     monkeypatch.setattr(compare, "BOOTSTRAP_CELLS", 3 * 500)  # 3 resamples per chunk
     assert compare.bootstrap_chunk(500) == 3
     assert compare.paired_bootstrap(*args) == wide
+
+
+def test_resample_counts_are_the_drawn_rows_counted_per_resample():
+    """The vectorised counts are exactly np.bincount of each resample's draws, from the same
+    random stream, whatever their float type and memory layout."""
+    n, size = 1_000, 7
+    counts = compare.resample_counts(np.random.default_rng(3), n, size)
+    draws = np.random.default_rng(3).integers(0, n, size=(size, n))
+    expected = np.stack([np.bincount(row, minlength=n) for row in draws])
+    assert counts.shape == (size, n) and counts.dtype == np.float32
+    assert np.array_equal(counts, expected)
+    assert (counts.sum(axis=1) == n).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(2, 300),
+    prevalence=st.sampled_from([0.02, 0.2, 0.7]),
+    decimals=st.sampled_from([1, 2, 6]),
+    seed=st.integers(0, 2**16),
+)
+def test_resampled_metrics_are_scikit_learns_on_the_resampled_rows(n, prevalence, decimals, seed):
+    """Average precision and the objective of every resample, in either memory layout, equal
+    scikit-learn's on the rows the resample drew (ties, rare and common positives)."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from tasks.evaluate import SortedScores
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prevalence).astype(float)
+    scores = np.round(np.clip(0.3 * y + rng.normal(0.4, 0.2, n), 0, 1), decimals)
+    counts = compare.resample_counts(rng, n, 5)
+    sorted_scores, objective = SortedScores(y, scores), parse_objective("f1")
+    predicted = (scores >= 0.5).astype(float)
+    for weights in (counts, np.ascontiguousarray(counts, dtype=np.float64)):
+        aps = sorted_scores.average_precision(weights)
+        f1s = compare.weighted_objective(weights, y, predicted, objective)
+        for w, ap, f1 in zip(weights, aps, f1s, strict=True):
+            rows = np.repeat(np.arange(n), w.astype(int))
+            if y[rows].sum() == 0:
+                assert np.isnan(ap)
+                continue
+            assert ap == pytest.approx(average_precision_score(y[rows], scores[rows]), abs=1e-12)
+            assert f1 == pytest.approx(f1_score(y[rows], predicted[rows], zero_division=0.0))

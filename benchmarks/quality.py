@@ -22,7 +22,7 @@ import gzip
 import io
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,7 +306,26 @@ def one_run(
         "lr_pr_auc": scores["lr"],
         "ratio": float(board.loc[selected, "pr_auc"]) / max(scores.values()),
         "wall_s": timing["wall_s"],
+        "pr_auc_by_part": pr_auc_by_part(run_dir, board[board.status == "ok"].index),
     }
+
+
+def pr_auc_by_part(run_dir: Path, strategies: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Each branch's PR-AUC on the validation stop half, tuning half, both, and test: what a
+    selection rule could have seen and what it would have got (the selection diagnosis in
+    docs/quality.md)."""
+    from tasks.evaluate import average_precision
+
+    table = {}
+    for name in strategies:
+        rows = pd.read_parquet(run_dir / "branches" / name / "predictions.parquet")
+        parts = {part: rows[rows.part == part] for part in ("stop", "tune", "test")}
+        parts["validation"] = rows[rows.part != "test"]
+        table[name] = {
+            part: round(average_precision(p.y.to_numpy(), p.probability.to_numpy()), 5)
+            for part, p in parts.items()
+        }
+    return table
 
 
 def section_quality(

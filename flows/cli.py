@@ -50,7 +50,9 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         *("batch_size", "epochs", "patience", "min_steps", "min_patience_steps", "ensemble_k"),
         *("lr_schedule", "numeric_embedding", "category_embedding", "search"),
     ),
-    "thresholds and selection": ("objective", "rank_by", "allow_reference_champion", "bootstrap"),
+    "thresholds and selection": (
+        *("objective", "rank_by", "selection", "allow_reference_champion", "bootstrap"),
+    ),
     "gates": (
         *("min_class_count", "min_positives_per_split", "min_positives_per_half"),
         *("split_ratio_tolerance", "max_removed_share", "scale_tolerance"),

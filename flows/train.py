@@ -228,10 +228,10 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             configure_tensorflow(config.tf_threads)  # before TensorFlow initialises
             records = train_branches([*strategies, REFERENCE], feature_sets, config, branches)
         with run.stage("select"):
-            chosen = select_strategy(records, config, feature_set, run)
+            chosen = select_strategy(records, config, feature_set, run, ingested.raw_path)
         with run.stage("compare"):
             versus = compare_with_baseline(
-                branches, chosen.ranked, chosen.selected, config, ingested.raw_path
+                branches, chosen.ranked, chosen.selected, config, ingested.raw_path, chosen.evidence
             )
         with run.stage("export"):
             export_model(

@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from upath import UPath
 
 from tasks import gx_run, progress
-from tasks.compare import summarize_repeats
+from tasks.compare import selection_text, settle_selection, summarize_repeats
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
 from tasks.features import FeatureSet
@@ -226,6 +226,7 @@ class Selection:
     chosen: dict[str, Any]
     repeats: dict[str, Any] | None
     metrics: dict[str, Any]
+    evidence: dict[str, Any] | None = None  # why the leader was (not) selected: settle_selection
 
 
 def select_strategy(
@@ -233,15 +234,20 @@ def select_strategy(
     config: TrainConfig,
     feature_set: FeatureSet,
     run: RunRecord,
+    raw_path: str,
 ) -> Selection:
     """Rank the first repeat's branches on the validation tuning half, select the best eligible
-    one, and write `metrics.json` and `leaderboard.csv` into the run's directory. Every branch
-    failing is an error naming each branch's cause."""
+    one unless it is not reliably better than baseline (`settle_selection`), and write
+    `metrics.json` and `leaderboard.csv` into the run's directory. Every branch failing is an
+    error naming each branch's cause."""
     primary = [r for r in records if r["repeat"] == 0]
-    ranked, selected = select(primary, config.rank_by)
-    if selected is None:
+    ranked, leader = select(primary, config.rank_by)
+    if leader is None:
         errors = "; ".join(f"{r['strategy']}: {r['error']}" for r in primary if r["status"] != "ok")
         raise StrategyError(f"every strategy failed: {errors}")
+    selected, evidence = settle_selection(
+        leader, ranked, config, run.staging / "branches", raw_path
+    )
     repeats = summarize_repeats(records, list(SCALAR_METRICS)) if config.repeats > 1 else None
     metrics = {
         "schema_version": SCHEMA_VERSION,
@@ -251,11 +257,14 @@ def select_strategy(
         "data_fingerprint": feature_set.fingerprint,
         "rank_by": config.rank_by,
         "selected": selected,
+        "selection": evidence,
         "strategies": ranked,
         "repeats": repeats,
     }
     write_json(run.staging / "metrics.json", RunMetrics.check(metrics))
     write_leaderboard(run.staging / "leaderboard.csv", ranked, config.rank_by)
     log.info("selected %s (ranked on the validation tuning half by %s)", selected, config.rank_by)
+    if evidence is not None:
+        log.info(selection_text(evidence))
     chosen = next(r for r in ranked if r["strategy"] == selected)
-    return Selection(ranked, selected, chosen, repeats, metrics)
+    return Selection(ranked, selected, chosen, repeats, metrics, evidence)

@@ -175,6 +175,12 @@ class TrainConfig(BaseModel):
     ensemble_k: int = Field(5, ge=1)
     objective: str = Field("f1", description="f1 | fbeta:B | cost:FP=a,FN=b | recall@precision:P")
     rank_by: RankMetric = "pr_auc"
+    selection: Literal["reliable", "top"] = Field(
+        "reliable",
+        description="reliable: baseline, unless the strategy ranked first has a reliably higher "
+        "PR-AUC on the validation tuning half (95% paired-bootstrap interval above zero; when "
+        "ranking by pr_auc); top: the strategy ranked first",
+    )
     allow_reference_champion: bool = Field(
         False,
         description="let the gradient-boosting reference be selected and shipped when it ranks "

@@ -102,6 +102,7 @@ class RunMetrics(Record):
     data_fingerprint: str
     rank_by: str
     selected: str
+    selection: dict[str, Any] | None = None  # the leader vs baseline evidence (settle_selection)
     strategies: list[dict[str, Any]]
     repeats: dict[str, Any] | None
 

@@ -96,7 +96,20 @@ def test_run_layout_and_output_contract(full_run):
     best_eligible = max(
         (r for r in metrics["strategies"] if r["eligible"]), key=lambda r: r["validation"]["pr_auc"]
     )
-    assert best_eligible["strategy"] == metrics["selected"]
+    evidence = metrics["selection"]  # the leader is selected only when reliably better
+    if best_eligible["strategy"] == "baseline":
+        assert evidence is None and metrics["selected"] == "baseline"
+    else:
+        by_name = {r["strategy"]: r for r in metrics["strategies"]}
+        assert evidence["leader"] == best_eligible["strategy"]
+        reliable = evidence["pr_auc_interval"]["low"] > 0
+        assert metrics["selected"] == (evidence["leader"] if reliable else "baseline")
+        assert evidence["pr_auc_difference"] == pytest.approx(
+            best_eligible["validation"]["pr_auc"] - by_name["baseline"]["validation"]["pr_auc"]
+        )
+        predictions = pd.read_parquet(run_dir / "branches" / "baseline" / "predictions.parquet")
+        assert evidence["n_rows"] == (predictions.part == "tune").sum() > 0
+        assert f"{evidence['leader']} ranked first" in run["verdict"]
 
     board = pd.read_csv(run_dir / "leaderboard.csv")
     assert len(board) == len(STRATEGIES) + 1 and board["rank"].tolist() == list(range(1, 10))

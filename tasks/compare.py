@@ -3,10 +3,7 @@ of the selected model, and mean ± sd over repeated seeds."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -21,7 +18,6 @@ from tasks.storage import read_parquet
 from tasks.strategies import REFERENCE
 from tasks.thresholds import Objective, objective_values, parse_objective
 
-T, R = TypeVar("T"), TypeVar("R")
 BOOTSTRAP_CELLS = 4_000_000  # resamples x rows evaluated at once: ~32 MB per float64 matrix
 
 
@@ -69,22 +65,6 @@ def weighted_objective(
     return objective_values(tp, fp, fn, objective, n_rows=len(y))
 
 
-def on_two_threads(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """work(item) for each item, in order, two at a time: numpy releases Python's lock in the
-    gathers, running sums and matrix products the bootstrap spends its time in. Items are
-    drawn in the calling thread as they are needed (the random stream stays in order), so at
-    most three are alive at once."""
-    results: list[R] = []
-    with ThreadPoolExecutor(2, thread_name_prefix="bootstrap") as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(work, item))
-            if len(pending) == 2:
-                results.append(pending.popleft().result())
-        results.extend(f.result() for f in pending)
-    return results
-
-
 def paired_bootstrap(
     y: np.ndarray,
     scores_a: np.ndarray,
@@ -123,7 +103,7 @@ def paired_bootstrap(
 
     chunk = bootstrap_chunk(len(y))
     sizes = [min(chunk, n_boot - start) for start in range(0, n_boot, chunk)]
-    chunks = on_two_threads(differences, (resample_counts(rng, units, k) for k in sizes))
+    chunks = [differences(resample_counts(rng, units, size)) for size in sizes]
     objective_diff, pr_diff = (np.concatenate(part) for part in zip(*chunks, strict=True))
     pr_diff = pr_diff[~np.isnan(pr_diff)]
     ones = np.ones((1, len(y)))

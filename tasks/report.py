@@ -102,16 +102,51 @@ def _figure_to_img(fig, alt: str) -> Markup:
 
 
 Colors = dict[str, Any]
+PLOT_POINTS = 1500  # drawn per curve: a 12-inch figure at 90 dpi is ~1,100 pixels wide
+
+
+def thinned(*curves: np.ndarray, points: int = PLOT_POINTS) -> tuple[np.ndarray, ...]:
+    """The curves (equal lengths) at most ~`points` indices: every one of the first
+    `points // 10` (the few top-scored rows, where a curve jumps), then evenly spaced, the last
+    kept. Drawing 76,000 points per line cost the insurance report seconds and showed nothing
+    more."""
+    n = len(curves[0])
+    if n <= points:
+        return curves
+    head = np.arange(points // 10)
+    keep = np.unique(np.r_[head, np.linspace(0, n - 1, points - len(head)).round().astype(int)])
+    return tuple(np.asarray(c)[keep] for c in curves)
+
+
+def pr_roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(recall, precision, false positive rate) at every distinct score, highest first, from
+    (0, 1, 0), thinned for drawing; recall is also the ROC curve's true positive rate."""
+    _, tp, fp, fn, tn = confusion_at_each_threshold(y, p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.r_[0.0, tp / np.maximum(tp + fn, 1)]
+        precision = np.r_[1.0, tp / (tp + fp)]
+        fpr = np.r_[0.0, fp / np.maximum(fp + tn, 1)]
+    return thinned(recall, precision, fpr)
+
+
+def reliability_points(y: np.ndarray, p: np.ndarray, bins: int = 8) -> tuple[np.ndarray, ...]:
+    """(observed positive share, mean score) per quantile bin of the scores, empty bins dropped:
+    scikit-learn's calibration_curve(strategy="quantile") without its per-call checks."""
+    edges = np.percentile(p, np.linspace(0, 100, bins + 1))
+    ids = np.searchsorted(edges[1:-1], p)
+    total = np.bincount(ids, minlength=bins)
+    filled = total > 0
+    observed = np.bincount(ids, weights=y, minlength=bins)[filled] / total[filled]
+    return observed, np.bincount(ids, weights=p, minlength=bins)[filled] / total[filled]
 
 
 def _pr_roc_plot(ok: list[dict[str, Any]], predictions: dict[str, pd.DataFrame], colors: Colors):
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
 
     fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     for r in ok:
         test = predictions[r["strategy"]].query("part == 'test'")
-        precision, recall, _ = precision_recall_curve(test.y, test.probability)
+        recall, precision, fpr = pr_roc_points(test.y.to_numpy(), test.probability.to_numpy())
         ax_pr.plot(
             recall,
             precision,
@@ -121,9 +156,8 @@ def _pr_roc_plot(ok: list[dict[str, Any]], predictions: dict[str, pd.DataFrame],
         ax_pr.scatter(
             [r["recall"]], [r["precision"]], color=colors[r["strategy"]], edgecolor="k", zorder=3
         )
-        fpr, tpr, _ = roc_curve(test.y, test.probability)
         ax_roc.plot(
-            fpr, tpr, color=colors[r["strategy"]], label=f"{r['strategy']} ({r['roc_auc']:.3f})"
+            fpr, recall, color=colors[r["strategy"]], label=f"{r['strategy']} ({r['roc_auc']:.3f})"
         )
     ax_pr.set(
         title="Precision-recall on test (dots: tuned thresholds)",
@@ -141,7 +175,6 @@ def _reliability_plot(
     ok: list[dict[str, Any]], predictions: dict[str, pd.DataFrame], colors: Colors
 ):
     import matplotlib.pyplot as plt
-    from sklearn.calibration import calibration_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True, layout="constrained")
     for ax, column, title in (
@@ -150,9 +183,7 @@ def _reliability_plot(
     ):
         for r in ok:
             test = predictions[r["strategy"]].query("part == 'test'")
-            frac, mean = calibration_curve(
-                test.y, test[column].clip(0, 1), n_bins=8, strategy="quantile"
-            )
+            frac, mean = reliability_points(test.y.to_numpy(), test[column].clip(0, 1).to_numpy())
             ax.plot(mean, frac, marker="o", ms=3, color=colors[r["strategy"]], label=r["strategy"])
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set(
@@ -210,8 +241,7 @@ def _threshold_plot(
             tune.y.to_numpy(), tune.probability.to_numpy()
         )
         ax.plot(
-            t,
-            objective_values(tp, fp, fn, objective),
+            *thinned(t, objective_values(tp, fp, fn, objective)),
             color=colors[r["strategy"]],
             label=r["strategy"],
         )

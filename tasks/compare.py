@@ -203,6 +203,11 @@ def selection_text(evidence: dict[str, Any] | None) -> str:
         f"PR-AUC {evidence['pr_auc_difference']:+.4f} over baseline on the validation tuning "
         f"half, 95% paired-bootstrap interval {ci['low']:+.4f} to {ci['high']:+.4f}"
     )
+    if evidence["pr_auc_difference"] == 0:
+        return (
+            f"{evidence['leader']} ties baseline on the validation tuning half (equal PR-AUC): "
+            "baseline is selected."
+        )
     if evidence["selected"] == "baseline":
         return (
             f"{evidence['leader']} ranked first ({numbers}) but the interval includes zero, so "

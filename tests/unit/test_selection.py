@@ -93,3 +93,20 @@ def test_the_leader_is_selected_when_baseline_did_not_run_or_is_not_eligible(tmp
     assert settle_selection("smote", records, config, branches, "") == ("smote", None)
     records[1]["eligible"], records[1]["status"] = True, "failed"
     assert settle_selection("smote", records, config, branches, "") == ("smote", None)
+
+
+def test_a_leader_tied_with_baseline_is_not_selected(tmp_path):
+    """Ranking order among equal scores is arbitrary: a tie (both perfect on a small tuning
+    half, as on WDBC) keeps baseline, and the verdict calls it a tie."""
+    branches, records = tuning_half(tmp_path, 0, 1.0, 1.0)
+    tied = pd.read_parquet(branches / "baseline" / "predictions.parquet")
+    tied.to_parquet(branches / "smote" / "predictions.parquet")
+    records[0]["validation"] = records[1]["validation"]
+    selected, evidence = settle_selection(
+        "smote", records, TrainConfig(bootstrap=1000), branches, ""
+    )
+    assert selected == "baseline" and evidence["pr_auc_difference"] == 0
+    assert verdict_text("baseline", None, "pr_auc", evidence) == (
+        "Selected **baseline**: smote ties baseline on the validation tuning half (equal "
+        "PR-AUC): baseline is selected."
+    )

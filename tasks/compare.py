@@ -13,7 +13,7 @@ from upath import UPath
 from tasks.config import TrainConfig
 from tasks.evaluate import SortedScores, average_precision
 from tasks.ingest import ID_COLUMN
-from tasks.records import Comparison
+from tasks.records import Comparison, SelectionEvidence
 from tasks.storage import read_parquet
 from tasks.strategies import REFERENCE
 from tasks.thresholds import Objective, objective_values, parse_objective
@@ -180,17 +180,19 @@ def settle_selection(
         row_groups(raw_path, config.group, ids),
     )
     reliable = comparison["pr_auc_interval"]["low"] > 0
-    evidence = {
-        "rule": "reliable",
-        "leader": leader,
-        "selected": leader if reliable else "baseline",
-        "part": "validation tuning half",
-        "pr_auc_difference": comparison["pr_auc_difference"],
-        "pr_auc_interval": comparison["pr_auc_interval"],
-        "n_boot": comparison["n_boot"],
-        "n_rows": comparison["n_rows"],
-        "resampled": comparison["resampled"],
-    }
+    evidence = SelectionEvidence.check(
+        {
+            "rule": "reliable",
+            "leader": leader,
+            "selected": leader if reliable else "baseline",
+            "part": "validation tuning half",
+            "pr_auc_difference": comparison["pr_auc_difference"],
+            "pr_auc_interval": comparison["pr_auc_interval"],
+            "n_boot": comparison["n_boot"],
+            "n_rows": comparison["n_rows"],
+            "resampled": comparison["resampled"],
+        }
+    )
     return evidence["selected"], evidence
 
 

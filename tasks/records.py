@@ -141,6 +141,19 @@ class Comparison(Record):
     n_rows: int
 
 
+class SelectionEvidence(Record):
+    """Why the strategy ranked first was or was not selected: its tuning-half PR-AUC minus
+    baseline's, with the paired-bootstrap interval (see `tasks.compare.settle_selection`)."""
+
+    rule: Literal["reliable"]
+    leader: str
+    selected: str
+    pr_auc_difference: float
+    pr_auc_interval: Interval
+    n_boot: int
+    n_rows: int
+
+
 class Decision(Record):
     """Champion/challenger: promote or keep, and why (see `tasks.champion`)."""
 

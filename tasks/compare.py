@@ -133,6 +133,37 @@ def paired_bootstrap(
     )
 
 
+def branch_bootstrap(
+    branches_dir: UPath,
+    part: str,
+    a: str,
+    b: str,
+    by_name: dict[str, dict[str, Any]],
+    config: TrainConfig,
+    raw_path: str,
+) -> dict[str, Any]:
+    """The paired bootstrap of branch `a` minus branch `b` on one part of their predictions
+    ("tune" or "test"), each at its own tuned threshold, resampling `--group` groups if set."""
+    rows_a, rows_b = (
+        read_parquet(branches_dir / name / "predictions.parquet").query(f"part == '{part}'")
+        for name in (a, b)
+    )
+    ids = rows_a[ID_COLUMN].to_numpy()
+    if not np.array_equal(ids, rows_b[ID_COLUMN].to_numpy()):
+        raise RuntimeError(f"{a} and {b} {part} predictions are not on the same rows")
+    return paired_bootstrap(
+        rows_a.y.to_numpy(),
+        rows_a.probability.to_numpy(),
+        rows_b.probability.to_numpy(),
+        by_name[a]["threshold"],
+        by_name[b]["threshold"],
+        parse_objective(config.objective),
+        config.bootstrap,
+        config.seed,
+        row_groups(raw_path, config.group, ids),
+    )
+
+
 def settle_selection(
     leader: str,
     ranked: list[dict[str, Any]],
@@ -159,25 +190,8 @@ def settle_selection(
         or not baseline.get("eligible")
     ):
         return leader, None
-    leader_rows, baseline_rows = (
-        read_parquet(branches_dir / name / "predictions.parquet").query("part == 'tune'")
-        for name in (leader, "baseline")
-    )
-    ids = leader_rows[ID_COLUMN].to_numpy()
-    if not np.array_equal(ids, baseline_rows[ID_COLUMN].to_numpy()):
-        raise RuntimeError(
-            f"{leader} and baseline tuning-half predictions are not on the same rows"
-        )
-    comparison = paired_bootstrap(
-        leader_rows.y.to_numpy(),
-        leader_rows.probability.to_numpy(),
-        baseline_rows.probability.to_numpy(),
-        by_name[leader]["threshold"],
-        baseline["threshold"],
-        parse_objective(config.objective),
-        config.bootstrap,
-        config.seed,
-        row_groups(raw_path, config.group, ids),
+    comparison = branch_bootstrap(
+        branches_dir, "tune", leader, "baseline", by_name, config, raw_path
     )
     reliable = comparison["pr_auc_interval"]["low"] > 0
     evidence = SelectionEvidence.check(
@@ -374,27 +388,13 @@ def compare_with_baseline(
     by_name = {r["strategy"]: r for r in ranked}
     chosen = read_parquet(branches_dir / selected / "predictions.parquet").query("part == 'test'")
     y, scores = chosen.y.to_numpy(), chosen.probability.to_numpy()
-    groups = row_groups(raw_path, config.group, chosen[ID_COLUMN].to_numpy())
 
     def against(other_name: str) -> dict[str, Any] | None:
         other = by_name.get(other_name)
         if not other or other["status"] != "ok" or other_name == selected:
             return None
-        rows = read_parquet(branches_dir / other_name / "predictions.parquet").query(
-            "part == 'test'"
-        )
-        if not np.array_equal(rows[ID_COLUMN].to_numpy(), chosen[ID_COLUMN].to_numpy()):
-            raise RuntimeError(f"{other_name} and selected predictions are not on the same rows")
-        return paired_bootstrap(
-            y,
-            scores,
-            rows.probability.to_numpy(),
-            by_name[selected]["threshold"],
-            other["threshold"],
-            parse_objective(config.objective),
-            config.bootstrap,
-            config.seed,
-            groups,
+        return branch_bootstrap(
+            branches_dir, "test", selected, other_name, by_name, config, raw_path
         )
 
     comparison, reference = against("baseline"), against(_counterpart(selected, ranked))

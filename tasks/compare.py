@@ -174,8 +174,8 @@ def settle_selection(
     """The strategy to select, given the one ranked first (`leader`), and the evidence.
 
     The ranking is noisy: the tuning half is small, and the best of eight noisy scores is
-    usually a lucky one (on the quality benchmark, always taking baseline beat taking the
-    tuning half's best on 5 of 7 datasets). So under `--selection reliable` (the default,
+    usually a lucky one (on the quality benchmark, 5 resplits, always taking baseline beat taking
+    the tuning half's best on 6 of 7 datasets). So under `--selection reliable` (the default,
     ranking by PR-AUC) the leader is selected only when its tuning-half PR-AUC is reliably
     higher than baseline's: the paired bootstrap's 95% interval of the difference lies above
     zero. Otherwise baseline, plain training with its own tuned threshold, is selected.

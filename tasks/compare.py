@@ -3,7 +3,7 @@ of the selected model, and mean ± sd over repeated seeds."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prefect import task
@@ -17,6 +17,9 @@ from tasks.records import Comparison, SelectionEvidence
 from tasks.storage import read_parquet
 from tasks.strategies import REFERENCE
 from tasks.thresholds import Objective, objective_values, parse_objective
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BOOTSTRAP_CELLS = 4_000_000  # resamples x rows evaluated at once: ~32 MB per float64 matrix
 
@@ -133,23 +136,24 @@ def paired_bootstrap(
     )
 
 
+def part_predictions(branches_dir: UPath, name: str, part: str) -> pd.DataFrame:
+    """A branch's predictions on one part of the split ("stop", "tune" or "test")."""
+    return read_parquet(branches_dir / name / "predictions.parquet").query(f"part == '{part}'")
+
+
 def branch_bootstrap(
-    branches_dir: UPath,
     part: str,
+    rows: dict[str, pd.DataFrame],
     a: str,
     b: str,
     by_name: dict[str, dict[str, Any]],
     config: TrainConfig,
-    raw_path: str,
+    groups: np.ndarray | None,
 ) -> dict[str, Any]:
-    """The paired bootstrap of branch `a` minus branch `b` on one part of their predictions
-    ("tune" or "test"), each at its own tuned threshold, resampling `--group` groups if set."""
-    rows_a, rows_b = (
-        read_parquet(branches_dir / name / "predictions.parquet").query(f"part == '{part}'")
-        for name in (a, b)
-    )
-    ids = rows_a[ID_COLUMN].to_numpy()
-    if not np.array_equal(ids, rows_b[ID_COLUMN].to_numpy()):
+    """The paired bootstrap of branch `a` minus branch `b` on their predictions on one part
+    (`rows`, by branch), each at its own tuned threshold; `groups`: the rows' --group values."""
+    rows_a, rows_b = rows[a], rows[b]
+    if not np.array_equal(rows_a[ID_COLUMN].to_numpy(), rows_b[ID_COLUMN].to_numpy()):
         raise RuntimeError(f"{a} and {b} {part} predictions are not on the same rows")
     return paired_bootstrap(
         rows_a.y.to_numpy(),
@@ -160,7 +164,7 @@ def branch_bootstrap(
         parse_objective(config.objective),
         config.bootstrap,
         config.seed,
-        row_groups(raw_path, config.group, ids),
+        groups,
     )
 
 
@@ -190,9 +194,9 @@ def settle_selection(
         or not baseline.get("eligible")
     ):
         return leader, None
-    comparison = branch_bootstrap(
-        branches_dir, "tune", leader, "baseline", by_name, config, raw_path
-    )
+    tune = {name: part_predictions(branches_dir, name, "tune") for name in (leader, "baseline")}
+    groups = row_groups(raw_path, config.group, tune[leader][ID_COLUMN].to_numpy())
+    comparison = branch_bootstrap("tune", tune, leader, "baseline", by_name, config, groups)
     reliable = comparison["pr_auc_interval"]["low"] > 0
     evidence = SelectionEvidence.check(
         {
@@ -386,16 +390,17 @@ def compare_with_baseline(
     operating points; and selected vs the gradient-boosting reference (a fourth element: that
     comparison, or None when the reference did not run)."""
     by_name = {r["strategy"]: r for r in ranked}
-    chosen = read_parquet(branches_dir / selected / "predictions.parquet").query("part == 'test'")
+    test = {selected: part_predictions(branches_dir, selected, "test")}
+    chosen = test[selected]
     y, scores = chosen.y.to_numpy(), chosen.probability.to_numpy()
+    groups = row_groups(raw_path, config.group, chosen[ID_COLUMN].to_numpy())
 
     def against(other_name: str) -> dict[str, Any] | None:
         other = by_name.get(other_name)
         if not other or other["status"] != "ok" or other_name == selected:
             return None
-        return branch_bootstrap(
-            branches_dir, "test", selected, other_name, by_name, config, raw_path
-        )
+        test[other_name] = part_predictions(branches_dir, other_name, "test")
+        return branch_bootstrap("test", test, selected, other_name, by_name, config, groups)
 
     comparison, reference = against("baseline"), against(_counterpart(selected, ranked))
     tuned = by_name[selected]["threshold"]

@@ -434,6 +434,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "periodic + cosine": {"numeric_embedding": "periodic", "lr_schedule": "cosine"},
     "robust scaling": {"numeric_transform": "robust"},
     "one-hot categories": {"category_embedding": "one-hot"},
+    "linear only": {"hidden": []},
     "search 4": {"search": 4},  # chosen per strategy on the stop half (tasks/search.py)
 }
 ABLATION_STRATEGIES = ["baseline", "class_weight"]
@@ -469,6 +470,7 @@ def ablation(
     logging.disable(logging.WARNING)
     chosen = [d for d in DATASETS if names is None or d.name in names]
     table: dict[str, dict[str, Any]] = {}
+    f1_table: dict[str, dict[str, Any]] = {}
     for dataset in chosen:
         frame = dataset.build()
         if frame is None:
@@ -489,7 +491,7 @@ def ablation(
         for variant, changes in ABLATIONS.items():
             if variants and variant not in variants:
                 continue
-            ratios = []
+            ratios, f1s = [], []
             for seed in range(resplits):
                 run_dir = work / "ablation" / dataset.name / variant.replace(" ", "_") / str(seed)
                 settings = base | {"seed": seed} | changes
@@ -499,8 +501,16 @@ def ablation(
                     comparators_by_seed[seed] = comparators(frame, dataset, ids)
                 best = max(r["pr_auc"] for r in records if r["status"] == "ok")
                 ratios.append(best / max(comparators_by_seed[seed].values()))
+                f1s.append(next(r["f1"] for r in records if r["strategy"] == "baseline"))
             table.setdefault(dataset.name, {})[variant] = round(statistics.mean(ratios), 3)
+            f1_table.setdefault(dataset.name, {})[variant] = round(statistics.mean(f1s), 3)
             print(
-                f"  {dataset.name:<16} {variant:<24} {table[dataset.name][variant]:.3f}", flush=True
+                f"  {dataset.name:<16} {variant:<24} {table[dataset.name][variant]:.3f}"
+                f"  (baseline test F1 {f1_table[dataset.name][variant]:.3f})",
+                flush=True,
             )
-    return {"resplits": resplits, "ratio best network / max(HGB, LR)": table}
+    return {
+        "resplits": resplits,
+        "ratio best network / max(HGB, LR)": table,
+        "baseline test F1 at its tuned threshold": f1_table,
+    }

@@ -113,14 +113,60 @@ class Calibration(BaseModel):
         return "none needed (trained under the true prior)"
 
 
-def fit_platt(scores: np.ndarray, y: np.ndarray, fitted_on: str) -> Calibration:
-    """Logistic regression of the label on the score's logit (almost unregularised)."""
-    from sklearn.linear_model import LogisticRegression
+def log_likelihood(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean log-likelihood per row of labels `y` under probabilities `p` (clipped to EPS)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    y = np.asarray(y, dtype=np.float64)
+    return float(np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
-    model = LogisticRegression(C=1e4).fit(logit(scores).reshape(-1, 1), np.asarray(y))
-    return Calibration(
-        method="platt",
-        slope=float(model.coef_[0, 0]),
-        intercept=float(model.intercept_[0]),
-        fitted_on=fitted_on,
-    )
+
+PLATT_C = 1e4  # inverse strength of the L2 penalty on the slope (scikit-learn's C)
+
+
+def _platt_loss(w: np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The penalised log loss (summed over rows) of sigmoid(w[0] z + w[1]), and those
+    probabilities, from one exponential per row."""
+    t = w[0] * z + w[1]
+    e = np.exp(-np.abs(t))
+    loss = np.sum(np.maximum(t, 0.0) + np.log1p(e) - y * t) + w[0] ** 2 / (2 * PLATT_C)
+    return float(loss), np.where(t >= 0, 1.0, e) / (1.0 + e)
+
+
+def platt(
+    scores: np.ndarray, y: np.ndarray, start: tuple[float, float] = (1.0, 0.0)
+) -> tuple[float, float, float]:
+    """(slope, intercept, mean log-likelihood per row) of the logistic regression of the label on
+    the score's logit: scikit-learn's `LogisticRegression(C=PLATT_C)` objective (almost
+    unregularised; the penalty only keeps the slope finite when the rows are separable), solved
+    by Newton's method with step halving from `start` (the identity map by default). Two
+    parameters, a few passes over the rows: cheap enough for every early-stopping check."""
+    z = logit(scores)
+    y = np.asarray(y, dtype=np.float64)
+    w = np.asarray(start, dtype=np.float64)
+    loss, q = _platt_loss(w, z, y)
+    for _ in range(100):
+        r, h = q - y, q * (1 - q)
+        hz = h @ z
+        gradient = np.array([z @ r + w[0] / PLATT_C, r.sum()])
+        hessian = np.array([[(h * z) @ z + 1 / PLATT_C, hz], [hz, h.sum() + 1e-12]])
+        step, shrink = np.linalg.solve(hessian, gradient), 1.0
+        while True:
+            candidate = w - shrink * step
+            new_loss, new_q = _platt_loss(candidate, z, y)
+            if new_loss <= loss or shrink < 1e-8:
+                break
+            shrink /= 2
+        if new_loss > loss:
+            break
+        gain = loss - new_loss
+        w, loss, q = candidate, new_loss, new_q
+        if gain <= 1e-12 * max(1.0, loss):
+            break
+    log_likelihood = -(loss - w[0] ** 2 / (2 * PLATT_C)) / max(len(z), 1)
+    return float(w[0]), float(w[1]), float(log_likelihood)
+
+
+def fit_platt(scores: np.ndarray, y: np.ndarray, fitted_on: str) -> Calibration:
+    """Logistic regression of the label on the score's logit (`platt`)."""
+    slope, intercept, _ = platt(scores, y)
+    return Calibration(method="platt", slope=slope, intercept=intercept, fitted_on=fitted_on)

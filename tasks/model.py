@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.calibration import Calibration, log_likelihood, platt
 from tasks.embeddings import Embeddings
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,9 @@ class Network:
     loss: str  # "bce" | "focal"
     focal_alpha: float
     class_weight: dict[int, float] | None
+    # the map its scores are reported through (Strategy.calibration); None: fitted after
+    # training (Platt, on the stop half). Early stopping judges the probability reported.
+    calibration: Calibration | None = None
 
 
 class _Stream:
@@ -332,37 +336,67 @@ class RowGroupStream(_Stream):
             yield x, np.concatenate([np.ones(half, dtype=np.float32), y_neg])
 
 
+def stop_half_scores(
+    y_stop: np.ndarray, scores: np.ndarray, calibration: Calibration | None = None
+) -> dict[str, float]:
+    """A network's stop half at one check: `val_log_likelihood`, early stopping's criterion, and
+    `val_pr_auc`, shown and plotted. The criterion is the mean log-likelihood of the stop half's
+    labels under the probability the branch will report: the scores through the network's
+    `calibration` (the exact maps: a prior shift, the focal-loss inverse), or, for a branch
+    calibrated after training, through the logistic map fitted on these rows (Platt,
+    tasks.calibration.platt).
+
+    Why not stop on average precision: with few positives in the stop half it jumps whenever two
+    rows swap places, and the best of many noisy checks is a lucky one, not a good network
+    (diabetes_top10, ~4 stop-half positives, docs/quality.md). The log-likelihood is a proper
+    score that moves smoothly with every row's probability, so it rewards separating the
+    classes and reporting calibrated probabilities at once."""
+    from tasks.evaluate import average_precision
+
+    if calibration is None:
+        value = platt(scores, y_stop)[2]
+    else:
+        value = log_likelihood(y_stop, calibration.apply([scores]))
+    return {"val_log_likelihood": value, "val_pr_auc": average_precision(y_stop, scores)}
+
+
+STOP_CRITERION = "val_log_likelihood"  # the key of stop_half_scores that early stopping maximises
+
+
 def stop_half_stopping(
     x_stop: np.ndarray,
     y_stop: np.ndarray,
     settings: TrainSettings,
     on_check: Callable[[int, float], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> Any:
-    """A Keras callback that scores the stop half (average precision, as the reports define it)
-    after every check interval (a Keras "epoch" of `steps_per_check` steps), keeps the best
-    weights, stops after `patience` checks without improvement once past the warm-up, and
-    restores the best weights.
+    """A Keras callback that scores the stop half (stop_half_scores) after every check interval
+    (a Keras "epoch" of `steps_per_check` steps), keeps the weights that score best on
+    STOP_CRITERION, stops after `patience` checks without improvement once past the warm-up, and
+    restores the best weights; `on_check` gets the stop-half PR-AUC of the weights kept.
     One forward pass per check, in chunks: Keras's validation pass would rebuild a tf.data
     pipeline every time."""
     import keras
-
-    from tasks.evaluate import average_precision
 
     class StopHalf(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.best, self.best_check, self.best_weights, self.wait = -np.inf, 0, None, 0
+            self.best_pr_auc = 0.0
 
         def on_epoch_end(self, epoch, logs=None):
-            scores = probabilities(self.model, x_stop)
-            value = average_precision(y_stop, scores)
+            values = stop_half_scores(y_stop, probabilities(self.model, x_stop), calibration)
             if logs is not None:
-                logs["val_pr_auc"] = value
-            if on_check is not None:
-                on_check((epoch + 1) * settings.steps_per_check, max(value, self.best))
-            if value > self.best:
+                logs.update(values)
+            value = values[STOP_CRITERION]
+            improved = value > self.best
+            if improved:
                 self.best, self.best_check, self.wait = value, epoch + 1, 0
+                self.best_pr_auc = values["val_pr_auc"]
                 self.best_weights = self.model.get_weights()
+            if on_check is not None:
+                on_check((epoch + 1) * settings.steps_per_check, self.best_pr_auc)
+            if improved:
                 return
             self.wait += 1
             if self.wait >= settings.patience and epoch + 1 >= settings.warmup_checks:
@@ -406,7 +440,7 @@ def fit_member(
         loss=loss_fn,
         steps_per_execution=steps_per_execution(settings.steps_per_check),
     )
-    stopper = stop_half_stopping(x_stop, y_stop, settings, on_check)
+    stopper = stop_half_stopping(x_stop, y_stop, settings, on_check, network.calibration)
     started = time.perf_counter()
     history = model.fit(
         stream.dataset(),

@@ -2,15 +2,15 @@
 the console is not a terminal) and as Prefect progress artifacts in the UI.
 
 The trainers report to this process's `BOARD`: `start` when a strategy's networks are planned,
-`update` after every check interval (optimizer steps done, the best stop-half PR-AUC so far),
-`finish` with the branch's status. Views registered on the board render every change (the
-command line's live display, flows.console); without one, a strategy that trains for longer
-than LOG_SECONDS gets a log line every LOG_SECONDS. The UI's artifacts are written by a
-publisher thread (`Board.publishing`) at most once per strategy every PUBLISH_SECONDS, so the
-training loop never waits for the API; where no publisher runs (a Dask worker), each strategy's
-artifact is written once, when it finishes. IMBALANCE_PROGRESS_ARTIFACTS=false turns the
-artifacts off. A failure to write an artifact is logged, never
-raised: progress must not sink a run."""
+`update` after every check interval (optimizer steps done, the stop-half PR-AUC of the weights
+early stopping keeps), `finish` with the branch's status. Views registered on the board render
+every change (the command line's live display, flows.console); without one, a strategy that
+trains for longer than LOG_SECONDS gets a log line every LOG_SECONDS. The UI's artifacts are
+written by a publisher thread (`Board.publishing`) at most once per strategy every
+PUBLISH_SECONDS, so the training loop never waits for the API; where no publisher runs (a Dask
+worker), each strategy's artifact is written once, when it finishes.
+IMBALANCE_PROGRESS_ARTIFACTS=false turns the artifacts off. A failure to write an artifact is
+logged, never raised: progress must not sink a run."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Line:
     total: int  # optimizer steps in the budget of one network
     step: int = 0  # steps done (of the member training now, or of the furthest one)
     member: int | None = None  # the member training now, when members train one at a time
-    best: float | None = None  # best stop-half PR-AUC so far, over its members
+    best: float | None = None  # stop-half PR-AUC of the kept weights, best over members
     status: str = "training"  # then ok, failed or skipped
     started: float = field(default_factory=lambda: time.monotonic())
     ids: tuple[Any, Any] = (None, None)  # the task run and flow run it belongs to

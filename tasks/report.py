@@ -20,6 +20,7 @@ from upath import UPath
 from tasks.evaluate import wilson_interval
 from tasks.features import FeatureSet
 from tasks.io import io_task_options
+from tasks.model import STOP_CRITERION
 from tasks.records import BOARD_METRICS, HEADLINE_METRICS
 from tasks.storage import read_parquet, url, write_text
 from tasks.thresholds import (
@@ -270,14 +271,16 @@ def _training_plot(histories: dict[str, list[dict[str, list[float]]]], colors: C
                 label=name if i == 0 else None,
             )
             ax_val.plot(
-                history.get("val_pr_auc", []),
+                history.get(STOP_CRITERION, []),
                 color=color,
                 alpha=1 if i == 0 else 0.4,
                 label=name if i == 0 else None,
             )
     ax_loss.set(title="Training loss per check interval", xlabel="check", ylabel="loss")
     ax_val.set(
-        title="Stop-half PR-AUC at each check (early stopping)", xlabel="check", ylabel="PR-AUC"
+        title="Early stopping's criterion: stop-half log-likelihood after recalibration",
+        xlabel="check",
+        ylabel="mean log-likelihood per row",
     )
     ax_val.legend(fontsize=7)
     return fig

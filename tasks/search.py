@@ -5,8 +5,9 @@ program, and the exported model is built the same way) and varies what the liter
 matters most per dataset for small tabular MLPs: the learning rate, decoupled weight decay and
 dropout (Kadra et al. 2021; docs/quality.md measured weight decay helping three sets and hurting
 one). The defaults are always candidate 0; N others are drawn without replacement from the grid
-with the run's seed. Each strategy keeps the candidate whose members' best stop-half PR-AUC
-(the early-stopping score) is highest on average, ties going to the earlier candidate: the
+with the run's seed. Each strategy keeps the candidate whose members' best early-stopping score
+(the stop half's recalibrated log-likelihood, tasks.model.stop_half_scores) is highest on
+average, ties going to the earlier candidate: the
 tuning half and the test rows never take part, so threshold tuning, ranking and the reported
 metrics stay as honest as without a search."""
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.model import TrainSettings
+from tasks.model import STOP_CRITERION, TrainSettings
 
 SEARCH_SPACE: dict[str, tuple[float, ...]] = {
     "learning_rate": (0.3, 1.0, 3.0),  # multiples of --learning-rate
@@ -50,10 +51,10 @@ def describe(settings: TrainSettings) -> dict[str, float]:
 
 
 def stop_score(results: list[Any]) -> float:
-    """A strategy's members' mean best stop-half PR-AUC (-inf when any member failed)."""
+    """A strategy's members' mean best early-stopping score (-inf when any member failed)."""
     if any(isinstance(r, BaseException) for r in results):
         return -np.inf
-    return float(np.mean([max(info["history"]["val_pr_auc"]) for _, info in results]))
+    return float(np.mean([max(info["history"][STOP_CRITERION]) for _, info in results]))
 
 
 def choose(per_candidate: list[list[Any]]) -> tuple[int, list[float]]:
@@ -66,7 +67,7 @@ def record(options: list[TrainSettings], chosen: int, scores: list[float]) -> di
     """What a branch record says about its search."""
     return {
         "candidates": [describe(c) for c in options],
-        "stop_pr_auc": [round(s, 6) if np.isfinite(s) else None for s in scores],
+        "stop_log_likelihood": [round(s, 6) if np.isfinite(s) else None for s in scores],
         "chosen": chosen,
         "chosen_settings": describe(options[chosen]),
     }

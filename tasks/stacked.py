@@ -14,7 +14,8 @@ per network is what `fit_member` gives a network trained on its own:
   does not depend on which others share its stack;
 - loss: binary cross-entropy or focal loss from the logits, class weights, averaged over the
   batch (Keras's `sum_over_batch_size`), then Adam with Keras's update rule and defaults;
-- schedule and early stopping: the stop half is scored every `steps_per_check` steps, each
+- schedule and early stopping: the stop half is scored (`stop_half_scores`, the same function
+  as `fit_member`'s) every `steps_per_check` steps, each
   network keeps its own best weights and stops after its own `patience` (a stopped network's
   slice may go on training; its kept weights no longer change).
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from tasks.model import (
     COSINE_FLOOR,
+    STOP_CRITERION,
     BatchStream,
     Network,
     TrainSettings,
@@ -38,6 +40,7 @@ from tasks.model import (
     dropout_seed,
     initial_weights,
     member_info,
+    stop_half_scores,
 )
 
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults
@@ -186,26 +189,30 @@ class _Program:
 class _Stopping:
     """Each network's early stopping on the stop half: its best score and weights, its wait."""
 
-    def __init__(self, count: int, settings: TrainSettings):
+    def __init__(self, networks: list[Network], settings: TrainSettings):
+        count = len(networks)
         self.settings = settings
+        self.calibrations = [n.calibration for n in networks]
         self.best = np.full(count, -np.inf)
+        self.best_pr_auc = np.zeros(count)  # of the weights kept: what progress shows
         self.best_check, self.wait = np.zeros(count, int), np.zeros(count, int)
         self.checks = np.zeros(count, int)
         self.active = np.ones(count, bool)
         self.kept: list[list[np.ndarray] | None] = [None] * count
-        self.curves = [{"loss": [], "val_pr_auc": []} for _ in range(count)]
+        self.curves: list[dict[str, list[float]]] = [{"loss": []} for _ in range(count)]
 
     def update(self, check: int, losses, scores, y_stop, program: _Program) -> None:
-        from tasks.evaluate import average_precision
-
         improved = []
         for s in np.flatnonzero(self.active):
-            value = average_precision(y_stop, scores[s])
+            values = stop_half_scores(y_stop, scores[s], self.calibrations[s])
             self.curves[s]["loss"].append(float(losses[s]))
-            self.curves[s]["val_pr_auc"].append(value)
+            for key, value in values.items():
+                self.curves[s].setdefault(key, []).append(value)
             self.checks[s] = check + 1
+            value = values[STOP_CRITERION]
             if value > self.best[s]:
                 self.best[s], self.best_check[s], self.wait[s] = value, check + 1, 0
+                self.best_pr_auc[s] = values["val_pr_auc"]
                 improved.append(s)
                 continue
             self.wait[s] += 1
@@ -233,7 +240,7 @@ def fit_stacked(
     count, steps = len(networks), settings.steps_per_check
     pool = _Pool([n.stream for n in networks])
     program = _Program(networks, pool, x_stop, settings)
-    stopping = _Stopping(count, settings)
+    stopping = _Stopping(networks, settings)
     streams = [n.stream.positions() for n in networks]
     indices = np.empty((steps, count, settings.batch_size), dtype=np.int32)
     for check in range(settings.max_checks):
@@ -243,7 +250,7 @@ def fit_stacked(
         losses = program.check(indices).numpy()
         stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program)
         if on_check is not None:
-            on_check(stopping.checks * steps, stopping.best)
+            on_check(stopping.checks * steps, stopping.best_pr_auc)
         if not stopping.active.any():
             break
     final = program.weights()

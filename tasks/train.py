@@ -367,6 +367,7 @@ def plan_members(
             loss=strategy.loss,
             focal_alpha=strategy.focal_alpha(seen),
             class_weight=strategy.class_weights(seen),
+            calibration=strategy.calibration(seen, float(train.y.mean())),
         )
         plans.append(MemberPlan(member, network, seen, prior))
         if known is not None:
@@ -394,7 +395,7 @@ def neural_scores(
             info | {"train_class_counts": _counts(plan.seen, labels), "trained_prior": plan.prior}
         )
     # members differ only in their seed: one map serves them all
-    calibration = strategy.calibration(plans[0].seen, float(train.y.mean()))
+    calibration = plans[0].network.calibration
     inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
     scores = {name: member_scores(models, x) for name, x in inputs.items()}
     raw = {name: np.mean(s, axis=0) for name, s in scores.items()}

@@ -29,13 +29,13 @@ def test_each_strategy_keeps_the_configuration_best_on_the_stop_half(tmp_path):
         found = record["search"]
         assert len(found["candidates"]) == 3 and found["candidates"][0] == defaults
         candidate_lists.append(found["candidates"])
-        scores = found["stop_pr_auc"]
+        scores = found["stop_log_likelihood"]
         assert found["chosen"] == int(np.argmax(scores))
         assert found["chosen_settings"] == found["candidates"][found["chosen"]]
         # the shipped members are the chosen configuration's: their early-stopping scores
         histories = json.loads(
             (Path(result.run_dir) / "branches" / name / "history.json").read_text()
         )
-        kept = np.mean([max(h["val_pr_auc"]) for h in histories])
+        kept = np.mean([max(h["val_log_likelihood"]) for h in histories])
         assert np.isclose(kept, scores[found["chosen"]], atol=1e-6)
     assert all(c == candidate_lists[0] for c in candidate_lists)  # one draw for the run

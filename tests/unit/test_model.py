@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from tasks.calibration import platt
 from tasks.embeddings import CATEGORY_DIM, PERIODIC_DIM
 from tasks.model import (
     BatchStream,
@@ -78,9 +79,10 @@ def test_auto_batch_size_scales_with_training_rows(rows, expected):
     assert auto_batch_size(rows) == expected
 
 
-def test_early_stopping_score_is_the_stop_half_average_precision():
-    """The per-check `val_pr_auc` is real: after restoring the best weights, the model's average
-    precision on the stop half equals the best logged value."""
+def test_early_stopping_keeps_the_weights_with_the_best_stop_half_log_likelihood():
+    """The per-check scores are real and the criterion is the recalibrated log-likelihood: after
+    restoring the kept weights, the model's stop-half log-likelihood (after tasks.calibration's
+    `platt`) is the best logged value, and its average precision the value logged beside it."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 4)).astype(np.float32)
     y = (x[:, 0] + 0.8 * rng.normal(size=400) > 1.2).astype(np.int64)
@@ -96,12 +98,16 @@ def test_early_stopping_score_is_the_stop_half_average_precision():
     )
     network = Network(BatchStream(x[:300], y[:300], 64, 1, False), 1, -1.0, "bce", 0.5, None)
     model, info = fit_member(network, x_stop, y_stop, settings)
-    logged = info["history"]["val_pr_auc"]
-    assert len(logged) == info["checks_run"] and info["best_check"] == int(np.argmax(logged)) + 1
+    logged = info["history"]["val_log_likelihood"]
+    pr_auc = info["history"]["val_pr_auc"]
+    assert len(logged) == len(pr_auc) == info["checks_run"]
+    assert info["best_check"] == int(np.argmax(logged)) + 1
     assert info["steps"] == 5 * info["checks_run"] and info["best_step"] == 5 * info["best_check"]
-    restored = average_precision_score(y_stop, predict([model], x_stop))
-    assert restored == pytest.approx(max(logged), abs=1e-6)
-    assert max(logged) > y_stop.mean() + 0.2  # it learned something
+    scores = predict([model], x_stop)
+    assert platt(scores, y_stop)[2] == pytest.approx(max(logged), abs=1e-6)
+    kept = pr_auc[info["best_check"] - 1]
+    assert average_precision_score(y_stop, scores) == pytest.approx(kept, abs=1e-6)
+    assert kept > y_stop.mean() + 0.2  # it learned something
 
 
 @pytest.mark.parametrize(

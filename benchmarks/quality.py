@@ -208,7 +208,8 @@ def _labels(logit: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndar
     return (rng.random(len(logit)) < 1 / (1 + np.exp(-(logit + low)))).astype(int)
 
 
-INSURANCE_CATEGORICAL = ["Gender", "Vehicle_Age", "Vehicle_Damage"]
+INSURANCE_CODES = ["Region_Code", "Policy_Sales_Channel"]  # stored as floats, categories
+INSURANCE_CATEGORICAL = ["Gender", "Vehicle_Age", "Vehicle_Damage", *INSURANCE_CODES]
 DATASETS = [
     Dataset("wdbc", "real", breast_cancer, "diagnosis", "M"),
     Dataset("insurance", "real", insurance, "Response", "1", INSURANCE_CATEGORICAL),

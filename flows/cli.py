@@ -28,7 +28,7 @@ examples:
   python -m flows.train                                   # built-in breast cancer data
   python -m flows.train --data creditcard.csv.gz --target Class --positive 1
   python -m flows.train --data train.csv.gz --target Response --positive 1 --id id \\
-      --categorical Gender,Vehicle_Age,Vehicle_Damage
+      --categorical Gender,Vehicle_Age,Vehicle_Damage,Region_Code,Policy_Sales_Channel
   python -m flows.train --data bank-full.csv.gz --sep ';' --target y --positive yes \\
       --categorical job,marital,education,default,housing,loan,contact,month,poutcome
   python -m flows.train --config run.yaml --seed 7         # file settings, flags override

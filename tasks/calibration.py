@@ -132,17 +132,15 @@ def _platt_loss(w: np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[float, np.
     return float(loss), np.where(t >= 0, 1.0, e) / (1.0 + e)
 
 
-def platt(
-    scores: np.ndarray, y: np.ndarray, start: tuple[float, float] = (1.0, 0.0)
-) -> tuple[float, float, float]:
+def platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """(slope, intercept, mean log-likelihood per row) of the logistic regression of the label on
     the score's logit: scikit-learn's `LogisticRegression(C=PLATT_C)` objective (almost
     unregularised; the penalty only keeps the slope finite when the rows are separable), solved
-    by Newton's method with step halving from `start` (the identity map by default). Two
-    parameters, a few passes over the rows: cheap enough for every early-stopping check."""
+    by Newton's method with step halving from the identity map. Two parameters, a few passes
+    over the rows: cheap enough for every early-stopping check."""
     z = logit(scores)
     y = np.asarray(y, dtype=np.float64)
-    w = np.asarray(start, dtype=np.float64)
+    w = np.array([1.0, 0.0])
     loss, q = _platt_loss(w, z, y)
     for _ in range(100):
         r, h = q - y, q * (1 - q)

@@ -278,7 +278,7 @@ def _training_plot(histories: dict[str, list[dict[str, list[float]]]], colors: C
             )
     ax_loss.set(title="Training loss per check interval", xlabel="check", ylabel="loss")
     ax_val.set(
-        title="Early stopping's criterion: stop-half log-likelihood after recalibration",
+        title="Early stopping's criterion: stop-half log-likelihood of the reported probability",
         xlabel="check",
         ylabel="mean log-likelihood per row",
     )

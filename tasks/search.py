@@ -6,10 +6,10 @@ matters most per dataset for small tabular MLPs: the learning rate, decoupled we
 dropout (Kadra et al. 2021; docs/quality.md measured weight decay helping three sets and hurting
 one). The defaults are always candidate 0; N others are drawn without replacement from the grid
 with the run's seed. Each strategy keeps the candidate whose members' best early-stopping score
-(the stop half's recalibrated log-likelihood, tasks.model.stop_half_scores) is highest on
-average, ties going to the earlier candidate: the
-tuning half and the test rows never take part, so threshold tuning, ranking and the reported
-metrics stay as honest as without a search."""
+(the stop half's log-likelihood of the reported probability, tasks.model.stop_half_scores) is
+highest on average, ties going to the earlier candidate: the tuning half and the test rows never
+take part, so threshold tuning, ranking and the reported metrics stay as honest as without a
+search."""
 
 from __future__ import annotations
 

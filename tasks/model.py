@@ -64,6 +64,9 @@ class TrainSettings:
     max_checks: int
     patience: int
     warmup_checks: int = 1
+    # a check resets the patience only when the criterion has gained more than this (mean per
+    # stop-half row) since the last reset: see StopWatch
+    patience_gain: float = 0.0
     linear_skip: bool = False  # a linear path from the inputs straight to the output logit
     weight_decay: float = 0.0  # decoupled (AdamW): each step w -= learning_rate * decay * w
     lr_schedule: str = "constant"  # "constant" | "cosine": see learning_rate_schedule
@@ -363,6 +366,40 @@ def stop_half_scores(
 STOP_CRITERION = "val_log_likelihood"  # the key of stop_half_scores that early stopping maximises
 
 
+def patience_gain(stop_rows: int) -> float:
+    """The gain in the stop half's mean log-likelihood that counts as progress for the patience:
+    one nat over the whole stop half (a likelihood ratio of e, "barely worth mentioning" on
+    Jeffreys' scale). Smaller gains still update the kept weights, but do not keep a network
+    training: on small data the log-likelihood creeps up by hundredths of a nat per check for
+    thousands of steps as the probabilities sharpen (docs/performance.md, session 13)."""
+    return 1.0 / max(stop_rows, 1)
+
+
+@dataclass
+class StopWatch:
+    """One network's early stopping: the best criterion and its check (the weights to keep), and
+    the checks waited since the criterion last gained more than `settings.patience_gain`."""
+
+    settings: TrainSettings
+    best: float = -np.inf
+    best_check: int = 0
+    anchor: float = -np.inf  # the criterion at the last reset of the patience
+    wait: int = 0
+
+    def observe(self, value: float, check: int) -> tuple[bool, bool]:
+        """After check number `check` (1-based) scored `value`: (keep these weights, stop)."""
+        improved = value > self.best
+        if improved:
+            self.best, self.best_check = value, check
+        if value > self.anchor + self.settings.patience_gain:
+            self.anchor, self.wait = value, 0
+            return improved, False
+        self.wait += 1
+        return improved, (
+            self.wait >= self.settings.patience and check >= self.settings.warmup_checks
+        )
+
+
 def stop_half_stopping(
     x_stop: np.ndarray,
     y_stop: np.ndarray,
@@ -372,8 +409,9 @@ def stop_half_stopping(
 ) -> Any:
     """A Keras callback that scores the stop half (stop_half_scores) after every check interval
     (a Keras "epoch" of `steps_per_check` steps), keeps the weights that score best on
-    STOP_CRITERION, stops after `patience` checks without improvement once past the warm-up, and
-    restores the best weights; `on_check` gets the stop-half PR-AUC of the weights kept.
+    STOP_CRITERION, stops after `patience` checks without progress once past the warm-up
+    (StopWatch), and restores the best weights; `on_check` gets the stop-half PR-AUC of the
+    weights kept.
     One forward pass per check, in chunks: Keras's validation pass would rebuild a tf.data
     pipeline every time."""
     import keras
@@ -381,25 +419,23 @@ def stop_half_stopping(
     class StopHalf(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best, self.best_check, self.best_weights, self.wait = -np.inf, 0, None, 0
-            self.best_pr_auc = 0.0
+            self.watch, self.best_weights, self.best_pr_auc = StopWatch(settings), None, 0.0
+
+        @property
+        def best_check(self) -> int:
+            return self.watch.best_check
 
         def on_epoch_end(self, epoch, logs=None):
             values = stop_half_scores(y_stop, probabilities(self.model, x_stop), calibration)
             if logs is not None:
                 logs.update(values)
-            value = values[STOP_CRITERION]
-            improved = value > self.best
-            if improved:
-                self.best, self.best_check, self.wait = value, epoch + 1, 0
+            keep, stop = self.watch.observe(values[STOP_CRITERION], epoch + 1)
+            if keep:
                 self.best_pr_auc = values["val_pr_auc"]
                 self.best_weights = self.model.get_weights()
             if on_check is not None:
                 on_check((epoch + 1) * settings.steps_per_check, self.best_pr_auc)
-            if improved:
-                return
-            self.wait += 1
-            if self.wait >= settings.patience and epoch + 1 >= settings.warmup_checks:
+            if stop:
                 self.model.stop_training = True
 
         def on_train_end(self, logs=None):

@@ -35,6 +35,7 @@ from tasks.model import (
     STOP_CRITERION,
     BatchStream,
     Network,
+    StopWatch,
     TrainSettings,
     build_mlp,
     dropout_seed,
@@ -191,11 +192,9 @@ class _Stopping:
 
     def __init__(self, networks: list[Network], settings: TrainSettings):
         count = len(networks)
-        self.settings = settings
         self.calibrations = [n.calibration for n in networks]
-        self.best = np.full(count, -np.inf)
+        self.watches = [StopWatch(settings) for _ in networks]
         self.best_pr_auc = np.zeros(count)  # of the weights kept: what progress shows
-        self.best_check, self.wait = np.zeros(count, int), np.zeros(count, int)
         self.checks = np.zeros(count, int)
         self.active = np.ones(count, bool)
         self.kept: list[list[np.ndarray] | None] = [None] * count
@@ -209,14 +208,11 @@ class _Stopping:
             for key, value in values.items():
                 self.curves[s].setdefault(key, []).append(value)
             self.checks[s] = check + 1
-            value = values[STOP_CRITERION]
-            if value > self.best[s]:
-                self.best[s], self.best_check[s], self.wait[s] = value, check + 1, 0
+            keep, stop = self.watches[s].observe(values[STOP_CRITERION], check + 1)
+            if keep:
                 self.best_pr_auc[s] = values["val_pr_auc"]
                 improved.append(s)
-                continue
-            self.wait[s] += 1
-            if self.wait[s] >= self.settings.patience and check + 1 >= self.settings.warmup_checks:
+            if stop:
                 self.active[s] = False
         if improved:
             current = program.weights()
@@ -262,7 +258,7 @@ def fit_stacked(
         model.set_weights(kept if kept is not None else [layer[s] for layer in final])
         info = member_info(
             int(stopping.checks[s]),
-            int(stopping.best_check[s]),
+            stopping.watches[s].best_check,
             settings,
             share,
             stopping.curves[s],

@@ -36,6 +36,7 @@ from tasks.model import (
     fit_member,
     member_scores,
     one_hot_inputs,
+    patience_gain,
     schedule,
     steps_per_epoch,
 )
@@ -283,8 +284,11 @@ def synthetic_copy_bytes(strategy: Strategy, part: Part) -> int:
     return rows * (2 * 8 * (n_numeric + n_codes) + 4 * n_inputs) + SAMPLER_WORKING_MB * 2**20
 
 
-def neural_settings(train: Part, config: TrainConfig, prep: Preprocessing) -> TrainSettings:
-    """The network and the schedule every strategy shares on this training split."""
+def neural_settings(
+    train: Part, stop_rows: int, config: TrainConfig, prep: Preprocessing
+) -> TrainSettings:
+    """The network and the schedule every strategy shares on this training split and a stop
+    half of `stop_rows` rows."""
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
     n_numeric, _, width = train.widths()
@@ -308,6 +312,7 @@ def neural_settings(train: Part, config: TrainConfig, prep: Preprocessing) -> Tr
         ),
         lr_schedule=config.lr_schedule,
         embeddings=chosen,
+        patience_gain=patience_gain(stop_rows),
         **schedule(
             len(train.y),
             minority,
@@ -437,7 +442,7 @@ def fit_neural(
 ) -> Scores:
     """One strategy on its own, each member through Keras's own loop (the `separate` trainer),
     reporting to the progress board's `line` (default: the strategy's name)."""
-    settings = neural_settings(parts["train"], config, prep)
+    settings = neural_settings(parts["train"], len(parts["stop"].y), config, prep)
     plans = plan_members(strategy, parts["train"], config, prep, settings)
     stop = parts["stop"]
     key = line or strategy.name
@@ -807,7 +812,7 @@ def _train_stack(
     parts = shared_parts(feature_set)
     train, stop = parts["train"], parts["stop"]
     prep, labels = feature_set.preprocessing(), _labels(feature_set)
-    settings = neural_settings(train, config, prep)
+    settings = neural_settings(train, len(stop.y), config, prep)
     records = {name: _started(name, config) for name in names}
     plans: dict[str, list[MemberPlan]] = {}
     known: dict[tuple, MemberPlan] = {}

@@ -179,7 +179,7 @@ def test_embeddings_cover_the_inputs_they_are_asked_to(
     inputs = one_hot_inputs(values, codes, [2, 17])
     prep = SimpleNamespace(cardinalities=[2, 17])  # the Preprocessing's one-hot block widths
     config = TrainConfig(numeric_embedding=numeric, category_embedding=category)
-    settings = neural_settings(Part(values, codes, y, np.arange(300), inputs), config, prep)
+    settings = neural_settings(Part(values, codes, y, np.arange(300), inputs), 100, config, prep)
     e = settings.embeddings
     assert (e.numeric, e.categories) == (embedded, blocks) if e else not (embedded or blocks)
     assert (f"more than {MAX_EMBEDDED_NUMERIC}" in caplog.text) == (columns > 256)
@@ -263,5 +263,5 @@ def test_weight_decay_defaults_to_strong_on_small_data_and_a_given_value_wins(
     y = (rng.random(rows) < 0.2).astype(np.int64)
     part = Part(values, np.zeros((rows, 0), np.int32), y, np.arange(rows), values)
     prep = SimpleNamespace(cardinalities=[])
-    settings = neural_settings(part, TrainConfig(weight_decay=given), prep)
+    settings = neural_settings(part, 100, TrainConfig(weight_decay=given), prep)
     assert settings.weight_decay == expected

@@ -26,7 +26,7 @@ from tasks.calibration import (
     prior_shift,
     sigmoid,
 )
-from tasks.model import STOP_CRITERION, stop_half_scores
+from tasks.model import STOP_CRITERION, StopWatch, patience_gain, stop_half_scores
 
 
 def labelled_scores(seed: int, rows: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
@@ -123,3 +123,76 @@ def test_on_few_positives_the_criterion_stops_nearer_the_best_check_than_average
             regret[key].append(quality.max() - quality[chosen])
     lost_ll, lost_ap = np.mean(regret[STOP_CRITERION]), np.mean(regret["val_pr_auc"])
     assert lost_ll < 0.75 * lost_ap, (lost_ll, lost_ap)
+
+
+def watch_settings(patience: int, warmup: int, gain: float):
+    from tasks.model import TrainSettings
+
+    return TrainSettings(
+        hidden=(4,),
+        dropout=0.0,
+        learning_rate=0.01,
+        batch_size=8,
+        steps_per_check=1,
+        max_checks=100,
+        patience=patience,
+        warmup_checks=warmup,
+        patience_gain=gain,
+    )
+
+
+def run_watch(values: list[float], settings) -> tuple[list[int], int | None, StopWatch]:
+    """The checks whose weights were kept, and the check training stopped after."""
+    watch, kept = StopWatch(settings), []
+    for check, value in enumerate(values, start=1):
+        keep, stop = watch.observe(value, check)
+        if keep:
+            kept.append(check)
+        if stop:
+            return kept, check, watch
+    return kept, None, watch
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(-3, 0), min_size=1, max_size=40),
+    patience=st.integers(1, 6),
+    warmup=st.integers(1, 10),
+    gain=st.sampled_from([0.0, 0.01, 0.1]),
+)
+def test_the_watch_keeps_the_best_check_and_stops_after_patience_without_real_gain(
+    values, patience, warmup, gain
+):
+    """The kept weights are always those of the best check so far (the first of equals); training
+    stops at the first check past the warm-up that is `patience` checks after the criterion last
+    rose more than `gain` above its level at the previous such rise."""
+    kept, stopped, watch = run_watch(values, watch_settings(patience, warmup, gain))
+    seen = values[: stopped or len(values)]
+    assert watch.best_check == int(np.argmax(seen)) + 1 and watch.best == max(seen)
+    assert kept == [
+        c for c in range(1, len(seen) + 1) if seen[c - 1] > max(seen[: c - 1], default=-np.inf)
+    ]
+    anchor, reset = -np.inf, 0
+    expected = None
+    for check, value in enumerate(values, start=1):
+        if value > anchor + gain:
+            anchor, reset = value, check
+        elif check - reset >= patience and check >= warmup:
+            expected = check
+            break
+    assert stopped == expected
+
+
+def test_a_criterion_that_only_creeps_up_stops_though_its_best_check_moves():
+    """Regression (session 13): on small data the log-likelihood rises by a sliver every check
+    as the probabilities sharpen; with a gain of 0 a network never ran out of patience and
+    trained to its step budget. Now it stops `patience` checks after its last real gain, keeping
+    the best (latest) weights; a gain of 0 still trains on."""
+    creeping = [-0.5 + 0.01 * k for k in range(5)] + [-0.46 + 1e-4 * k for k in range(1, 60)]
+    kept, stopped, watch = run_watch(creeping, watch_settings(patience=5, warmup=1, gain=0.01))
+    assert stopped == 5 + 5 and watch.best_check == stopped == kept[-1]
+    assert run_watch(creeping, watch_settings(patience=5, warmup=1, gain=0.0))[1] is None
+
+
+def test_the_gain_is_one_nat_over_the_stop_half():
+    assert patience_gain(57) == pytest.approx(1 / 57) and patience_gain(38_000) < 3e-5

@@ -117,7 +117,7 @@ def log_likelihood(y: np.ndarray, p: np.ndarray) -> float:
     """Mean log-likelihood per row of labels `y` under probabilities `p` (clipped to EPS)."""
     p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     y = np.asarray(y, dtype=np.float64)
-    return float(np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 PLATT_C = 1e4  # inverse strength of the L2 penalty on the slope (scikit-learn's C)

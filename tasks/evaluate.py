@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.calibration import EPS
+from tasks.calibration import log_likelihood
 
 
 class SortedScores:
@@ -113,12 +113,11 @@ def score_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Threshold-free metrics of one probability vector."""
     y = np.asarray(y, dtype=np.float64)
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    clipped = np.clip(p, EPS, 1 - EPS)
     return {
         "pr_auc": average_precision(y, p),
         "roc_auc": roc_auc(y, p),
         "brier": float(np.mean((p - y) ** 2)),
-        "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))),
+        "log_loss": -log_likelihood(y, p),
     }
 
 

@@ -9,6 +9,12 @@ scores (tasks.features), so frequencies start small: a smooth, nearly linear sta
 Categoricals with many levels: the column's one-hot block times a (levels, d) matrix, i.e. a
 learned d-wide vector per level (Guo & Berkhahn 2016), instead of one input per level.
 
+A network's input row carries each categorical as one integer code (`tasks.model.network_inputs`:
+numerics, then codes as float32, -1 for a level training never saw); `expand_codes`, the first
+step of both trainers' networks, turns the codes into one-hot blocks batch by batch. So the
+training arrays, synthesised rows and stacked pools hold one column per categorical, not one per
+level, while every layer after it sees the one-hot layout the embeddings below are defined on.
+
 The size rules of the defaults live here too: which training sizes get numeric embeddings, and
 the strong weight decay of the small-data network that goes without them (docs/quality.md)."""
 
@@ -53,11 +59,33 @@ def periodic_wanted(choice: str, rows: int) -> bool:
     return choice == "periodic" or (choice == "auto" and automatic)
 
 
+def expanded_width(width: int, codes: tuple[int, ...]) -> int:
+    """The width of `width` inputs once their last len(codes) code columns are one-hot blocks of
+    `codes` levels each."""
+    return width - len(codes) + sum(codes)
+
+
+def expand_codes(x: Any, codes: tuple[int, ...]) -> Any:
+    """(..., numerics + codes) -> (..., numerics + one one-hot block per code column): the code
+    columns are the last len(codes) inputs, column j of `codes[j]` levels; a code outside
+    0..levels-1 (an unseen level, -1) becomes all zeros."""
+    if not codes:
+        return x
+    import tensorflow as tf
+
+    n = x.shape[-1] - len(codes)
+    pieces = [x[..., :n]]
+    for j, levels in enumerate(codes):
+        index = tf.cast(tf.round(x[..., n + j]), tf.int32)
+        pieces.append(tf.one_hot(index, levels, dtype=x.dtype))
+    return tf.concat(pieces, axis=-1)
+
+
 def choose(
     width: int, numeric: int, cardinalities: list[int], periodic: bool, categorical: bool
 ) -> Embeddings | None:
-    """The embeddings of inputs laid out as `tasks.model.one_hot_inputs` lays them out
-    (`numeric` columns, then one one-hot block per categorical column): every numeric column
+    """The embeddings of inputs laid out as `expand_codes` lays them out (`numeric` columns,
+    then one one-hot block per categorical column; `width` counts them all): every numeric column
     when `periodic` (none beyond MAX_EMBEDDED_NUMERIC columns), and when `categorical` every
     column of at least CATEGORY_MIN_LEVELS levels."""
     blocks, start = [], numeric

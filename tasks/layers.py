@@ -5,10 +5,15 @@ module is imported. The SavedModel export needs none of them: it is plain Tensor
 - `NumericPreprocessing`: a missing value takes its imputed value, then clipping to the training
   bounds, the normal-quantile map (piecewise linear through the training knots, flat beyond
   them) and standardisation. Computed in float64, as the training path computes it.
-- `CategoryOneHot`: a category string to its one-hot code over the training levels; an unseen
-  level is all zeros, an empty string (missing) takes the imputed level when one was fitted.
+- `CategoryCode`: a category string to its code, its position among the training levels (float32,
+  as the network's input row carries it); an unseen level is -1, an empty string (missing) takes
+  the imputed level when one was fitted. `CategoryOneHot` is the same lookup as a one-hot block:
+  what networks exported before session 14 took (their inputs were one-hot blocks), kept so
+  that such models still load and are rebuilt.
 - `Calibrate`: the members' scores to the calibrated probability (`tasks.calibration`'s code,
   run on tensors).
+- `CodeOneHot`: part of the network itself, its first step: the code columns to one-hot blocks
+  (`tasks.embeddings.expand_codes`, as the stacked trainer computes it).
 - `InputEmbedding`: part of the network itself (`tasks.model.build_mlp`), not of the
   preprocessing: numeric inputs through learned periodic embeddings, many-level categoricals
   through learned vectors. Its arithmetic is `Embeddings.apply`, which the stacked trainer
@@ -23,7 +28,7 @@ import numpy as np
 from keras import ops
 
 from tasks.calibration import Calibration, calibrated
-from tasks.embeddings import Embeddings
+from tasks.embeddings import Embeddings, expand_codes
 
 PACKAGE = "imbalance"
 
@@ -120,6 +125,52 @@ class NumericPreprocessing(keras.layers.Layer):
             ]
         )
         return layer
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CategoryCode(keras.layers.Layer):
+    """(n, 1) category strings -> (n, 1) float32 codes: the level's position in `levels`;
+    unseen -> -1; "" (missing) -> `missing_as`'s code when given."""
+
+    def __init__(self, levels: list[str], missing_as: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.levels, self.missing_as = list(levels), missing_as
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        x = tf.reshape(tf.convert_to_tensor(x, tf.string), (-1, 1))
+        if self.missing_as is not None:
+            x = tf.where(tf.equal(x, ""), tf.constant(self.missing_as), x)
+        hits = tf.cast(tf.equal(x, tf.constant(self.levels)[None, :]), tf.float32)
+        positions = tf.range(len(self.levels), dtype=tf.float32)[None, :]
+        found = tf.reduce_sum(hits, axis=1, keepdims=True)  # levels are distinct: 0 or 1
+        return tf.reduce_sum(hits * positions, axis=1, keepdims=True) + found - 1.0
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"levels": self.levels, "missing_as": self.missing_as}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CodeOneHot(keras.layers.Layer):
+    """(n, numerics + codes) network inputs -> (n, numerics + one-hot blocks), `codes` being
+    the levels of each code column (`expand_codes`)."""
+
+    def __init__(self, codes: list[int], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.codes = [int(c) for c in codes]
+
+    def call(self, x: Any) -> Any:
+        return expand_codes(x, tuple(self.codes))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], input_shape[1] - len(self.codes) + sum(self.codes))
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"codes": self.codes}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

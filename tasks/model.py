@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tasks.calibration import Calibration, log_likelihood, platt
-from tasks.embeddings import Embeddings
+from tasks.embeddings import Embeddings, expanded_width
 
 log = logging.getLogger(__name__)
 _CONFIGURED: int | None = None
@@ -71,6 +71,9 @@ class TrainSettings:
     weight_decay: float = 0.0  # decoupled (AdamW): each step w -= learning_rate * decay * w
     lr_schedule: str = "constant"  # "constant" | "cosine": see learning_rate_schedule
     embeddings: Embeddings | None = None  # which inputs enter through learned embeddings
+    # levels of the category code columns, the last len(codes) inputs: the network's first step
+    # makes them one-hot blocks (tasks.embeddings.expand_codes)
+    codes: tuple[int, ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -94,12 +97,11 @@ def learning_rate_schedule(settings: TrainSettings) -> Any:
     )
 
 
-def one_hot_inputs(numeric: np.ndarray, codes: np.ndarray, cardinalities: list[int]) -> np.ndarray:
-    """Model input: scaled numerics then one-hot categoricals (unseen code -1 -> all zeros)."""
-    blocks = [numeric.astype(np.float32)]
-    for j, k in enumerate(cardinalities):
-        blocks.append((codes[:, j : j + 1] == np.arange(k)[None, :]).astype(np.float32))
-    return np.concatenate(blocks, axis=1) if blocks else numeric
+def network_inputs(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Model input rows: scaled numerics, then each categorical's integer code (unseen: -1) as
+    float32, exact below 2**24 levels. The network makes the codes one-hot itself
+    (`TrainSettings.codes`), so a categorical takes one column here, not one per level."""
+    return np.concatenate([numeric.astype(np.float32), codes.astype(np.float32)], axis=1)
 
 
 def _initializers(seed: int, layer: int, output: bool = False):
@@ -124,13 +126,14 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
     log-odds of the class mix the strategy trains on."""
     import keras
 
-    from tasks.layers import InputEmbedding
+    from tasks.layers import CodeOneHot, InputEmbedding
 
     inputs = keras.Input(shape=(n_inputs,), name="features")
-    x = inputs
+    wide = CodeOneHot(list(settings.codes), name="codes")(inputs) if settings.codes else inputs
+    x = wide
     if settings.embeddings:
         e = settings.embeddings
-        x = InputEmbedding(e.width, e.numeric, e.categories, seed, name="embeddings")(inputs)
+        x = InputEmbedding(e.width, e.numeric, e.categories, seed, name="embeddings")(wide)
     for i, units in enumerate(settings.hidden):
         x = keras.layers.Dense(
             units,
@@ -152,9 +155,7 @@ def build_mlp(n_inputs: int, settings: TrainSettings, seed: int, output_bias: fl
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probability", **output)(x)
         return keras.Model(inputs, outputs, name="mlp")
     logit = keras.layers.Dense(1, name="logit", **output)(x)
-    linear = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="linear")(
-        inputs
-    )
+    linear = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="linear")(wide)
     summed = keras.layers.Add(name="logit_sum")([logit, linear])
     outputs = keras.layers.Activation("sigmoid", name="probability")(summed)
     return keras.Model(inputs, outputs, name="mlp")
@@ -165,7 +166,8 @@ def initial_weights(
 ) -> list[np.ndarray]:
     """The weights build_mlp starts from (the input embeddings' tables, then kernel and bias
     per layer), without building a model."""
-    weights, width = [], n_inputs
+    wide = expanded_width(n_inputs, settings.codes)
+    weights, width = [], wide
     if settings.embeddings:
         weights, width = settings.embeddings.initial(seed), settings.embeddings.out_width
     for i, units in enumerate(settings.hidden):
@@ -173,7 +175,7 @@ def initial_weights(
         width = units
     weights += [_initializers(seed, 0, output=True)((width, 1)), np.full(1, output_bias)]
     if settings.linear_skip:
-        weights.append(np.zeros((n_inputs, 1)))  # the linear path starts closed
+        weights.append(np.zeros((wide, 1)))  # the linear path starts closed
     return [np.asarray(w, dtype=np.float32) for w in weights]
 
 

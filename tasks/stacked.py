@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.embeddings import expand_codes
 from tasks.model import (
     COSINE_FLOOR,
     STOP_CRITERION,
@@ -101,9 +102,11 @@ class _Program:
         self.stop_scores = tf.function(lambda: tf.sigmoid(self._logits(self.stop_x)))
 
     def _logits(self, x, step=None):
-        """x: [S or 1, rows, inputs] -> [S, rows]; dropout when `step` is given."""
+        """x: [S or 1, rows, inputs] (category codes, made one-hot here as build_mlp's first
+        layer does) -> [S, rows]; dropout when `step` is given."""
         import tensorflow as tf
 
+        x = expand_codes(x, self.settings.codes)
         h, rate, v = x, self.settings.dropout, self.variables
         depth = len(self.settings.hidden)
         if self.settings.embeddings:

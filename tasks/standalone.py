@@ -4,12 +4,13 @@ Inputs are one `(n, 1)` tensor per feature column: numerics as float32 (NaN wher
 categoricals as their canonical category strings (`tasks.ingest.canonical_categories`; "" where
 missing). Outputs: `probability` (the members' average, the score the threshold applies to) and
 `probability_corrected` (calibrated). Inside: imputation, clipping, the normal-quantile map and
-scaling (`NumericPreprocessing`), one-hot codes with unseen levels all zero (`CategoryOneHot`),
-the member networks, their average and the calibration (`Calibrate`).
+scaling (`NumericPreprocessing`), each category's code with unseen levels -1 (`CategoryCode`;
+the networks make codes one-hot themselves), the member networks, their average and the
+calibration (`Calibrate`).
 
 It is written twice into the model directory:
-- `model.keras`: loads with `keras.saving.load_model` where this project is installed (the three
-  custom layers live in `tasks/layers.py`). `flows.predict` scores with it: one scoring path.
+- `model.keras`: loads with `keras.saving.load_model` where this project is installed (the custom
+  layers live in `tasks/layers.py`). `flows.predict` scores with it: one scoring path.
 - `saved_model/`: a TensorFlow SavedModel (`serving_default` signature), servable by TensorFlow
   Serving and loadable with `tf.saved_model.load` without this project. Its assets hold
   `model.json` (threshold, labels, calibration, the column -> input name map).
@@ -82,10 +83,11 @@ def input_names(columns: list[str], reserved: frozenset[str] = frozenset()) -> d
 
 def build(prep: Any, members: list[Any], calibration: Any) -> Any:
     """The standalone Keras model for a fitted `Preprocessing`, the members (Keras models on the
-    one-hot feature matrix) and their `Calibration`."""
+    network's input rows: numerics then category codes; or, exported before session 14, numerics
+    then one-hot blocks) and their `Calibration`."""
     import keras
 
-    from tasks.layers import Calibrate, CategoryOneHot, NumericPreprocessing
+    from tasks.layers import Calibrate, CategoryCode, CategoryOneHot, NumericPreprocessing
 
     names = column_inputs(prep)
     inputs = {names[c]: keras.Input((1,), name=names[c], dtype="string") for c in prep.categorical}
@@ -99,14 +101,15 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
         inputs |= {names[c]: tensor for c, tensor in zip(prep.numeric, numeric, strict=True)}
         joined = numeric[0] if len(numeric) == 1 else keras.layers.Concatenate(axis=1)(numeric)
         blocks.append(NumericPreprocessing.fitted(prep)(joined))
+    coded = members[0].inputs[0].shape[-1] == len(prep.feature_columns)
     for j, column in enumerate(prep.categorical):
         missing_as = prep.impute_values.get(column)
-        one_hot = CategoryOneHot(
+        lookup = (CategoryCode if coded else CategoryOneHot)(
             prep.categories[column],
             None if missing_as is None else str(missing_as),
-            name=f"one_hot_{j}",
+            name=f"{'code' if coded else 'one_hot'}_{j}",
         )
-        blocks.append(one_hot(inputs[names[column]]))
+        blocks.append(lookup(inputs[names[column]]))
     features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(axis=1)(blocks)
     scores = []
     for i, member in enumerate(members):

@@ -35,7 +35,7 @@ from tasks.model import (
     configure_tensorflow,
     fit_member,
     member_scores,
-    one_hot_inputs,
+    network_inputs,
     patience_gain,
     schedule,
     steps_per_epoch,
@@ -73,7 +73,7 @@ class Part:
     codes: np.ndarray | None
     y: np.ndarray
     ids: np.ndarray
-    inputs: np.ndarray | None  # the network's input: scaled numerics, then one-hot categoricals
+    inputs: np.ndarray | None  # the network's input: scaled numerics, then category codes
     store: StoreRows | None = None
 
     @property
@@ -90,14 +90,11 @@ class Part:
 class StoreRows:
     """A stored split read one parquet row group at a time (any fsspec store)."""
 
-    def __init__(
-        self, path: UPath, numeric: list[str], categorical: list[str], cardinalities: list[int]
-    ):
+    def __init__(self, path: UPath, numeric: list[str], categorical: list[str]):
         self.path, self.numeric, self.categorical = path, numeric, categorical
-        self.cardinalities = cardinalities
         metadata = open_parquet(path).metadata
         self.sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-        self.width = len(numeric) + sum(cardinalities)
+        self.width = len(numeric) + len(categorical)  # network inputs: one column per code
 
     def features(self, group: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled numerics (float32) and integer category codes of one row group."""
@@ -109,11 +106,11 @@ class StoreRows:
         return frame[self.numeric].to_numpy(dtype=np.float32), code_matrix(frame, self.categorical)
 
     def inputs(self, group: int) -> np.ndarray:
-        return one_hot_inputs(*self.features(group), self.cardinalities)
+        return network_inputs(*self.features(group))
 
-    def gather(self, rows: np.ndarray, one_hot: bool = True) -> Any:
+    def gather(self, rows: np.ndarray, joined: bool = True) -> Any:
         """The given rows (sorted positions in the split), in one pass over the row groups:
-        network inputs, or (numerics, codes) when `one_hot` is false."""
+        network inputs, or (numerics, codes) when `joined` is false."""
         starts = np.concatenate([[0], np.cumsum(self.sizes)])
         pieces = []
         for g in range(len(self.sizes)):
@@ -123,9 +120,9 @@ class StoreRows:
                 pieces.append((numeric[inside], codes[inside]))
         numeric = np.concatenate([p[0] for p in pieces])
         codes = np.concatenate([p[1] for p in pieces])
-        if not one_hot:
+        if not joined:
             return numeric, codes
-        return one_hot_inputs(numeric, codes, self.cardinalities)
+        return network_inputs(numeric, codes)
 
 
 @dataclass
@@ -183,9 +180,6 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
     halves = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "half"])
     halves = halves[halves["half"] != ""].set_index(ID_COLUMN)["half"]
 
-    categories = feature_set.preprocessing().categories
-    cardinalities = [len(categories[c]) for c in categorical]
-
     def part(frame: pd.DataFrame) -> Part:
         values, codes = frame[numeric].to_numpy(dtype=np.float32), code_matrix(frame, categorical)
         return Part(
@@ -193,7 +187,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
             codes=codes,
             y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
             ids=frame[ID_COLUMN].to_numpy(),
-            inputs=one_hot_inputs(values, codes, cardinalities),
+            inputs=network_inputs(values, codes),
         )
 
     def from_store(path: UPath) -> Part:
@@ -204,7 +198,7 @@ def load_parts(feature_set: FeatureSet) -> dict[str, Part]:
             y=frame[TARGET_COLUMN].to_numpy(dtype=np.int64),
             ids=frame[ID_COLUMN].to_numpy(),
             inputs=None,
-            store=StoreRows(path, numeric, categorical, cardinalities),
+            store=StoreRows(path, numeric, categorical),
         )
 
     validation = read_parquet(feature_set.split_path("validation"))
@@ -292,8 +286,9 @@ def neural_settings(
     batch = config.batch_size or auto_batch_size(len(train.y))
     minority = int(min(train.y.sum(), len(train.y) - train.y.sum()))
     n_numeric, _, width = train.widths()
+    codes = tuple(prep.cardinalities)
     chosen = embeddings.choose(
-        width,
+        embeddings.expanded_width(width, codes),
         n_numeric,
         prep.cardinalities,
         embeddings.periodic_wanted(config.numeric_embedding, len(train.y)),
@@ -312,6 +307,7 @@ def neural_settings(
         ),
         lr_schedule=config.lr_schedule,
         embeddings=chosen,
+        codes=codes,
         patience_gain=patience_gain(stop_rows),
         **schedule(
             len(train.y),
@@ -346,7 +342,6 @@ def plan_members(
     """Resample the training split for each member and describe its network. A member that
     trains exactly like one already in `known` (same sampler, weights, loss, batches and seed:
     ensemble member 0 and `undersample`) is that member, not a second copy."""
-    cardinalities = prep.cardinalities
     batch, plans = settings.batch_size, []
     for member in range(strategy.members(config.ensemble_k)):
         seed, balanced = config.seed + member, strategy.batches == "balanced"
@@ -356,7 +351,7 @@ def plan_members(
             continue
         sample = resample(strategy, train, seed, prep)
         if sample.rows is None:  # synthesised rows: their own (budget-checked) copy
-            x = one_hot_inputs(sample.numeric, sample.codes, cardinalities)
+            x = network_inputs(sample.numeric, sample.codes)
             stream, seen = BatchStream(x, sample.y, batch, seed, balanced), sample.y
         elif train.out_of_core:  # out of core: positions into the stored split, read by row group
             stream = RowGroupStream(train.store, train.y, batch, seed, balanced, sample.rows)
@@ -483,7 +478,7 @@ def fit_reference(
         if len(rows) > REFERENCE_STREAMED_ROWS:
             rng = np.random.default_rng(config.seed)
             rows = np.sort(rng.choice(rows, REFERENCE_STREAMED_ROWS, replace=False))
-        x, y = matrix(*train.store.gather(rows, one_hot=False)), train.y[rows]
+        x, y = matrix(*train.store.gather(rows, joined=False)), train.y[rows]
         info["trained_on"] = (
             f"{len(rows)} of {len(train.y)} training rows (seeded sample, out of core)"
         )

@@ -4,6 +4,8 @@ clipped values, values beyond the training range) and every calibration method."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,6 +71,33 @@ def test_numeric_preprocessing_matches_the_training_transform(seed, rows, column
     layer = NumericPreprocessing.fitted(prep)
     got = np.asarray(layer(new[prep.numeric].to_numpy(np.float64)))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_category_code_is_the_level_s_position_unseen_is_minus_one_and_missing_imputed():
+    from tasks.layers import CategoryCode
+
+    x = np.array([["a"], ["c"], ["zz"], [""], ["b"]])
+    plain = np.asarray(CategoryCode(["a", "b", "c"])(x))
+    np.testing.assert_array_equal(plain, [[0], [2], [-1], [-1], [1]])
+    imputed = np.asarray(CategoryCode(["a", "b", "c"], missing_as="b")(x))
+    np.testing.assert_array_equal(imputed[:, 0], [0, 2, -1, 1, 1])
+
+
+def test_code_one_hot_makes_the_code_columns_one_hot_blocks_as_the_old_inputs_were():
+    """The network's first layer turns (numerics, codes) into the one-hot layout networks took
+    before session 14: the same matrix the inputs were then built as, unseen levels all zero."""
+    from tasks.layers import CodeOneHot
+
+    rng = np.random.default_rng(3)
+    numeric = rng.normal(size=(50, 2)).astype(np.float32)
+    codes = np.stack([rng.integers(-1, 3, 50), rng.integers(-1, 20, 50)], axis=1)
+    old = np.concatenate(
+        [numeric]
+        + [(codes[:, j : j + 1] == np.arange(k)).astype(np.float32) for j, k in enumerate((3, 20))],
+        axis=1,
+    )
+    x = np.concatenate([numeric, codes.astype(np.float32)], axis=1)
+    np.testing.assert_array_equal(np.asarray(CodeOneHot([3, 20])(x)), old)
 
 
 def test_category_one_hot_unseen_is_zeros_and_missing_takes_the_imputed_level():
@@ -137,3 +166,37 @@ def test_wide_data_gets_one_numeric_matrix_input_and_the_same_scores():
     np.testing.assert_allclose(got, expected.ravel(), rtol=1e-5, atol=1e-6)
     facts = standalone.signature_facts(prep)
     assert facts["inputs"] == {} and facts["numeric_matrix"]["columns"] == prep.numeric
+
+
+def test_networks_exported_on_one_hot_inputs_still_build_and_score_as_coded_ones():
+    """Networks saved before session 14 took one-hot blocks; a model directory holding only
+    such members (no model.keras) is rebuilt around them with one-hot lookups, and scores
+    exactly as the same weights behind the code layout now trained."""
+    from tasks import standalone
+    from tasks.model import TrainSettings, build_mlp
+
+    rng = np.random.default_rng(2)
+    train = {"a": rng.normal(size=200), "b": rng.lognormal(size=200)}
+    prep = preprocessing(train, rng, [True, False]).model_copy(
+        update={
+            "categorical": ["colour"],
+            "categories": {"colour": ["blue", "green", "red"]},
+            "impute_values": {"colour": "green"},
+        }
+    )
+    s = TrainSettings((8,), 0.0, 0.01, 32, 4, 2, 1, linear_skip=True)
+    old = build_mlp(2 + 3, s, 5, -1.0)  # 2 numerics + a 3-level one-hot block
+    new = build_mlp(2 + 1, dataclasses.replace(s, codes=(3,)), 5, -1.0)  # 2 numerics + a code
+    for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same starting weights, whatever the layout
+    trained = [w + rng.normal(0, 0.3, w.shape).astype(np.float32) for w in old.get_weights()]
+    old.set_weights(trained)
+    new.set_weights(trained)
+    colour = rng.choice(np.array(["blue", "green", "red", "purple", None], dtype=object), 200)
+    inputs = standalone.raw_inputs(pd.DataFrame({**train, "colour": colour}), prep)
+    scores = [
+        standalone.score(standalone.build(prep, [m], Calibration(method="identity")), inputs)
+        for m in (old, new)
+    ]
+    np.testing.assert_allclose(scores[0]["probability"], scores[1]["probability"], rtol=1e-6)
+    assert np.ptp(scores[1]["probability"]) > 0.05  # the weights matter

@@ -169,14 +169,15 @@ def test_embeddings_cover_the_inputs_they_are_asked_to(
 
     from tasks.config import TrainConfig
     from tasks.embeddings import MAX_EMBEDDED_NUMERIC
-    from tasks.model import one_hot_inputs
+    from tasks.model import network_inputs
     from tasks.train import Part, neural_settings
 
     rng = np.random.default_rng(0)
     values = rng.normal(size=(300, columns)).astype(np.float32)
     codes = np.stack([rng.integers(0, 2, 300), rng.integers(0, 17, 300)], axis=1)
     y = (rng.random(300) < 0.2).astype(np.int64)
-    inputs = one_hot_inputs(values, codes, [2, 17])
+    inputs = network_inputs(values, codes)
+    assert inputs.shape[1] == columns + 2  # one input per categorical: its code
     prep = SimpleNamespace(cardinalities=[2, 17])  # the Preprocessing's one-hot block widths
     config = TrainConfig(numeric_embedding=numeric, category_embedding=category)
     settings = neural_settings(Part(values, codes, y, np.arange(300), inputs), 100, config, prep)
@@ -186,7 +187,7 @@ def test_embeddings_cover_the_inputs_they_are_asked_to(
     model = build_mlp(inputs.shape[1], settings, 3, 0.0)
     assert model(inputs[:5]).shape == (5, 1)
     width = model.get_layer("hidden_0").kernel.shape[0]
-    expected = inputs.shape[1] + embedded * (PERIODIC_DIM - 1)
+    expected = columns + 2 + 17 + embedded * (PERIODIC_DIM - 1)
     assert width == expected + sum(CATEGORY_DIM - levels for _, levels in blocks)
 
 

@@ -21,10 +21,16 @@ from tasks.model import (
 from tasks.stacked import fit_stacked
 
 
-def data(seed: int = 0, n: int = 900):
+def data(seed: int = 0, n: int = 900, codes: tuple[int, ...] = ()):
+    """6 numeric inputs; with `codes`, 3 numerics then one code column per entry (that many
+    levels, some rows -1: unseen), the label depending on the first code."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
     y = (x[:, 0] + 0.8 * x[:, 1] * x[:, 2] + rng.normal(size=n) > 1.6).astype(np.int64)
+    if codes:
+        columns = [rng.integers(-1, levels, n) for levels in codes]
+        y = (x[:, 0] + 0.5 * (columns[0] % 3) + rng.normal(size=n) > 1.6).astype(np.int64)
+        x = np.concatenate([x[:, :3], np.stack(columns, axis=1).astype(np.float32)], axis=1)
     return x[:600], y[:600], x[600:], y[600:]
 
 
@@ -61,35 +67,51 @@ def settings(**changes) -> TrainSettings:
 
 
 EMBEDDED = Embeddings(width=6, numeric=3, categories=((3, 3),))  # 3 numerics, a 3-level block
+# 3 numerics and two code columns, of 4 and 20 levels: one-hot inside the network (27 wide), the
+# 20-level block embedded
+CODES = (4, 20)
+CODED = Embeddings(width=27, numeric=3, categories=((7, 20),))
 
 
-@pytest.mark.parametrize(("skip", "embedded"), [(False, None), (True, None), (True, EMBEDDED)])
-def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip, embedded):
-    s = settings(linear_skip=skip, embeddings=embedded)
+@pytest.mark.parametrize(
+    ("skip", "embedded", "codes"),
+    [(False, None, ()), (True, None, ()), (True, EMBEDDED, ()), (True, CODED, CODES)],
+)
+def test_the_stack_starts_from_the_weights_build_mlp_starts_from(skip, embedded, codes):
+    s = settings(linear_skip=skip, embeddings=embedded, codes=codes)
+    width = 3 + len(codes) if codes else 6
     for got, want in zip(
-        initial_weights(6, s, 7, -1.5), build_mlp(6, s, 7, -1.5).get_weights(), strict=True
+        initial_weights(width, s, 7, -1.5), build_mlp(width, s, 7, -1.5).get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(
-    ("skip", "decay", "schedule", "embedded"),
+    ("skip", "decay", "schedule", "embedded", "codes"),
     [
-        (False, 0.0, "constant", None),
-        (True, 0.0, "constant", None),
-        (True, 0.5, "constant", None),
-        (True, 0.5, "cosine", None),
-        (True, 0.0, "constant", EMBEDDED),
+        (False, 0.0, "constant", None, ()),
+        (True, 0.0, "constant", None, ()),
+        (True, 0.5, "constant", None, ()),
+        (True, 0.5, "cosine", None, ()),
+        (True, 0.0, "constant", EMBEDDED, ()),
+        (True, 0.0, "constant", CODED, CODES),
     ],
 )
-def test_stacked_training_matches_one_network_at_a_time(skip, decay, schedule, embedded):
+def test_stacked_training_matches_one_network_at_a_time(skip, decay, schedule, embedded, codes):
     """Without dropout both trainers are deterministic: after 40 steps every network's weights
     agree within 1e-5, its stop-half curve within 1e-4 and its test PR-AUC within 0.01 (with
     and without the linear path, with Keras's decoupled weight decay, its cosine decay of the
-    learning rate, and embeddings: periodic for 3 inputs, learned vectors for a block of 3)."""
-    x, y, x_val, y_val = data()
+    learning rate, embeddings: periodic for 3 inputs, learned vectors for a block of 3, and
+    category codes the network makes one-hot, one of them embedded)."""
+    x, y, x_val, y_val = data(codes=codes)
     x_stop, y_stop, x_test, y_test = x_val[:150], y_val[:150], x_val[150:], y_val[150:]
-    s = settings(linear_skip=skip, weight_decay=decay, lr_schedule=schedule, embeddings=embedded)
+    s = settings(
+        linear_skip=skip,
+        weight_decay=decay,
+        lr_schedule=schedule,
+        embeddings=embedded,
+        codes=codes,
+    )
     stacked = fit_stacked(networks(x, y, 64), x_stop, y_stop, s)
     for network, (model, info) in zip(networks(x, y, 64), stacked, strict=True):
         reference, ref_info = fit_member(network, x_stop, y_stop, s)

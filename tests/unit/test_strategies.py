@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tasks.model import one_hot_inputs
+from tasks.model import network_inputs
 from tasks.strategies import STRATEGIES, resolve_strategies
 from tasks.train import SAMPLER_WORKING_MB, Part, resample, select, synthetic_copy_bytes
 
@@ -15,7 +15,7 @@ def part():
     y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
     numeric = rng.normal(size=(200, 3)).astype(np.float32) + y[:, None]
     codes = np.c_[rng.integers(0, 3, 200), rng.integers(0, 4, 200)].astype(np.int32)
-    inputs = one_hot_inputs(numeric, codes, [3, 4])
+    inputs = network_inputs(numeric, codes)
     return Part(numeric=numeric, codes=codes, y=y, ids=np.arange(200), inputs=inputs)
 
 
@@ -50,9 +50,9 @@ def test_row_picking_samplers_return_positions_not_copies(part):
 
 def test_only_synthesising_samplers_need_a_copy(part):
     assert [n for n, s in STRATEGIES.items() if synthetic_copy_bytes(s, part) > 0] == ["smote"]
-    # 360 rows x (two float64 matrices of 5 columns + 10 float32 inputs), and the neighbour
-    # search's working memory
-    assert synthetic_copy_bytes(STRATEGIES["smote"], part) == 360 * (2 * 8 * 5 + 4 * 10) + (
+    # 360 rows x (two float64 matrices of 5 columns + 5 float32 inputs: numerics and codes), and
+    # the neighbour search's working memory
+    assert synthetic_copy_bytes(STRATEGIES["smote"], part) == 360 * (2 * 8 * 5 + 4 * 5) + (
         SAMPLER_WORKING_MB * 2**20
     )
 

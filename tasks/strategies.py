@@ -33,16 +33,19 @@ def _oversampler(seed: int, categorical: list[int], n_columns: int):
 
 
 def _smote(seed: int, categorical: list[int], n_columns: int):
-    # SMOTENC resamples the stored integer codes: a synthetic row takes one real level per
-    # categorical (the most frequent among its neighbours), never an interpolated dummy. With
-    # nothing but categoricals SMOTENC has no distance to interpolate on: SMOTEN is its form
-    # for that case. Whole-number numerics are snapped back to whole numbers by the caller.
-    from imblearn.over_sampling import SMOTE, SMOTEN, SMOTENC
+    # SMOTE-NC resamples the stored integer codes: a synthetic row takes one real level per
+    # categorical (the most frequent among its neighbours), never an interpolated dummy; it is
+    # imbalanced-learn's SMOTENC computed on the codes (tasks.smotenc). With nothing but
+    # categoricals SMOTE-NC has no distance to interpolate on: SMOTEN is its form for that
+    # case. Whole-number numerics are snapped back to whole numbers by the caller.
+    from imblearn.over_sampling import SMOTE, SMOTEN
+
+    from tasks.smotenc import CodedSMOTENC
 
     if categorical and len(categorical) == n_columns:
         return SMOTEN(random_state=seed)
     if categorical:
-        return SMOTENC(categorical_features=categorical, random_state=seed)
+        return CodedSMOTENC(categorical_features=categorical, random_state=seed)
     return SMOTE(random_state=seed)
 
 

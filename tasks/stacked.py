@@ -16,8 +16,10 @@ per network is what `fit_member` gives a network trained on its own:
   batch (Keras's `sum_over_batch_size`), then Adam with Keras's update rule and defaults;
 - schedule and early stopping: the stop half is scored (`stop_half_scores`, the same function
   as `fit_member`'s) every `steps_per_check` steps, each
-  network keeps its own best weights and stops after its own `patience` (a stopped network's
-  slice may go on training; its kept weights no longer change).
+  network keeps its own best weights and stops after its own `patience`. A stopped network's
+  slice goes on training (its kept weights no longer change) until at most COMPACT_SHARE of
+  the program's networks are still training; then the program continues without the stopped
+  ones (`_Program.subset`), every remaining network exactly where it was.
 
 `fit_member` (Keras's own loop, one network at a time) is the reference: tests check that the
 two agree on weights and scores (tests/unit/test_stacked.py)."""
@@ -46,6 +48,10 @@ from tasks.model import (
 )
 
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults
+# once no more than this share of a program's networks is still training, the stopped ones'
+# slices are dropped: a step's time grows with the networks in it (about 5 ms + 5 ms per
+# network on insurance's batches of 2,048), and a new program costs one compilation
+COMPACT_SHARE = 2 / 3
 
 
 def stackable(networks: list[Network]) -> bool:
@@ -77,23 +83,36 @@ class _Pool:
 
 class _Program:
     """The stacked weights, Adam's moments and the two compiled functions: `check` runs one
-    check interval of training steps for every network, `stop_scores` scores the stop half."""
+    check interval of training steps for every network, `stop_scores` scores the stop half.
+    Without `state` the networks start from their initial weights; `subset` carries some
+    networks' weights, moments and step count into a smaller program."""
 
-    def __init__(self, networks: list[Network], pool: _Pool, x_stop, settings: TrainSettings):
+    def __init__(
+        self,
+        networks: list[Network],
+        tensors: tuple[Any, Any, Any],
+        settings: TrainSettings,
+        state: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int] | None = None,
+    ):
         import tensorflow as tf
 
+        self.networks, self.tensors = networks, tensors
         self.count, self.settings = len(networks), settings
-        width = pool.x.shape[1]
-        starts = [initial_weights(width, settings, n.seed, n.output_bias) for n in networks]
-        self.variables = [tf.Variable(np.stack(layer)) for layer in zip(*starts, strict=True)]
-        self.moments = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
-        self.velocities = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
-        self.iterations = tf.Variable(0, dtype=tf.int64)
-        self.pool_x, self.pool_y = tf.constant(pool.x, dtype=tf.float32), tf.constant(pool.y)
-        self.stop_x = tf.constant(x_stop, dtype=tf.float32)[None]
-        weights = [n.class_weight or {0: 1.0, 1: 1.0} for n in networks]
-        self.w0 = tf.constant([[w[0]] for w in weights], dtype=tf.float32)
-        self.w1 = tf.constant([[w[1]] for w in weights], dtype=tf.float32)
+        self.pool_x, self.pool_y, self.stop_x = tensors
+        if state is None:
+            width = int(self.pool_x.shape[1])
+            starts = [initial_weights(width, settings, n.seed, n.output_bias) for n in networks]
+            weights = [np.stack(layer) for layer in zip(*starts, strict=True)]
+            zeros = [np.zeros_like(w) for w in weights]
+            state = (weights, zeros, [z.copy() for z in zeros], 0)
+        weights, moments, velocities, done = state
+        self.variables = [tf.Variable(w) for w in weights]
+        self.moments = [tf.Variable(m) for m in moments]
+        self.velocities = [tf.Variable(v) for v in velocities]
+        self.iterations = tf.Variable(done, dtype=tf.int64)
+        class_weights = [n.class_weight or {0: 1.0, 1: 1.0} for n in networks]
+        self.w0 = tf.constant([[w[0]] for w in class_weights], dtype=tf.float32)
+        self.w1 = tf.constant([[w[1]] for w in class_weights], dtype=tf.float32)
         self.focal = tf.constant([[n.loss == "focal"] for n in networks])
         self.alpha = tf.constant([[n.focal_alpha] for n in networks], dtype=tf.float32)
         self.seeds = [n.seed for n in networks]
@@ -189,6 +208,23 @@ class _Program:
     def weights(self) -> list[np.ndarray]:
         return [v.numpy() for v in self.variables]
 
+    def subset(self, slots: np.ndarray) -> _Program:
+        """A program of the networks in `slots` only, each where it is now: its weights, Adam's
+        moments and the step count. A network's updates depend on nothing but its own slice
+        and seed, so it trains on exactly as it would have in the larger program."""
+
+        def pick(variables: list[Any]) -> list[np.ndarray]:
+            return [v.numpy()[slots] for v in variables]
+
+        state = (
+            pick(self.variables),
+            pick(self.moments),
+            pick(self.velocities),
+            int(self.iterations.numpy()),
+        )
+        networks = [self.networks[i] for i in slots]
+        return _Program(networks, self.tensors, self.settings, state)
+
 
 class _Stopping:
     """Each network's early stopping on the stop half: its best score and weights, its wait."""
@@ -203,11 +239,13 @@ class _Stopping:
         self.kept: list[list[np.ndarray] | None] = [None] * count
         self.curves: list[dict[str, list[float]]] = [{"loss": []} for _ in range(count)]
 
-    def update(self, check: int, losses, scores, y_stop, program: _Program) -> None:
-        improved = []
+    def update(self, check: int, losses, scores, y_stop, program: _Program, slots) -> None:
+        """Score the networks in the program's `slots` (their indices among all networks); each
+        active one's values are its row of `losses` and `scores`."""
+        improved, row = [], {s: j for j, s in enumerate(slots)}
         for s in np.flatnonzero(self.active):
-            values = stop_half_scores(y_stop, scores[s], self.calibrations[s])
-            self.curves[s]["loss"].append(float(losses[s]))
+            values = stop_half_scores(y_stop, scores[row[s]], self.calibrations[s])
+            self.curves[s]["loss"].append(float(losses[row[s]]))
             for key, value in values.items():
                 self.curves[s].setdefault(key, []).append(value)
             self.checks[s] = check + 1
@@ -220,7 +258,16 @@ class _Stopping:
         if improved:
             current = program.weights()
             for s in improved:
-                self.kept[s] = [layer[s].copy() for layer in current]
+                self.kept[s] = [layer[row[s]].copy() for layer in current]
+
+    def keep_last(self, program: _Program, slots) -> None:
+        """A network in the program whose criterion never scored (NaN throughout) keeps the
+        weights it has now, as it leaves the program."""
+        lost = [j for j, s in enumerate(slots) if self.kept[s] is None]
+        if lost:
+            current = program.weights()
+            for j in lost:
+                self.kept[slots[j]] = [layer[j].copy() for layer in current]
 
 
 def fit_stacked(
@@ -235,30 +282,40 @@ def fit_stacked(
     `on_check(steps done, best stop-half scores)` gets one value per network."""
     if not stackable(networks):
         raise ValueError("stacked training needs in-memory batch streams of one input width")
+    import tensorflow as tf
+
     started = time.perf_counter()
     count, steps = len(networks), settings.steps_per_check
     pool = _Pool([n.stream for n in networks])
-    program = _Program(networks, pool, x_stop, settings)
+    tensors = (
+        tf.constant(pool.x, dtype=tf.float32),
+        tf.constant(pool.y),
+        tf.constant(x_stop, dtype=tf.float32)[None],
+    )
+    program, slots = _Program(networks, tensors, settings), np.arange(count)
     stopping = _Stopping(networks, settings)
     streams = [n.stream.positions() for n in networks]
-    indices = np.empty((steps, count, settings.batch_size), dtype=np.int32)
     for check in range(settings.max_checks):
-        for s, (stream, offset) in enumerate(zip(streams, pool.offsets, strict=True)):
+        indices = np.empty((steps, len(slots), settings.batch_size), dtype=np.int32)
+        for j, s in enumerate(slots):
             for k in range(steps):
-                indices[k, s] = next(stream) + offset
+                indices[k, j] = next(streams[s]) + pool.offsets[s]
         losses = program.check(indices).numpy()
-        stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program)
+        stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program, slots)
         if on_check is not None:
             on_check(stopping.checks * steps, stopping.best_pr_auc)
         if not stopping.active.any():
             break
-    final = program.weights()
+        running = np.flatnonzero(stopping.active[slots])
+        if len(running) <= COMPACT_SHARE * len(slots):  # drop the stopped networks' slices
+            stopping.keep_last(program, slots)
+            program, slots = program.subset(running), slots[running]
+    stopping.keep_last(program, slots)
     share = (time.perf_counter() - started) / count  # the program's time, split evenly
     results = []
     for s, network in enumerate(networks):
         model = build_mlp(pool.x.shape[1], settings, network.seed, network.output_bias)
-        kept = stopping.kept[s]
-        model.set_weights(kept if kept is not None else [layer[s] for layer in final])
+        model.set_weights(stopping.kept[s])
         info = member_info(
             int(stopping.checks[s]),
             stopping.watches[s].best_check,

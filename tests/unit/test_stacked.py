@@ -154,3 +154,45 @@ def test_each_network_stops_on_its_own_and_keeps_its_best_weights():
         kept = info["history"]["val_pr_auc"][info["best_check"] - 1]
         assert average_precision_score(y_val, scores) == pytest.approx(kept, abs=1e-6)
         assert kept > y_val.mean() + 0.2
+
+
+def test_dropping_stopped_networks_from_the_program_changes_no_network(monkeypatch):
+    """Networks that stop at different checks leave the program (with dropout, weight decay and
+    category codes): every network ends with the weights, record and curves it gets when the
+    stopped ones stay in to the end."""
+    from tasks import stacked
+
+    x, y, x_val, y_val = data(2, codes=CODES)
+    s = settings(
+        dropout=0.1,
+        learning_rate=0.05,
+        steps_per_check=4,
+        max_checks=30,
+        patience=2,
+        weight_decay=0.1,
+        codes=CODES,
+        embeddings=CODED,
+    )
+    subsets = []
+    subset = stacked._Program.subset
+    monkeypatch.setattr(
+        stacked._Program,
+        "subset",
+        lambda self, slots: subsets.append(len(slots)) or subset(self, slots),
+    )
+    compacted = fit_stacked(networks(x, y, 64), x_val, y_val, s)
+    assert subsets and subsets == sorted(subsets, reverse=True)  # it did drop, step by step
+    dropped = len(subsets)
+    monkeypatch.setattr(stacked, "COMPACT_SHARE", 0.0)
+    whole = fit_stacked(networks(x, y, 64), x_val, y_val, s)
+    assert len(subsets) == dropped  # none left the program this time
+    for (a, info_a), (b, info_b) in zip(whole, compacted, strict=True):
+        for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+            np.testing.assert_allclose(wb, wa, atol=1e-6)
+        assert (info_a["checks_run"], info_a["best_check"]) == (
+            info_b["checks_run"],
+            info_b["best_check"],
+        )
+        assert info_a["history"]["val_log_likelihood"] == pytest.approx(
+            info_b["history"]["val_log_likelihood"], abs=1e-6
+        )

@@ -17,8 +17,8 @@ per network is what `fit_member` gives a network trained on its own:
 - schedule and early stopping: the stop half is scored (`stop_half_scores`, the same function
   as `fit_member`'s) every `steps_per_check` steps, each
   network keeps its own best weights and stops after its own `patience`. A stopped network's
-  slice goes on training (its kept weights no longer change) until at most COMPACT_SHARE of
-  the program's networks are still training; then the program continues without the stopped
+  slice goes on training (its kept weights no longer change) until dropping it pays for
+  building a smaller program (`_Clock`); then the program continues without the stopped
   ones (`_Program.subset`), every remaining network exactly where it was.
 
 `fit_member` (Keras's own loop, one network at a time) is the reference: tests check that the
@@ -48,10 +48,12 @@ from tasks.model import (
 )
 
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults
-# once no more than this share of a program's networks is still training, the stopped ones'
-# slices are dropped: a step's time grows with the networks in it (about 5 ms + 5 ms per
-# network on insurance's batches of 2,048), and a new program costs one compilation
-COMPACT_SHARE = 2 / 3
+# stopped networks' slices are dropped from a program when at least DROP_SHARE of its networks
+# have stopped (so a program of S networks is rebuilt at most ~log(S)/log(1.5) times) and the
+# time they would still take, at least, exceeds DROP_PAYBACK times what building a smaller
+# program costs (see _Clock)
+DROP_SHARE = 1 / 3
+DROP_PAYBACK = 2.0
 
 
 def stackable(networks: list[Network]) -> bool:
@@ -226,6 +228,30 @@ class _Program:
         return _Program(networks, self.tensors, self.settings, state)
 
 
+class _Clock:
+    """Times one program's checks: the first includes building (tracing and compiling) it. Its
+    cost grows with its networks (on insurance's 2,048-row batches about 5 ms + 5 ms per network
+    a step; on small data the fixed part dominates), so dropping stopped ones pays when the
+    checks still to come, at their share of the time, cost more than DROP_PAYBACK builds (and
+    enough of them stopped: DROP_SHARE)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+    def worth_dropping(self, stopped: int, count: int, to_go: int) -> bool:
+        if stopped < DROP_SHARE * count or len(self.seconds) < 2:
+            return False
+        typical = float(np.median(self.seconds[1:]))
+        build = max(self.seconds[0] - typical, 0.0)
+        return to_go * typical * stopped / count > DROP_PAYBACK * build
+
+
 class _Stopping:
     """Each network's early stopping on the stop half: its best score and weights, its wait."""
 
@@ -260,6 +286,18 @@ class _Stopping:
             for s in improved:
                 self.kept[s] = [layer[row[s]].copy() for layer in current]
 
+    def least_to_go(self) -> int:
+        """Checks the program will run at least: the active network furthest from stopping
+        needs its remaining patience (and the warm-up) even if it never improves again."""
+        return max(
+            (
+                max(w.settings.patience - w.wait, w.settings.warmup_checks - int(c))
+                for w, c, a in zip(self.watches, self.checks, self.active, strict=True)
+                if a
+            ),
+            default=0,
+        )
+
     def keep_last(self, program: _Program, slots) -> None:
         """A network in the program whose criterion never scored (NaN throughout) keeps the
         weights it has now, as it leaves the program."""
@@ -293,23 +331,26 @@ def fit_stacked(
         tf.constant(x_stop, dtype=tf.float32)[None],
     )
     program, slots = _Program(networks, tensors, settings), np.arange(count)
-    stopping = _Stopping(networks, settings)
+    stopping, clock = _Stopping(networks, settings), _Clock()
     streams = [n.stream.positions() for n in networks]
     for check in range(settings.max_checks):
         indices = np.empty((steps, len(slots), settings.batch_size), dtype=np.int32)
         for j, s in enumerate(slots):
             for k in range(steps):
                 indices[k, j] = next(streams[s]) + pool.offsets[s]
-        losses = program.check(indices).numpy()
-        stopping.update(check, losses, program.stop_scores().numpy(), y_stop, program, slots)
+        with clock:
+            losses = program.check(indices).numpy()
+            scores = program.stop_scores().numpy()
+        stopping.update(check, losses, scores, y_stop, program, slots)
         if on_check is not None:
             on_check(stopping.checks * steps, stopping.best_pr_auc)
         if not stopping.active.any():
             break
         running = np.flatnonzero(stopping.active[slots])
-        if len(running) <= COMPACT_SHARE * len(slots):  # drop the stopped networks' slices
+        if clock.worth_dropping(len(slots) - len(running), len(slots), stopping.least_to_go()):
             stopping.keep_last(program, slots)
             program, slots = program.subset(running), slots[running]
+            clock = _Clock()
     stopping.keep_last(program, slots)
     share = (time.perf_counter() - started) / count  # the program's time, split evenly
     results = []

@@ -174,6 +174,7 @@ def test_dropping_stopped_networks_from_the_program_changes_no_network(monkeypat
         embeddings=CODED,
     )
     subsets = []
+    monkeypatch.setattr(stacked._Clock, "worth_dropping", lambda self, stopped, *_: stopped > 0)
     subset = stacked._Program.subset
     monkeypatch.setattr(
         stacked._Program,
@@ -183,7 +184,7 @@ def test_dropping_stopped_networks_from_the_program_changes_no_network(monkeypat
     compacted = fit_stacked(networks(x, y, 64), x_val, y_val, s)
     assert subsets and subsets == sorted(subsets, reverse=True)  # it did drop, step by step
     dropped = len(subsets)
-    monkeypatch.setattr(stacked, "COMPACT_SHARE", 0.0)
+    monkeypatch.setattr(stacked._Clock, "worth_dropping", lambda *_: False)
     whole = fit_stacked(networks(x, y, 64), x_val, y_val, s)
     assert len(subsets) == dropped  # none left the program this time
     for (a, info_a), (b, info_b) in zip(whole, compacted, strict=True):
@@ -196,3 +197,24 @@ def test_dropping_stopped_networks_from_the_program_changes_no_network(monkeypat
         assert info_a["history"]["val_log_likelihood"] == pytest.approx(
             info_b["history"]["val_log_likelihood"], abs=1e-6
         )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "stopped", "to_go", "drop"),
+    [
+        ([3.0, 1.0, 1.0], 2, 24, True),  # large data: 24 checks of 1 s, two fifths saved
+        ([3.0, 1.0, 1.0], 1, 24, False),  # only a fifth stopped: wait for more
+        ([3.0, 1.0, 1.0], 2, 3, False),  # nearly done: 1.2 s saved for a 2 s build
+        ([1.2, 0.04, 0.04], 4, 63, False),  # small data: 0.9 s saved for a 1.2 s build
+        ([3.0], 2, 24, False),  # only the check that built it: no typical time yet
+        ([3.0, 1.0, 1.0], 0, 24, False),  # none stopped
+    ],
+)
+def test_stopped_networks_leave_when_what_they_would_cost_pays_for_a_new_program(
+    seconds, stopped, to_go, drop
+):
+    from tasks.stacked import _Clock
+
+    clock = _Clock()
+    clock.seconds = seconds
+    assert clock.worth_dropping(stopped, 5, to_go) is drop

@@ -128,33 +128,6 @@ class NumericPreprocessing(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class CategoryCode(keras.layers.Layer):
-    """(n, 1) category strings -> (n, 1) float32 codes: the level's position in `levels`;
-    unseen -> -1; "" (missing) -> `missing_as`'s code when given."""
-
-    def __init__(self, levels: list[str], missing_as: str | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.levels, self.missing_as = list(levels), missing_as
-
-    def call(self, x: Any) -> Any:
-        import tensorflow as tf
-
-        x = tf.reshape(tf.convert_to_tensor(x, tf.string), (-1, 1))
-        if self.missing_as is not None:
-            x = tf.where(tf.equal(x, ""), tf.constant(self.missing_as), x)
-        hits = tf.cast(tf.equal(x, tf.constant(self.levels)[None, :]), tf.float32)
-        positions = tf.range(len(self.levels), dtype=tf.float32)[None, :]
-        found = tf.reduce_sum(hits, axis=1, keepdims=True)  # levels are distinct: 0 or 1
-        return tf.reduce_sum(hits * positions, axis=1, keepdims=True) + found - 1.0
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return (input_shape[0], 1)
-
-    def get_config(self) -> dict[str, Any]:
-        return super().get_config() | {"levels": self.levels, "missing_as": self.missing_as}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class CodeOneHot(keras.layers.Layer):
     """(n, numerics + codes) network inputs -> (n, numerics + one-hot blocks), `codes` being
     the levels of each code column (`expand_codes`)."""
@@ -195,6 +168,23 @@ class CategoryOneHot(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"levels": self.levels, "missing_as": self.missing_as}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CategoryCode(CategoryOneHot):
+    """(n, 1) category strings -> (n, 1) float32 codes: the level's position in `levels`;
+    unseen -> -1; "" (missing) -> `missing_as`'s code when given."""
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        hits = super().call(x)  # levels are distinct: at most one hit per row
+        positions = tf.range(len(self.levels), dtype=tf.float32)[None, :]
+        found = tf.reduce_sum(hits, axis=1, keepdims=True)
+        return tf.reduce_sum(hits * positions, axis=1, keepdims=True) + found - 1.0
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], 1)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

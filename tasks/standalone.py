@@ -87,7 +87,13 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
     then one-hot blocks) and their `Calibration`."""
     import keras
 
-    from tasks.layers import Calibrate, CategoryCode, CategoryOneHot, NumericPreprocessing
+    from tasks.layers import (
+        Calibrate,
+        CategoryCode,
+        CategoryOneHot,
+        CodeOneHot,
+        NumericPreprocessing,
+    )
 
     names = column_inputs(prep)
     inputs = {names[c]: keras.Input((1,), name=names[c], dtype="string") for c in prep.categorical}
@@ -101,7 +107,8 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
         inputs |= {names[c]: tensor for c, tensor in zip(prep.numeric, numeric, strict=True)}
         joined = numeric[0] if len(numeric) == 1 else keras.layers.Concatenate(axis=1)(numeric)
         blocks.append(NumericPreprocessing.fitted(prep)(joined))
-    coded = members[0].inputs[0].shape[-1] == len(prep.feature_columns)
+    # networks of session 14 on make codes one-hot in their first layer
+    coded = any(isinstance(layer, CodeOneHot) for layer in members[0].layers)
     for j, column in enumerate(prep.categorical):
         missing_as = prep.impute_values.get(column)
         lookup = (CategoryCode if coded else CategoryOneHot)(

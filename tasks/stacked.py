@@ -347,7 +347,8 @@ def fit_stacked(
         if not stopping.active.any():
             break
         running = np.flatnonzero(stopping.active[slots])
-        if clock.worth_dropping(len(slots) - len(running), len(slots), stopping.least_to_go()):
+        to_go = min(stopping.least_to_go(), settings.max_checks - check - 1)  # within budget
+        if clock.worth_dropping(len(slots) - len(running), len(slots), to_go):
             stopping.keep_last(program, slots)
             program, slots = program.subset(running), slots[running]
             clock = _Clock()

@@ -31,17 +31,17 @@ def bootstrap_chunk(n_rows: int) -> int:
 
 
 def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """(size, n) counts: how often each row is drawn in each bootstrap resample.
+    """(size, n) counts, C-contiguous: how often each row is drawn in each bootstrap resample.
 
-    Stored row-major by row (its transpose is contiguous), so the metrics gather whole rows
-    and run their sums down the rows, across all resamples at once. float32 holds every count
+    The metrics run their sums along each resample's row of counts. float32 holds every count
     and every running sum of them exactly below 2**24 rows (a resample's counts sum to n), at
-    half the memory traffic of float64; beyond that, float64."""
-    draws = rng.integers(0, n, size=(size, n))
-    draws += n * np.arange(size)[:, None]  # resample i's rows count in bins i*n .. i*n+n-1
-    counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
-    dtype = np.float32 if n < 2**24 else np.float64
-    return np.ascontiguousarray(counts.T, dtype=dtype).T
+    half the memory traffic of float64; beyond that, float64. Draws are int32 below 2**31 rows
+    (half the random bits of int64's)."""
+    draws = rng.integers(0, n, size=(size, n), dtype=np.int32 if n < 2**31 else np.int64)
+    counts = np.empty((size, n), dtype=np.float32 if n < 2**24 else np.float64)
+    for resample, rows in zip(counts, draws, strict=True):  # one row at a time stays in cache
+        resample[:] = np.bincount(rows, minlength=n)
+    return counts
 
 
 def row_groups(raw_path: str, group: str | None, ids: np.ndarray) -> np.ndarray | None:
@@ -96,7 +96,7 @@ def paired_bootstrap(
 
     def differences(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if codes is not None:
-            weights = weights.T[codes].T  # a group's draw count weighs each of its rows
+            weights = np.take(weights, codes, axis=1)  # a group's draw count weighs its rows
         objective_diff = weighted_objective(weights, y, pred_a, objective) - weighted_objective(
             weights, y, pred_b, objective
         )

@@ -42,18 +42,28 @@ class SortedScores:
 
     def average_precision(self, weights: np.ndarray) -> np.ndarray:
         """AP = sum over thresholds of (recall step) x precision, as scikit-learn defines it.
-        weights: (B, n) row weights (counts of a bootstrap resample); one AP per row of it."""
+        weights: (B, n) row weights (counts of a bootstrap resample); one AP per row of it.
+        The running sums run along each resample's row (contiguous when the counts come from
+        `resample_counts`): numpy's running sum down the columns of an (n, B) matrix is ~5x
+        slower."""
         if not len(self.positive_rows):  # no positive row: AP is undefined
             return np.full(len(weights), np.nan)
-        by_row = weights.T  # (n, B): contiguous when the counts come from resample_counts
-        rows = by_row[self.order].cumsum(axis=0)[self.ends].T.astype(np.float64)
-        tp = by_row[self.positive_rows].cumsum(axis=0)[self.positives_to_end].T.astype(np.float64)
+        rows = _running_sum(weights, self.order)[:, self.ends].astype(np.float64)
+        tp = _running_sum(weights, self.positive_rows)[:, self.positives_to_end]
+        tp = tp.astype(np.float64)
         positives = tp[:, -1:]
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = np.where(rows > 0, tp / rows, 0.0)
             recall = np.where(positives > 0, tp / positives, 0.0)
         steps = np.diff(recall, axis=1, prepend=0.0)
         return np.where(positives[:, 0] > 0, (steps * precision).sum(axis=1), np.nan)
+
+
+def _running_sum(weights: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The running sums of `weights`' `columns` (in that order) along each row, in place of
+    the gathered copy."""
+    gathered = np.take(weights, columns, axis=1)
+    return np.cumsum(gathered, axis=1, out=gathered)
 
 
 def average_precision(y: np.ndarray, scores: np.ndarray) -> float:

@@ -28,12 +28,13 @@ def test_chunk_size_does_not_change_the_intervals(monkeypatch):
 
 def test_resample_counts_are_the_drawn_rows_counted_per_resample():
     """The vectorised counts are exactly np.bincount of each resample's draws, from the same
-    random stream, whatever their float type and memory layout."""
+    random stream, in the float type and memory layout the metrics expect."""
     n, size = 1_000, 7
     counts = compare.resample_counts(np.random.default_rng(3), n, size)
-    draws = np.random.default_rng(3).integers(0, n, size=(size, n))
+    draws = np.random.default_rng(3).integers(0, n, size=(size, n), dtype=np.int32)
     expected = np.stack([np.bincount(row, minlength=n) for row in draws])
     assert counts.shape == (size, n) and counts.dtype == np.float32
+    assert counts.flags.c_contiguous  # the metrics' running sums go along each resample's row
     assert np.array_equal(counts, expected)
     assert (counts.sum(axis=1) == n).all()
 
@@ -58,7 +59,7 @@ def test_resampled_metrics_are_scikit_learns_on_the_resampled_rows(n, prevalence
     counts = compare.resample_counts(rng, n, 5)
     sorted_scores, objective = SortedScores(y, scores), parse_objective("f1")
     predicted = (scores >= 0.5).astype(float)
-    for weights in (counts, np.ascontiguousarray(counts, dtype=np.float64)):
+    for weights in (counts, np.asfortranarray(counts, dtype=np.float64)):
         aps = sorted_scores.average_precision(weights)
         f1s = compare.weighted_objective(weights, y, predicted, objective)
         for w, ap, f1 in zip(weights, aps, f1s, strict=True):
@@ -68,3 +69,24 @@ def test_resampled_metrics_are_scikit_learns_on_the_resampled_rows(n, prevalence
                 continue
             assert ap == pytest.approx(average_precision_score(y[rows], scores[rows]), abs=1e-12)
             assert f1 == pytest.approx(f1_score(y[rows], predicted[rows], zero_division=0.0))
+
+
+def test_resampling_whole_groups_of_copies_is_resampling_the_rows_they_copy():
+    """Each row copied three times and grouped with its copies: a group resample draws the
+    original rows, each copy weighing as its group's draw count, so every resample's metrics
+    (both invariant to weighting all rows alike) and hence the intervals are those of resampling
+    the original rows."""
+    rng = np.random.default_rng(4)
+    n = 400
+    y = (rng.random(n) < 0.2).astype(int)
+    a, b = np.round(rng.random(n) + 0.3 * y, 2), rng.random(n) + 0.1 * y
+    objective = parse_objective("f1")
+    rows = compare.paired_bootstrap(y, a, b, 0.6, 0.7, objective, 200, 9)
+    # groups are numbered in order of first appearance: row i's copies make group i
+    copies = np.concatenate([np.arange(n), rng.permutation(np.tile(np.arange(n), 2))])
+    grouped = compare.paired_bootstrap(
+        y[copies], a[copies], b[copies], 0.6, 0.7, objective, 200, 9, groups=copies + 1000
+    )
+    assert grouped["resampled"] == f"{n} groups" and grouped["n_rows"] == 3 * n
+    for key in ("objective_interval", "pr_auc_interval"):
+        assert grouped[key] == pytest.approx(rows[key], abs=1e-12)

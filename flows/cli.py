@@ -65,7 +65,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "runtime": (
         *("runner", "max_parallel", "dask_address", "trainer", "tf_threads", "memory_budget"),
-        "seed",
+        *("retrain", "seed"),
     ),
 }
 # old flag names that still work, with a warning: old -> new

@@ -204,6 +204,11 @@ class TrainConfig(BaseModel):
         "store",
     )
     tf_threads: int = Field(1, ge=1, description="TensorFlow intra/inter-op threads per process")
+    retrain: bool = Field(
+        False,
+        description="train every branch, even one an earlier run trained on the same feature set "
+        "with the same settings and code (by default its kept output is reused: tasks/reuse.py)",
+    )
     memory_budget: str | None = Field(
         None,
         description="e.g. 2GB: strategies whose resampled copy of the training split would exceed "

@@ -127,13 +127,15 @@ def canonical_categories(values: pd.Series) -> pd.Series:
     other numbers by their shortest repr, missing stays missing."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         numbers = values.astype("float64")
-        finite = np.isfinite(numbers.to_numpy())
-        whole = finite & (numbers.to_numpy() == np.round(numbers.to_numpy()))
-        whole &= np.abs(np.nan_to_num(numbers.to_numpy())) < 2**53
-        text = pd.Series(
-            [repr(float(v)) for v in numbers.to_numpy()], index=values.index, dtype=object
+        # each distinct value is formatted once (a code column has a few hundred of them)
+        distinct, position = np.unique(numbers.to_numpy(), return_inverse=True)
+        finite = np.isfinite(distinct)
+        whole = finite & (distinct == np.round(distinct)) & (np.abs(distinct) < 2**53)
+        labels = np.array(
+            [str(int(v)) if w else repr(float(v)) for v, w in zip(distinct, whole, strict=True)],
+            dtype=object,
         )
-        text[whole] = [str(int(v)) for v in numbers.to_numpy()[whole]]
+        text = pd.Series(labels[position.ravel()], index=values.index, dtype=object)
         return text.where(numbers.notna(), None).astype("string")
     return values.astype("string")
 

@@ -423,7 +423,10 @@ def answer_markdown(answer: dict[str, Any]) -> str:
     )
 
 
-BOARD_EXTRAS = ("f1 @0.5", "recall @0.5", "steps", "train seconds", "calibration", "error")
+BOARD_EXTRAS = (
+    *("f1 @0.5", "recall @0.5", "steps", "train seconds", "trained by", "calibration"),
+    "error",
+)
 
 
 def _leaderboard(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -453,6 +456,8 @@ def _leaderboard(metrics: dict[str, Any]) -> dict[str, Any]:
                 "recall @0.5": r["at_0_5"]["recall"],
                 "steps": r["steps"],
                 "train seconds": r["train_seconds"],
+                # a branch reused from an earlier run (tasks.reuse) names that run
+                "trained by": r.get("reused_from") or "this run",
                 "calibration": r["calibration"]["method"],
             }
         else:

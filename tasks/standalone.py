@@ -131,9 +131,12 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
 
 
 def load_networks(paths: list[Any]) -> list[Any]:
-    """The member networks saved at `paths` (any store: Keras reads a local copy)."""
+    """The member networks saved at `paths` (any store: Keras reads a local copy). Their
+    custom layers are registered with Keras by importing tasks.layers: a process that trained
+    nothing (every branch reused) has not imported it yet."""
     import keras
 
+    import tasks.layers  # noqa: F401 - registers the custom layers the saved members use
     from tasks.storage import local_copy
 
     networks = []

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import embeddings, gates, gx_run, progress, search
+from tasks import embeddings, gates, gx_run, progress, reuse, search
 from tasks.calibration import Calibration, fit_platt
 from tasks.config import TrainConfig
 from tasks.errors import StrategyError
@@ -49,6 +49,7 @@ from tasks.records import (
     BoardLine,
     check_branch,
 )
+from tasks.reuse import Scores
 from tasks.storage import (
     atomic_path,
     location,
@@ -123,18 +124,6 @@ class StoreRows:
         if not joined:
             return numeric, codes
         return network_inputs(numeric, codes)
-
-
-@dataclass
-class Scores:
-    """What a fitted branch hands to the shared finishing step."""
-
-    probabilities: dict[str, np.ndarray]  # stop, tune, test: the raw score (members averaged)
-    corrected: dict[str, np.ndarray]  # the same rows' calibrated probabilities
-    calibration: Calibration
-    trained_prior: float
-    train_class_counts: dict[str, int]
-    info: dict[str, Any]
 
 
 class BranchFailed(Exception):
@@ -589,7 +578,10 @@ def finish_branch(
         "validation": validation,
         **{
             k: scores.info[k]
-            for k in ("members", "schedule", "training_data", "trained_on", "trainer", "search")
+            for k in (
+                *("members", "schedule", "training_data", "trained_on", "trainer", "search"),
+                "reused_from",
+            )
             if k in scores.info
         },
     }
@@ -687,33 +679,56 @@ def _train_branch(
         configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
         parts = shared_parts(feature_set)
         reason = skip_reason(name, parts["train"], config)
+        scores = None if reason else reused(feature_set, name, repeat, config, branch_dir)
         if reason:
             record = _skipped(record, reason)
         else:
-            labels = _labels(feature_set)
-            if name == REFERENCE:
-                shippable = config.allow_reference_champion
-                scores = fit_reference(
-                    parts, config, labels, branch_dir / "model" if shippable else None
-                )
-            else:
-                scores = fit_neural(
-                    STRATEGIES[name],
-                    parts,
-                    config,
-                    feature_set.preprocessing(),
-                    labels,
-                    branch_dir / "model",
-                    key,
-                )
+            trained = scores is None
+            if trained:
+                scores = _fit_branch(name, feature_set, parts, config, branch_dir, key)
             record = _finished(
                 record | finish_branch(name, scores, parts, config, branch_dir), config
             )
+            if trained:
+                reuse.keep(feature_set, name, repeat, config, scores, branch_dir)
     except Exception as exc:
         progress.finish(key, "failed")
         raise BranchFailed(_failed(record, exc)) from exc
     progress.finish(key, record["status"])
     return record
+
+
+def _fit_branch(
+    name: str,
+    feature_set: FeatureSet,
+    parts: dict[str, Part],
+    config: TrainConfig,
+    branch_dir: UPath,
+    key: str,
+) -> Scores:
+    """Fit one strategy's networks (or the reference) on their own."""
+    labels = _labels(feature_set)
+    if name == REFERENCE:
+        shippable = config.allow_reference_champion
+        return fit_reference(parts, config, labels, branch_dir / "model" if shippable else None)
+    strategy, prep = STRATEGIES[name], feature_set.preprocessing()
+    return fit_neural(strategy, parts, config, prep, labels, branch_dir / "model", key)
+
+
+def reused(
+    feature_set: FeatureSet, name: str, repeat: int, config: TrainConfig, branch_dir: UPath
+) -> Scores | None:
+    """The output of this branch as an earlier run trained it (tasks.reuse), unless --retrain."""
+    if config.retrain:
+        return None
+    scores = reuse.restore(feature_set, name, repeat, config, branch_dir)
+    if scores is not None:
+        log.info(
+            "strategy %s: reusing what %s trained (same feature set, settings and code)",
+            name,
+            scores.info["reused_from"],
+        )
+    return scores
 
 
 def _fit_together(
@@ -805,18 +820,49 @@ def _train_stack(
 ) -> list[dict[str, Any]]:
     configure_tensorflow(config.tf_threads)
     parts = shared_parts(feature_set)
+    records = {name: _started(name, config) for name in names}
+    fresh = []
+    for name in names:
+        branch_dir = location(out_dir) / name
+        try:
+            reason = skip_reason(name, parts["train"], config)
+            scores = None if reason else reused(feature_set, name, repeat, config, branch_dir)
+            if reason:
+                records[name] = _skipped(records[name], reason)
+            elif scores is None:
+                fresh.append(name)
+            else:
+                progress.start(progress_key(name, repeat))
+                records[name] |= finish_branch(name, scores, parts, config, branch_dir)
+                records[name] = _finished(records[name], config)
+        except Exception as exc:
+            records[name] = _failed(records[name], exc)
+    if fresh:
+        records |= _fit_stack(fresh, records, feature_set, parts, config, out_dir, repeat)
+    for name in names:
+        progress.finish(progress_key(name, repeat), records[name]["status"])
+    return [records[name] for name in names]
+
+
+def _fit_stack(
+    names: list[str],
+    records: dict[str, dict[str, Any]],
+    feature_set: FeatureSet,
+    parts: dict[str, Part],
+    config: TrainConfig,
+    out_dir: str,
+    repeat: int,
+) -> dict[str, dict[str, Any]]:
+    """Train these strategies' networks side by side, then finish each branch and keep its
+    output for later runs (tasks.reuse); their updated records."""
+    records = {name: records[name] for name in names}
     train, stop = parts["train"], parts["stop"]
     prep, labels = feature_set.preprocessing(), _labels(feature_set)
     settings = neural_settings(train, len(stop.y), config, prep)
-    records = {name: _started(name, config) for name in names}
     plans: dict[str, list[MemberPlan]] = {}
     known: dict[tuple, MemberPlan] = {}
     for name in names:
         try:
-            reason = skip_reason(name, train, config)
-            if reason:
-                records[name] = _skipped(records[name], reason)
-                continue
             plans[name] = plan_members(STRATEGIES[name], train, config, prep, settings, known)
         except Exception as exc:
             records[name] = _failed(records[name], exc)
@@ -848,11 +894,10 @@ def _train_stack(
                 scores.info["search"] = search.record(options, chosen, stop_scores)
             records[name] |= finish_branch(name, scores, parts, config, branch_dir)
             records[name] = _finished(records[name], config)
+            reuse.keep(feature_set, name, repeat, config, scores, branch_dir)
         except Exception as exc:
             records[name] = _failed(records[name], exc)
-    for name in names:
-        progress.finish(progress_key(name, repeat), records[name]["status"])
-    return [records[name] for name in names]
+    return records
 
 
 def rank_value(record: dict[str, Any], rank_by: str) -> float:

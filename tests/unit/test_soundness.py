@@ -101,6 +101,36 @@ def test_assignment_is_seeded():
 # --- row identity --------------------------------------------------------------------------------
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.integers(-(2**60), 2**60).map(float),
+            st.sampled_from([0.0, -0.0, 1.0, 2.5, 2**53, -(2**53), 1e300]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_numeric_categories_print_each_value_by_its_own_rule(values):
+    """Each present value prints as an integer when it is whole and below 2**53 in magnitude,
+    else by its shortest repr; missing stays missing (the levels are formatted once per distinct
+    value, which must not change any row's text)."""
+    column = pd.Series(values, dtype="float64")
+    expected = [
+        None
+        if np.isnan(v)
+        else str(int(v))
+        if np.isfinite(v) and v == np.round(v) and abs(v) < 2**53
+        else repr(float(v))
+        for v in values
+    ]
+    text = canonical_categories(column)
+    assert [None if pd.isna(t) else t for t in text] == expected
+    assert list(canonical_categories(column.astype("float32")).isna()) == list(column.isna())
+
+
 def test_row_hash_survives_reordering_and_a_dtype_change():
     """A column of integer codes that gains a missing value is read as float ('1' -> 1.0); a
     numeric column read as int or float; rows re-sorted: the same rows hash the same."""

@@ -1,0 +1,169 @@
+"""Trained branches reused by a later run on the same feature set, settings and code
+(tasks.reuse): the same records and predictions without training, and training again whenever
+anything that shapes training changed, the kept files do not match, or --retrain says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.train import train_flow
+from tasks import reuse
+from tasks.config import TrainConfig
+from tasks.storage import location
+from tests.conftest import fast_config
+
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ["baseline", "class_weight"]
+SAME = ("pr_auc", "threshold", "f1", "validation", "calibration", "steps", "confusion_matrix")
+
+
+def records(result) -> dict[str, dict]:
+    metrics = json.loads(Path(result.metrics_path).read_text())
+    return {r["strategy"]: r for r in metrics["strategies"]}
+
+
+def predictions(result, name: str) -> pd.DataFrame:
+    return pd.read_parquet(Path(result.run_dir) / "branches" / name / "predictions.parquet")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs of one configuration in one store, then one with --retrain and one with a
+    different dropout."""
+    config = fast_config(tmp_path_factory.mktemp("reuse") / "runs", strategies=STRATEGIES)
+    first = train_flow(config)
+    second = train_flow(config)
+    retrained = train_flow(config.model_copy(update={"retrain": True}))
+    changed = train_flow(config.model_copy(update={"dropout": config.dropout + 0.15}))
+    return config, first, second, retrained, changed
+
+
+def test_a_second_identical_run_reuses_every_branch_with_the_same_results(runs):
+    config, first, second, _, _ = runs
+    before, after = records(first), records(second)
+    assert set(before) == set(after) == {*STRATEGIES, "reference"}
+    for name, record in after.items():
+        assert "reused_from" not in before[name]
+        assert record["reused_from"] == f"run {first.run_id}"
+        assert {k: record[k] for k in SAME} == {k: before[name][k] for k in SAME}
+        pd.testing.assert_frame_equal(predictions(first, name), predictions(second, name))
+    # the members were copied into the second run, and its exported model is the first's
+    for name in STRATEGIES:
+        members = sorted((Path(second.run_dir) / "branches" / name / "model").glob("*.keras"))
+        assert members, name
+    exported = pd.read_parquet(Path(second.run_dir) / "model" / "evaluation.parquet")
+    pd.testing.assert_frame_equal(
+        exported, pd.read_parquet(Path(first.run_dir) / "model" / "evaluation.parquet")
+    )
+    report = (Path(second.run_dir) / "report.html").read_text()
+    assert f"run {first.run_id}" in report  # the leaderboard says who trained it
+
+
+def test_retrain_trains_again_and_gets_the_same_results(runs):
+    _, first, _, retrained, _ = runs
+    before, again = records(first), records(retrained)
+    for name, record in again.items():
+        assert "reused_from" not in record
+        assert {k: record[k] for k in SAME} == {k: before[name][k] for k in SAME}
+
+
+def test_a_changed_training_setting_trains_again(runs):
+    _, first, _, _, changed = runs
+    after = records(changed)
+    assert not any("reused_from" in r for r in after.values())
+    assert after["baseline"]["pr_auc"] != records(first)["baseline"]["pr_auc"]
+
+
+def test_kept_files_that_do_not_match_are_never_used(runs, tmp_path):
+    config, first, _, _, _ = runs
+    key = reuse.branch_key("baseline", 0, config)
+    kept = first.feature_set.location.parent / reuse.BRANCHES / first.feature_set.fingerprint
+    assert (kept / key / reuse.MANIFEST).is_file()
+    branch_dir = location(tmp_path / "branch")
+    restored = reuse.restore(first.feature_set, "baseline", 0, config, branch_dir)
+    assert restored is not None and (branch_dir / "model" / "member_0.keras").is_file()
+    copy = tmp_path / "store-copy"
+    shutil.copytree(kept / key, copy)
+    try:
+        scores = kept / key / reuse.SCORES
+        scores.write_bytes(scores.read_bytes()[:-8] + b"\0" * 8)  # damaged in place
+        assert reuse.restore(first.feature_set, "baseline", 0, config, branch_dir) is None
+        (kept / key / reuse.SCORES).unlink()
+        assert reuse.restore(first.feature_set, "baseline", 0, config, branch_dir) is None
+    finally:
+        shutil.rmtree(kept / key)
+        shutil.copytree(copy, kept / key)
+
+
+def test_every_setting_but_the_listed_ones_is_in_the_key():
+    """A new TrainConfig field changes the key unless it is added to NOT_TRAINING: a setting
+    can never be forgotten into silently reusing branches it would have trained differently."""
+    base = fast_config(Path("/tmp/unused"))
+    assert set(TrainConfig.model_fields) >= reuse.NOT_TRAINING
+    key = reuse.branch_key("baseline", 0, base)
+    assert reuse.branch_key("smote", 0, base) != key
+    assert reuse.branch_key("baseline", 1, base) != key
+    for field in TrainConfig.model_fields:
+        changed = base.model_copy(update={field: f"changed {field}"})  # not validated
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydantic warns about the unexpected type
+            moved = reuse.branch_key("baseline", 0, changed) != key
+        assert moved == (field not in reuse.NOT_TRAINING), field
+
+
+def test_the_code_hash_covers_every_module(tmp_path):
+    package = tmp_path / "tasks"
+    shutil.copytree(ROOT / "tasks", package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = reuse.source_hash(package)
+    assert reuse.source_hash(package) == before
+    (package / "strategies.py").write_text((package / "strategies.py").read_text() + "\n# x\n")
+    assert reuse.source_hash(package) != before
+
+
+def test_members_load_in_a_process_that_trained_nothing(runs):
+    """Regression: with every branch reused, nothing imported tasks.layers before the export
+    loaded the members, and Keras could not locate `CodeOneHot` (the second insurance run
+    failed in export-model)."""
+    _, first, _, _, _ = runs
+    member = next((Path(first.run_dir) / "branches" / "baseline" / "model").glob("*.keras"))
+    code = (
+        "import sys; from tasks.standalone import load_networks; "
+        "print(len(load_networks([sys.argv[1]])[0].layers))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(member)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().splitlines()[-1]) > 2
+    assert np.isfinite(records(first)["baseline"]["pr_auc"])
+
+
+@pytest.mark.parametrize(
+    ("branch_dir", "named"),
+    [
+        (
+            "/runs/.20261201T000000Z-ab12cd34.partial/branches/baseline",
+            "run 20261201T000000Z-ab12cd34",
+        ),
+        (
+            "/runs/20261201T000000Z-ab12cd34/branches/repeat-2/smote",
+            "run 20261201T000000Z-ab12cd34",
+        ),
+        (
+            "memory://runs/20261201T000000Z-ab12cd34/branches/reference",
+            "run 20261201T000000Z-ab12cd34",
+        ),
+        ("/somewhere/else", "/somewhere/else"),
+    ],
+)
+def test_a_kept_branch_names_the_run_that_trained_it(branch_dir, named):
+    assert reuse.trained_in(location(branch_dir)) == named

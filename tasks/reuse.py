@@ -73,6 +73,7 @@ NOT_TRAINING = frozenset(
         "retrain",
     }
 )
+KEPT_PER_BRANCH = 3  # versions kept per strategy, repeat and feature set (the newest)
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "scikit-learn", "imbalanced-learn")
 
 
@@ -174,7 +175,7 @@ def keep(
             return
         staging = scratch_dir(feature_set.location.parent, f".{directory.name}.tmp-")
         try:
-            _write(staging, scores, branch_dir)
+            _write(staging, scores, branch_dir, name, repeat)
             (staging / OWNER_FILE).unlink(missing_ok=True)
             directory.parent.mkdir(parents=True, exist_ok=True)
             if directory.joinpath(MANIFEST).is_file():  # another run kept it meanwhile
@@ -184,8 +185,24 @@ def keep(
             publish_dir(staging, directory, MANIFEST)  # a rename: fails if one just arrived
         finally:
             remove_tree(staging)
+        _prune(directory.parent, name, repeat)
     except Exception as exc:  # noqa: BLE001 - an optimisation never fails the run
         log.warning("could not keep branch %s for later runs: %s", name, exc)
+
+
+def _prune(kept: UPath, name: str, repeat: int) -> None:
+    """Keep the KEPT_PER_BRANCH most recent kept versions of one strategy and repeat on one
+    feature set (each change of code or settings keeps a new one); remove the older ones."""
+    versions = []
+    for directory in kept.iterdir():
+        try:
+            manifest = read_json(directory / MANIFEST)
+        except (OSError, ValueError):
+            continue  # being published, or debris: not this function's to judge
+        if manifest.get("strategy") == name and manifest.get("repeat") == repeat:
+            versions.append((manifest.get("created_at", ""), directory))
+    for _, directory in sorted(versions, key=lambda v: v[0], reverse=True)[KEPT_PER_BRANCH:]:
+        remove_tree(directory)
 
 
 def trained_in(branch_dir: UPath) -> str:
@@ -200,7 +217,7 @@ def trained_in(branch_dir: UPath) -> str:
     return f"run {run}"
 
 
-def _write(staging: Path, scores: Scores, branch_dir: UPath) -> None:
+def _write(staging: Path, scores: Scores, branch_dir: UPath, name: str, repeat: int) -> None:
     arrays = {f"probabilities_{p}": scores.probabilities[p] for p in PARTS}
     arrays |= {f"corrected_{p}": scores.corrected[p] for p in PARTS}
     np.savez(staging / SCORES, **arrays)
@@ -219,6 +236,8 @@ def _write(staging: Path, scores: Scores, branch_dir: UPath) -> None:
         if p.is_file() and p.name != OWNER_FILE
     }
     manifest = {
+        "strategy": name,
+        "repeat": repeat,
         "trained_in": trained_in(branch_dir),
         "created_at": datetime.now(UTC).isoformat(),
         "files": files,

@@ -167,3 +167,37 @@ def test_members_load_in_a_process_that_trained_nothing(runs):
 )
 def test_a_kept_branch_names_the_run_that_trained_it(branch_dir, named):
     assert reuse.trained_in(location(branch_dir)) == named
+
+
+def test_only_the_newest_versions_of_a_branch_are_kept(tmp_path):
+    """Every change of settings or code keeps a new version; the oldest beyond KEPT_PER_BRANCH
+    of one strategy and repeat go, other strategies' and repeats' stay; a kept version restores
+    what was kept."""
+    from tasks.calibration import Calibration
+    from tasks.features import FeatureSet
+
+    feature_set = FeatureSet(fingerprint="f" * 20, path=str(tmp_path / "store" / "f"), reused=False)
+    scores = reuse.Scores(
+        probabilities={p: np.linspace(0, 1, 5) for p in reuse.PARTS},
+        corrected={p: np.linspace(0.1, 0.9, 5) for p in reuse.PARTS},
+        calibration=Calibration(method="identity"),
+        trained_prior=0.2,
+        train_class_counts={"yes": 1, "no": 4},
+        info={"steps": 3, "train_seconds": 0.1},
+    )
+    configs = [fast_config(tmp_path, dropout=0.05 * i) for i in range(6)]
+    branch_dir = location(tmp_path / "runs" / ".run-1.partial" / "branches" / "baseline")
+    for config in configs:
+        reuse.keep(feature_set, "baseline", 0, config, scores, branch_dir)
+    reuse.keep(feature_set, "baseline", 1, configs[0], scores, branch_dir)
+    reuse.keep(feature_set, "smote", 0, configs[0], scores, branch_dir)
+    restored = [
+        reuse.restore(feature_set, "baseline", 0, config, location(tmp_path / "b")) is not None
+        for config in configs
+    ]
+    assert restored == [False] * (6 - reuse.KEPT_PER_BRANCH) + [True] * reuse.KEPT_PER_BRANCH
+    again = reuse.restore(feature_set, "baseline", 1, configs[0], location(tmp_path / "b"))
+    assert again is not None and again.info["reused_from"] == "run run-1"
+    np.testing.assert_array_equal(again.corrected["test"], scores.corrected["test"])
+    assert reuse.restore(feature_set, "smote", 0, configs[0], location(tmp_path / "b"))
+    assert not list((tmp_path / "store").glob(".*.tmp-*"))  # no staging left behind

@@ -68,6 +68,18 @@ def weighted_objective(
     return objective_values(tp, fp, fn, objective, n_rows=len(y))
 
 
+def same_decisions(
+    y: np.ndarray, scores_a: Any, scores_b: Any, threshold_a: float, threshold_b: float
+) -> bool:
+    """Whether two models score every row alike at one threshold (with a positive row, so some
+    resample has a PR-AUC): their paired differences are then zero in every resample."""
+    return bool(
+        threshold_a == threshold_b
+        and y.sum() > 0
+        and np.array_equal(np.asarray(scores_a), np.asarray(scores_b))
+    )
+
+
 def paired_bootstrap(
     y: np.ndarray,
     scores_a: np.ndarray,
@@ -104,11 +116,16 @@ def paired_bootstrap(
             weights
         )
 
-    chunk = bootstrap_chunk(len(y))
-    sizes = [min(chunk, n_boot - start) for start in range(0, n_boot, chunk)]
-    chunks = [differences(resample_counts(rng, units, size)) for size in sizes]
-    objective_diff, pr_diff = (np.concatenate(part) for part in zip(*chunks, strict=True))
-    pr_diff = pr_diff[~np.isnan(pr_diff)]
+    if same_decisions(y, scores_a, scores_b, threshold_a, threshold_b):
+        # a model against itself (a rerun's challenger is often its champion): every resample's
+        # differences are exactly zero (those without a positive have no PR-AUC and are skipped)
+        objective_diff = pr_diff = np.zeros(n_boot)
+    else:
+        chunk = bootstrap_chunk(len(y))
+        sizes = [min(chunk, n_boot - start) for start in range(0, n_boot, chunk)]
+        chunks = [differences(resample_counts(rng, units, size)) for size in sizes]
+        objective_diff, pr_diff = (np.concatenate(part) for part in zip(*chunks, strict=True))
+        pr_diff = pr_diff[~np.isnan(pr_diff)]
     ones = np.ones((1, len(y)))
 
     def interval(values) -> dict[str, float]:
@@ -251,18 +268,26 @@ def verdict_text(
     comparison: dict[str, Any] | None,
     rank_by: str,
     evidence: dict[str, Any] | None = None,
+    balancing_ran: bool = True,
 ) -> str:
+    """The verdict's sentence; `balancing_ran`: whether any balancing strategy ran beside
+    baseline."""
     if evidence is not None and evidence["selected"] != evidence["leader"]:
         return f"Selected **baseline**: {selection_text(evidence)}"
+    if selected == "baseline":
+        if not balancing_ran:
+            return (
+                "Selected **baseline**, the only strategy trained in this run: there is no "
+                "balancing strategy to compare it with."
+            )
+        return (
+            f"Selected **baseline** (best {rank_by} on the validation tuning half): no balancing "
+            "strategy beat plain training with a tuned threshold on this data."
+        )
     if comparison is None:
         return (
             f"Selected **{selected}** (best {rank_by} on the validation tuning half). "
             "No baseline branch ran, so there is no margin to report."
-        )
-    if selected == "baseline":
-        return (
-            f"Selected **baseline** (best {rank_by} on the validation tuning half): no balancing "
-            "strategy beat plain training with a tuned threshold on this data."
         )
     diff, ci = comparison["objective_difference"], comparison["objective_interval"]
     text = (
@@ -405,7 +430,8 @@ def compare_with_baseline(
     comparison, reference = against("baseline"), against(_counterpart(selected, ranked))
     tuned = by_name[selected]["threshold"]
     grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})
-    verdict = verdict_text(selected, comparison, config.rank_by, evidence)
+    balancing = any(r["strategy"] not in ("baseline", REFERENCE) for r in ranked)
+    verdict = verdict_text(selected, comparison, config.rank_by, evidence, balancing)
     about_reference = reference_text(selected, ranked, reference)
     return (
         comparison,

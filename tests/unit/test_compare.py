@@ -90,3 +90,30 @@ def test_resampling_whole_groups_of_copies_is_resampling_the_rows_they_copy():
     assert grouped["resampled"] == f"{n} groups" and grouped["n_rows"] == 3 * n
     for key in ("objective_interval", "pr_auc_interval"):
         assert grouped[key] == pytest.approx(rows[key], abs=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    prevalence=st.sampled_from([0.01, 0.2, 0.7]),
+    decimals=st.sampled_from([1, 2, 6]),
+    threshold=st.floats(0.0, 1.0),
+    grouped=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_model_against_itself_differs_by_exactly_zero(
+    n, prevalence, decimals, threshold, grouped, seed
+):
+    """The shortcut for identical scores at one threshold gives exactly what resampling gives."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prevalence).astype(int)
+    y[0] = 1  # at least one positive
+    scores = np.round(rng.random(n), decimals)
+    groups = rng.integers(0, max(1, n // 3), n) if grouped else None
+    args = (y, scores, scores.copy(), threshold, threshold, parse_objective("f1"), 1000, seed)
+    quick = compare.paired_bootstrap(*args, groups=groups)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "same_decisions", lambda *a: False)
+        resampled = compare.paired_bootstrap(*args, groups=groups)
+    assert quick == resampled
+    assert quick["pr_auc_interval"] == quick["objective_interval"] == {"low": 0.0, "high": 0.0}

@@ -110,3 +110,15 @@ def test_a_leader_tied_with_baseline_is_not_selected(tmp_path):
         "Selected **baseline**: smote ties baseline on the validation tuning half (equal "
         "PR-AUC): baseline is selected."
     )
+
+
+def test_a_selected_baseline_is_never_said_not_to_have_run():
+    """Regression: selecting baseline leaves no selected-vs-baseline comparison, and the verdict
+    said "No baseline branch ran, so there is no margin to report" about the baseline it had
+    just selected (every run where baseline ranked first, and every baseline-only run)."""
+    for balancing_ran in (True, False):
+        text = verdict_text("baseline", None, "pr_auc", None, balancing_ran)
+        assert "No baseline branch ran" not in text and text.startswith("Selected **baseline**")
+    assert "no balancing strategy beat" in verdict_text("baseline", None, "pr_auc", None, True)
+    assert "only strategy trained" in verdict_text("baseline", None, "pr_auc", None, False)
+    assert "No baseline branch ran" in verdict_text("smote", None, "pr_auc")

@@ -1,4 +1,4 @@
-"""Trained branches kept beside their feature set, and reused when nothing that trains them changed.
+"""Trained branches kept in the feature store, and reused when nothing that trains them changed.
 
 A branch's training output - its scores on the stop, tune and test rows, its calibration, its
 record of training, and its members' model files - depends only on the feature set, the

@@ -155,13 +155,22 @@ def summary_table(lines: list[Any], rank_by: str) -> Any:
         table.add_column(name, justify="right")
     for line in lines:
         name = line.strategy + ("" if line.eligible or line.status != "ok" else " *")
+        name += " +" if line.reused_from else ""
         if line.status != "ok":
             table.add_row("", name, f"{line.status}: {line.error or ''}"[:60], *[""] * 5)
             continue
         figures = (line.validation, line.test_pr_auc, line.f1, line.precision, line.recall)
         table.add_row(str(line.rank or ""), name, *map(_figure, figures), _figure(line.threshold))
+    notes = []
     if any(line.status == "ok" and not line.eligible for line in lines):
-        table.caption = "* a reference, never shipped; test metrics at each tuned threshold"
+        notes.append("* a reference, never shipped; test metrics at each tuned threshold")
+    trainers = sorted({line.reused_from for line in lines if line.reused_from})
+    if trainers:
+        notes.append(
+            f"+ not trained again: reused what {', '.join(trainers)} trained on the same feature "
+            "set with the same settings and code (--retrain trains again)"
+        )
+    table.caption = "\n".join(notes) or None
     return table
 
 

@@ -122,6 +122,7 @@ class BoardLine(BaseModel):
     recall: float | None = None
     threshold: float | None = None
     error: str | None = None
+    reused_from: str | None = None  # the run that trained it, when it was reused (tasks.reuse)
 
 
 class Interval(BaseModel):

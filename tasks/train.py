@@ -938,6 +938,7 @@ def board_lines(records: list[dict[str, Any]], rank_by: str) -> list[BoardLine]:
                     else {}
                 ),
                 error=r.get("error"),
+                reused_from=r.get("reused_from"),
             )
         )
     return lines

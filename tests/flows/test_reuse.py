@@ -201,3 +201,22 @@ def test_only_the_newest_versions_of_a_branch_are_kept(tmp_path):
     np.testing.assert_array_equal(again.corrected["test"], scores.corrected["test"])
     assert reuse.restore(feature_set, "smote", 0, configs[0], location(tmp_path / "b"))
     assert not list((tmp_path / "store").glob(".*.tmp-*"))  # no staging left behind
+
+
+def test_the_closing_summary_marks_what_was_not_trained_again(runs):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from flows.console import summary_table
+
+    _, first, second, retrained, _ = runs
+    assert all(line.reused_from == f"run {first.run_id}" for line in second.leaderboard)
+    assert not any(line.reused_from for line in retrained.leaderboard)
+    for result, marked in ((second, True), (retrained, False)):
+        out = StringIO()
+        Console(file=out, width=200).print(summary_table(result.leaderboard, "pr_auc"))
+        text = out.getvalue()
+        rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
+        assert len(rows) == 3 and all((row[-7] == "+") == marked for row in rows), text
+        assert (f"reused what run {first.run_id} trained" in text) == marked

@@ -270,8 +270,8 @@ def verdict_text(
     evidence: dict[str, Any] | None = None,
     balancing_ran: bool = True,
 ) -> str:
-    """The verdict's sentence; `balancing_ran`: whether any balancing strategy ran beside
-    baseline."""
+    """The verdict's sentence; `balancing_ran`: whether any balancing strategy ran (and did not
+    fail) beside baseline."""
     if evidence is not None and evidence["selected"] != evidence["leader"]:
         return f"Selected **baseline**: {selection_text(evidence)}"
     if selected == "baseline":
@@ -430,7 +430,9 @@ def compare_with_baseline(
     comparison, reference = against("baseline"), against(_counterpart(selected, ranked))
     tuned = by_name[selected]["threshold"]
     grid = sorted({round(float(t), 4) for t in np.linspace(0.05, 0.95, 19)} | {tuned, 0.5})
-    balancing = any(r["strategy"] not in ("baseline", REFERENCE) for r in ranked)
+    balancing = any(
+        r["strategy"] not in ("baseline", REFERENCE) and r["status"] == "ok" for r in ranked
+    )
     verdict = verdict_text(selected, comparison, config.rank_by, evidence, balancing)
     about_reference = reference_text(selected, ranked, reference)
     return (

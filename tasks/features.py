@@ -41,6 +41,7 @@ from tasks.outliers import OutlierResult
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN, SPLITS, SplitResult
 from tasks.storage import (
     OWNER_FILE,
+    changed_file,
     is_local,
     location,
     publish_dir,
@@ -519,13 +520,10 @@ def load_valid_feature_set(store: UPath, fp: str) -> FeatureSet | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        for name, info in manifest["files"].items():
-            path = directory / name
-            if not path.is_file() or sha256_of(path) != info["sha256"]:
-                log.warning(
-                    "feature set %s is invalid: %s is missing or changed; rebuilding", fp, name
-                )
-                return None
+        name = changed_file(directory, {n: i["sha256"] for n, i in manifest["files"].items()})
+        if name is not None:
+            log.warning("feature set %s is invalid: %s is missing or changed; rebuilding", fp, name)
+            return None
     except (json.JSONDecodeError, KeyError, OSError) as exc:
         log.warning("feature set %s has an unreadable manifest (%s); rebuilding", fp, exc)
         return None

@@ -22,9 +22,9 @@ from tasks.features import PREPROCESSING, Preprocessing
 from tasks.ingest import NUMERIC_DTYPES, beyond_float32, canonical_categories
 from tasks.io import io_task_options, load_source
 from tasks.preflight import check_columns, header
-from tasks.standalone import KERAS_FILE, build, load_networks, raw_inputs
+from tasks.standalone import KERAS_FILE, build, load_keras, load_networks, raw_inputs
 from tasks.standalone import score as standalone_score
-from tasks.storage import is_local, local_copy, local_path, location, write_parquet, write_text
+from tasks.storage import is_local, local_path, location, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,9 @@ class LoadedModel:
         """The model that takes raw columns (`tasks/standalone.py`): its `model.keras`, or for
         a model exported before it existed, the same model built from its members."""
         if self._standalone is None:
-            import keras
-
-            import tasks.layers  # noqa: F401 (registers the custom layers for loading)
-
             saved = self.dir / KERAS_FILE
             if saved.is_file():
-                with local_copy(saved) as path:  # Keras reads local files only
-                    self._standalone = keras.saving.load_model(path, compile=False)
+                self._standalone = load_keras(saved)
             else:
                 members = load_networks([self.dir / name for name in self.meta["members"]])
                 self._standalone = build(self.prep, members, self.calibration)

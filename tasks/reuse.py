@@ -41,6 +41,7 @@ from tasks.config import TrainConfig
 from tasks.features import FeatureSet
 from tasks.storage import (
     OWNER_FILE,
+    changed_file,
     copy_tree,
     is_local,
     location,
@@ -135,10 +136,10 @@ def restore(
         return None
     try:
         manifest = read_json(manifest_path)
-        for relative, digest in manifest["files"].items():
-            if sha256_of(directory / relative) != digest:
-                log.warning("kept branch %s: %s changed; training again", name, relative)
-                return None
+        changed = changed_file(directory, manifest["files"])
+        if changed is not None:
+            log.warning("kept branch %s: %s is missing or changed; training again", name, changed)
+            return None
         arrays = np.load(io.BytesIO((directory / SCORES).read_bytes()))
         record = read_json(directory / RECORD)
         if (directory / MODEL).exists():

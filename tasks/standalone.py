@@ -130,20 +130,22 @@ def build(prep: Any, members: list[Any], calibration: Any) -> Any:
     )
 
 
-def load_networks(paths: list[Any]) -> list[Any]:
-    """The member networks saved at `paths` (any store: Keras reads a local copy). Their
-    custom layers are registered with Keras by importing tasks.layers: a process that trained
-    nothing (every branch reused) has not imported it yet."""
+def load_keras(path: Any) -> Any:
+    """A Keras model this project saved (any store: Keras reads a local copy). Its custom layers
+    are registered with Keras by importing tasks.layers first: a process that built no network
+    (every branch reused, or only scoring) has not imported it yet."""
     import keras
 
-    import tasks.layers  # noqa: F401 - registers the custom layers the saved members use
+    import tasks.layers  # noqa: F401 - registers the custom layers the saved model uses
     from tasks.storage import local_copy
 
-    networks = []
-    for path in paths:
-        with local_copy(path) as local:
-            networks.append(keras.models.load_model(local, compile=False))
-    return networks
+    with local_copy(path) as local:
+        return keras.saving.load_model(local, compile=False)
+
+
+def load_networks(paths: list[Any]) -> list[Any]:
+    """The member networks saved at `paths`."""
+    return [load_keras(path) for path in paths]
 
 
 def raw_inputs(frame: pd.DataFrame, prep: Any) -> dict[str, np.ndarray]:

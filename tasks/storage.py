@@ -164,6 +164,17 @@ def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def changed_file(directory: str | os.PathLike[str], hashes: dict[str, str]) -> str | None:
+    """The first of `hashes`' files (name -> sha256, relative to `directory`) that is missing
+    or whose content no longer has that hash; None when every one matches."""
+    directory = location(directory)
+    for name, digest in hashes.items():
+        path = directory / name
+        if not path.is_file() or sha256_of(path) != digest:
+            return name
+    return None
+
+
 def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> UPath:
     """Copy between any two stores (e.g. a feature set on S3 into a local model directory)."""
     with location(source).open("rb") as reader, atomic_path(target) as tmp, open(tmp, "wb") as out:

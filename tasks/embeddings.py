@@ -11,9 +11,11 @@ learned d-wide vector per level (Guo & Berkhahn 2016), instead of one input per 
 
 A network's input row carries each categorical as one integer code (`tasks.model.network_inputs`:
 numerics, then codes as float32, -1 for a level training never saw); `expand_codes`, the first
-step of both trainers' networks, turns the codes into one-hot blocks batch by batch. So the
-training arrays, synthesised rows and stacked pools hold one column per categorical, not one per
-level, while every layer after it sees the one-hot layout the embeddings below are defined on.
+layer of a Keras network, turns the codes into one-hot blocks batch by batch. So the training
+arrays, synthesised rows and stacked pools hold one column per categorical, not one per level,
+while the embeddings below are defined on the one-hot layout. The stacked trainer computes the
+same from the codes themselves (`Embeddings.apply` with `codes`, `linear_from_codes`): an
+embedded column's vector is looked up, and only the small blocks are ever made one-hot.
 
 The size rules of the defaults live here too: which training sizes get numeric embeddings, and
 the strong weight decay of the small-data network that goes without them (docs/quality.md)."""
@@ -152,24 +154,103 @@ class Embeddings:
             weights.append(rng.normal(0.0, 1 / np.sqrt(CATEGORY_DIM), (levels, CATEGORY_DIM)))
         return [w.astype(np.float32) for w in weights]
 
-    def apply(self, x: Any, weights: list[Any]) -> Any:
-        """Stacked networks: x (S or 1, rows, width), weights with a leading S -> (S, rows,
-        out_width): periodic numerics, embedded categoricals, then the inputs passed on."""
+    def apply(self, x: Any, weights: list[Any], codes: tuple[int, ...] | None = None) -> Any:
+        """Stacked networks: x (S or 1, rows, inputs), weights with a leading S -> (S, rows,
+        out_width): periodic numerics, embedded categoricals, then the inputs passed on.
+
+        `x` holds the expanded inputs (one one-hot block per categorical, `expand_codes`), as
+        the Keras layer sees them; or, given `codes` (the levels of each code column, when
+        there are any), the numerics then one code per categorical, as the stacked trainer
+        keeps them: the same result, but an embedded column's vector is looked up by its code
+        instead of built as a one-hot block and multiplied (on insurance, building, slicing
+        and multiplying those blocks took ~40% of a training step's op time;
+        docs/performance.md)."""
         import tensorflow as tf
 
         stacks, rows = tf.shape(weights[0])[0], tf.shape(x)[1]
         pieces, w = [], list(weights)
         if self.numeric:
-            frequencies, kernel, bias = w[:3]
+            pieces.append(_periodic(x[..., : self.numeric], w[:3], stacks, rows))
             w = w[3:]
-            angles = (2 * np.pi) * x[..., : self.numeric, None] * frequencies[:, None]
-            periodic = tf.concat([tf.cos(angles), tf.sin(angles)], axis=-1)  # (S, rows, F, 2K)
-            embedded = tf.nn.relu(tf.einsum("sbfk,sfkd->sbfd", periodic, kernel) + bias[:, None])
-            pieces.append(tf.reshape(embedded, tf.stack([stacks, rows, -1])))
-        for (start, levels), table in zip(self.categories, w, strict=True):
-            pieces.append(tf.linalg.matmul(x[..., start : start + levels], table))
-        passed = self.passed
-        if passed:
-            pieces.append(tf.gather(x, passed, axis=-1))
+        if not codes:  # no code columns: the inputs are the expanded layout already
+            for (start, levels), table in zip(self.categories, w, strict=True):
+                pieces.append(tf.linalg.matmul(x[..., start : start + levels], table))
+            passed = [tf.gather(x, self.passed, axis=-1)] if self.passed else []
+        else:
+            embedded, passed = self._from_codes(x, w, codes, stacks, rows)
+            pieces += embedded
+        pieces += passed
         pieces = [tf.broadcast_to(p, tf.stack([stacks, rows, tf.shape(p)[2]])) for p in pieces]
         return tf.concat(pieces, axis=-1)
+
+    def _from_codes(
+        self, x: Any, tables: list[Any], codes: tuple[int, ...], stacks: Any, rows: Any
+    ) -> tuple[list[Any], list[Any]]:
+        """The embedded categoricals' vectors and the passed inputs (the numerics unless they
+        are embedded, then the other categoricals' one-hot blocks), from coded inputs."""
+        import tensorflow as tf
+
+        numeric = x.shape[-1] - len(codes)
+        embedded_at = {start for start, _ in self.categories}
+        lookups: list[Any] = []
+        passed = [x[..., :numeric]] if numeric and not self.numeric else []
+        tables = iter(tables)
+        for j, (start, levels) in enumerate(code_blocks(numeric, codes)):
+            code = tf.cast(tf.round(x[..., numeric + j]), tf.int32)
+            if start in embedded_at:
+                code = tf.broadcast_to(code, tf.stack([stacks, rows]))
+                lookups.append(_lookup(next(tables), code, levels))
+            else:
+                passed.append(tf.one_hot(code, levels, dtype=x.dtype))
+        return lookups, passed
+
+
+def code_blocks(numeric: int, codes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(first expanded input, levels) of each code column's one-hot block (`expand_codes`)."""
+    starts = numeric + np.cumsum((0, *codes), dtype=np.int64)
+    return [(int(start), int(levels)) for start, levels in zip(starts, codes, strict=False)]
+
+
+def _lookup(table: Any, code: Any, levels: int) -> Any:
+    """table (S, levels, d), code (S, rows) -> (S, rows, d): each row's level vector, zeros for
+    a code outside 0..levels-1 (an unseen level), as the one-hot product gives."""
+    import tensorflow as tf
+
+    valid = (code >= 0) & (code < levels)
+    found = tf.gather(table, tf.where(valid, code, 0), batch_dims=1)
+    return found * tf.cast(valid, table.dtype)[..., None]
+
+
+def _periodic(x: Any, weights: list[Any], stacks: Any, rows: Any) -> Any:
+    """x (S or 1, rows, F) numerics, weights (frequencies, kernel, bias) with a leading S ->
+    (S, rows, F * d): each column's periodic embedding, side by side."""
+    import tensorflow as tf
+
+    frequencies, kernel, bias = weights
+    angles = (2 * np.pi) * x[..., None] * frequencies[:, None]
+    periodic = tf.concat([tf.cos(angles), tf.sin(angles)], axis=-1)  # (S, rows, F, 2K)
+    embedded = tf.nn.relu(tf.einsum("sbfk,sfkd->sbfd", periodic, kernel) + bias[:, None])
+    return tf.reshape(embedded, tf.stack([stacks, rows, -1]))
+
+
+def linear_from_codes(x: Any, kernel: Any, codes: tuple[int, ...]) -> Any:
+    """x (S or 1, rows, numerics + codes), kernel (S, expanded width, 1) -> (S, rows): the
+    product of the expanded inputs (`expand_codes`) with `kernel` (the linear skip path),
+    without building them: the numerics' product plus each code's kernel row (none for an
+    unseen level). A one-output product over ~200 one-hot columns was the single most
+    expensive op of insurance's training step (docs/performance.md)."""
+    import tensorflow as tf
+
+    numeric = x.shape[-1] - len(codes)
+    out = tf.linalg.matmul(x[..., :numeric], kernel[:, :numeric])[..., 0]
+    if not codes:
+        return out
+    stacks, rows = tf.shape(kernel)[0], tf.shape(x)[1]
+    starts = np.asarray([start for start, _ in code_blocks(numeric, codes)], np.int32)
+    levels = np.asarray(codes, np.int32)
+    code = tf.cast(tf.round(x[..., numeric:]), tf.int32)
+    code = tf.broadcast_to(code, tf.stack([stacks, rows, len(codes)]))
+    valid = (code >= 0) & (code < levels)
+    at = tf.reshape(tf.where(valid, code, 0) + starts, tf.stack([stacks, -1]))
+    rows_of = tf.reshape(tf.gather(kernel[..., 0], at, batch_dims=1), tf.shape(code))
+    return out + tf.reduce_sum(rows_of * tf.cast(valid, kernel.dtype), axis=-1)

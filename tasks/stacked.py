@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.embeddings import expand_codes
+from tasks.embeddings import expand_codes, linear_from_codes
 from tasks.model import (
     COSINE_FLOOR,
     STOP_CRITERION,
@@ -123,16 +123,19 @@ class _Program:
         self.stop_scores = tf.function(lambda: tf.sigmoid(self._logits(self.stop_x)))
 
     def _logits(self, x, step=None):
-        """x: [S or 1, rows, inputs] (category codes, made one-hot here as build_mlp's first
-        layer does) -> [S, rows]; dropout when `step` is given."""
+        """x: [S or 1, rows, inputs] (numerics, then category codes) -> [S, rows]; dropout when
+        `step` is given. build_mlp's first layer makes the codes one-hot blocks; here embedded
+        columns are looked up by code and only the others made one-hot (`Embeddings.apply`,
+        `linear_from_codes`: the same function, tests/unit/test_embeddings.py)."""
         import tensorflow as tf
 
-        x = expand_codes(x, self.settings.codes)
-        h, rate, v = x, self.settings.dropout, self.variables
+        codes, rate, v = self.settings.codes, self.settings.dropout, self.variables
         depth = len(self.settings.hidden)
         if self.settings.embeddings:
             tables = self.settings.embeddings.tables
-            h, v = self.settings.embeddings.apply(x, v[:tables]), v[tables:]
+            h, v = self.settings.embeddings.apply(x, v[:tables], codes), v[tables:]
+        else:
+            h = expand_codes(x, codes)
         for i in range(depth):
             h = tf.nn.relu(tf.linalg.matmul(h, v[2 * i]) + v[2 * i + 1][:, None])
             if step is not None and rate > 0:
@@ -147,7 +150,7 @@ class _Program:
                 h = h * (tf.cast(tf.stack(keep), h.dtype) * (1 / (1 - rate)))
         logits = tf.linalg.matmul(h, v[2 * depth]) + v[2 * depth + 1][:, None]
         if self.settings.linear_skip:
-            logits += tf.linalg.matmul(x, v[2 * depth + 2])
+            logits += linear_from_codes(x, v[2 * depth + 2], codes)[..., None]
         return logits[..., 0]
 
     def _losses(self, rows, step):

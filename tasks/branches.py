@@ -37,13 +37,16 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def branch_runner(config: TrainConfig) -> Iterator[Any]:
+def branch_runner(config: TrainConfig, reference_beside: bool = False) -> Iterator[Any]:
     """The task runner the branches run on: a thread pool here, or a Dask cluster through
     prefect-dask. Dask workers are pointed at this run's Prefect API (otherwise each starts a
     server of its own) and get `tf_threads` TensorFlow threads each; the variables they inherit
-    are restored in this process afterwards."""
+    are restored in this process afterwards. With `reference_beside` the thread pool has one
+    thread more, so the reference (a few seconds of gradient boosting) trains beside the
+    stacked programs instead of waiting for one to end and then running on with the other."""
     if config.runner == "threads":
-        with ThreadPoolTaskRunner(max_workers=config.max_parallel) as runner:
+        workers = config.max_parallel + reference_beside
+        with ThreadPoolTaskRunner(max_workers=workers) as runner:
             yield runner
         return
     from prefect.client.orchestration import get_client
@@ -196,13 +199,21 @@ def train_branches(
     (`feature_sets[r]`) with seed + 1000*r, so the spread over repeats includes split variance."""
     records = []
     lines = [progress_key(name, r) for r in range(config.repeats) for name in names]
-    with progress.BOARD.publishing(lines), branch_runner(config) as runner, releasing_parts():
+    jobs = [
+        (job_names, repeat, fn, params)
+        for repeat in range(config.repeats)
+        for job_names, fn, params in _branch_jobs(
+            names, feature_sets[repeat], config, out_dir, repeat
+        )
+    ]
+    beside = REFERENCE in names and any(fn.name == train_stack.name for _, _, fn, _ in jobs)
+    with (
+        progress.BOARD.publishing(lines),
+        branch_runner(config, beside) as runner,
+        releasing_parts(),
+    ):
         futures = [
-            (job_names, repeat, runner.submit(fn, params))
-            for repeat in range(config.repeats)
-            for job_names, fn, params in _branch_jobs(
-                names, feature_sets[repeat], config, out_dir, repeat
-            )
+            (job_names, repeat, runner.submit(fn, params)) for job_names, repeat, fn, params in jobs
         ]
         for job_names, repeat, future in futures:
             future.wait()

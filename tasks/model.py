@@ -567,19 +567,27 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 MAX_CHECKS_PER_EPOCH = 32  # the stop half is scored at most this often per pass over the data
+# scoring the stop half costs at most this share of the training between two checks; scoring a
+# row (a forward pass) costs about FORWARD_COST of a training step's row (forward, backward,
+# update: 0.35 measured on insurance's networks, docs/performance.md)
+MAX_SCORING_SHARE = 0.1
+FORWARD_COST = 1 / 3
 
 
-def check_interval(n_train: int, n_minority: int, batch_size: int) -> int:
+def check_interval(n_train: int, n_minority: int, batch_size: int, stop_rows: int = 0) -> int:
     """Optimizer steps between two scorings of the stop half, the same for every strategy: one
     pass over the smallest pool a strategy trains on (the undersampled one: twice the minority
-    class), at least 1/MAX_CHECKS_PER_EPOCH of a full pass and at least one compiled call
-    (MAX_STEPS_PER_EXECUTION steps), rounded up to whole compiled calls. Checking once per full
-    pass instead would let an undersampling strategy cycle its small pool hundreds of times
-    between checks on rare-class data; checking every step of tiny data would spend the run
-    scoring."""
+    class), at least 1/MAX_CHECKS_PER_EPOCH of a full pass, at least enough steps that scoring
+    the `stop_rows` costs no more than MAX_SCORING_SHARE of them, and at least one compiled
+    call (MAX_STEPS_PER_EXECUTION steps), rounded up to whole compiled calls. Checking once per
+    full pass instead would let an undersampling strategy cycle its small pool hundreds of
+    times between checks on rare-class data; checking every step of tiny data, or every pool
+    pass of large data with a large stop half (insurance: 38k rows every 32 steps, ~19% of
+    training), would spend the run scoring."""
     full = steps_per_epoch(n_train, batch_size)
     pool = steps_per_epoch(max(2 * n_minority, 1), batch_size)
-    steps = min(max(pool, math.ceil(full / MAX_CHECKS_PER_EPOCH)), full)
+    scoring = math.ceil(stop_rows * FORWARD_COST / (batch_size * MAX_SCORING_SHARE))
+    steps = min(max(pool, math.ceil(full / MAX_CHECKS_PER_EPOCH), scoring), full)
     return math.ceil(steps / MAX_STEPS_PER_EXECUTION) * MAX_STEPS_PER_EXECUTION
 
 
@@ -591,6 +599,7 @@ def schedule(
     patience: int,
     min_steps: int = 0,
     min_patience_steps: int = 0,
+    stop_rows: int = 0,
 ) -> dict[str, int]:
     """The shared training schedule, sized in optimizer steps: a cap of `epochs` full passes
     but at least `min_steps` steps, checked every check_interval steps; training stops after
@@ -598,7 +607,7 @@ def schedule(
     (counted in checks); no strategy stops before one full pass or half the patience floor.
     On tiny data a pass is a step or two, so passes alone would give a network a few dozen
     updates (docs/quality.md)."""
-    interval = check_interval(n_train, n_minority, batch_size)
+    interval = check_interval(n_train, n_minority, batch_size, stop_rows)
     full = steps_per_epoch(n_train, batch_size)
     checks_per_pass = max(1, round(full / interval))
     patience_checks = max(patience * checks_per_pass, math.ceil(min_patience_steps / interval))

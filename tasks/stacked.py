@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -232,20 +233,14 @@ class _Program:
 
 
 class _Clock:
-    """Times one program's checks: the first includes building (tracing and compiling) it. Its
-    cost grows with its networks (on insurance's 2,048-row batches about 5 ms + 5 ms per network
-    a step; on small data the fixed part dominates), so dropping stopped ones pays when the
-    checks still to come, at their share of the time, cost more than DROP_PAYBACK builds (and
+    """The times of one program's checks: the first includes building (tracing and compiling)
+    it. Its cost grows with its networks (on insurance's 2,048-row batches about 5 ms + 5 ms per
+    network a step; on small data the fixed part dominates), so dropping stopped ones pays when
+    the checks still to come, at their share of the time, cost more than DROP_PAYBACK builds (and
     enough of them stopped: DROP_SHARE)."""
 
     def __init__(self):
         self.seconds: list[float] = []
-
-    def __enter__(self):
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds.append(time.perf_counter() - self.started)
 
     def worth_dropping(self, stopped: int, count: int, to_go: int) -> bool:
         if stopped < DROP_SHARE * count or len(self.seconds) < 2:
@@ -268,9 +263,10 @@ class _Stopping:
         self.kept: list[list[np.ndarray] | None] = [None] * count
         self.curves: list[dict[str, list[float]]] = [{"loss": []} for _ in range(count)]
 
-    def update(self, check: int, losses, scores, y_stop, program: _Program, slots) -> None:
-        """Score the networks in the program's `slots` (their indices among all networks); each
-        active one's values are its row of `losses` and `scores`."""
+    def update(self, check: int, losses, scores, y_stop, weights: list[np.ndarray], slots) -> None:
+        """Score the networks in a program's `slots` (their indices among all networks) after
+        check `check`; each active one's values are its row of `losses` and `scores`, its
+        weights its slice of the program's `weights` then."""
         improved, row = [], {s: j for j, s in enumerate(slots)}
         for s in np.flatnonzero(self.active):
             values = stop_half_scores(y_stop, scores[row[s]], self.calibrations[s])
@@ -284,10 +280,8 @@ class _Stopping:
                 improved.append(s)
             if stop:
                 self.active[s] = False
-        if improved:
-            current = program.weights()
-            for s in improved:
-                self.kept[s] = [layer[row[s]].copy() for layer in current]
+        for s in improved:
+            self.kept[s] = [layer[row[s]].copy() for layer in weights]
 
     def least_to_go(self) -> int:
         """Checks the program will run at least: the active network furthest from stopping
@@ -301,14 +295,31 @@ class _Stopping:
             default=0,
         )
 
-    def keep_last(self, program: _Program, slots) -> None:
-        """A network in the program whose criterion never scored (NaN throughout) keeps the
-        weights it has now, as it leaves the program."""
-        lost = [j for j, s in enumerate(slots) if self.kept[s] is None]
-        if lost:
-            current = program.weights()
-            for j in lost:
-                self.kept[slots[j]] = [layer[j].copy() for layer in current]
+    def keep_last(self, weights: list[np.ndarray], slots) -> None:
+        """A network in a program's `slots` whose criterion never scored (NaN throughout) keeps
+        its slice of the program's latest `weights`, as it leaves the program."""
+        for j, s in enumerate(slots):
+            if self.kept[s] is None:
+                self.kept[s] = [layer[j].copy() for layer in weights]
+
+
+def _checks_to_go(stopping: _Stopping, check: int) -> int:
+    """The checks a program still has to run after check `check` (0-based), as dropping its
+    stopped networks is judged: at least what its active networks' patience needs, and half as
+    many again as it has run (a network still improving after k checks trains on for a while:
+    on insurance the last network ran 23 checks more after its stack's first ones stopped at
+    33). Patience alone (8 checks there) never paid for a new program, so one network trained
+    on beside five stopped ones for a third of the run."""
+    return max(stopping.least_to_go(), (check + 1) // 2)
+
+
+def _run_check(program: _Program, indices: np.ndarray) -> tuple[Any, Any, list[Any], float]:
+    """One check interval of `program` on the batches `indices`: each network's mean loss, its
+    stop-half scores, the weights after it and the seconds it took."""
+    started = time.perf_counter()
+    losses = program.check(indices).numpy()
+    scores = program.stop_scores().numpy()
+    return losses, scores, program.weights(), time.perf_counter() - started
 
 
 def fit_stacked(
@@ -336,26 +347,48 @@ def fit_stacked(
     program, slots = _Program(networks, tensors, settings), np.arange(count)
     stopping, clock = _Stopping(networks, settings), _Clock()
     streams = [n.stream.positions() for n in networks]
-    for check in range(settings.max_checks):
+
+    def draw(slots: np.ndarray) -> np.ndarray:
+        """The next check's batches of the networks in `slots`: positions in the pool."""
         indices = np.empty((steps, len(slots), settings.batch_size), dtype=np.int32)
         for j, s in enumerate(slots):
             for k in range(steps):
                 indices[k, j] = next(streams[s]) + pool.offsets[s]
-        with clock:
-            losses = program.check(indices).numpy()
-            scores = program.stop_scores().numpy()
-        stopping.update(check, losses, scores, y_stop, program, slots)
-        if on_check is not None:
-            on_check(stopping.checks * steps, stopping.best_pr_auc)
-        if not stopping.active.any():
-            break
-        running = np.flatnonzero(stopping.active[slots])
-        to_go = min(stopping.least_to_go(), settings.max_checks - check - 1)  # within budget
-        if clock.worth_dropping(len(slots) - len(running), len(slots), to_go):
-            stopping.keep_last(program, slots)
-            program, slots = program.subset(running), slots[running]
-            clock = _Clock()
-    stopping.keep_last(program, slots)
+        return indices
+
+    # One check runs ahead: while TensorFlow trains check k + 1 (without Python's lock), this
+    # thread scores check k, keeps improved weights and draws the batches of check k + 2.
+    # Stopped networks train on in the program anyway, so nothing depends on the overlap; a
+    # program that would be made smaller after check k is made so after check k + 1.
+    with ThreadPoolExecutor(1, thread_name_prefix="stacked-check") as worker:
+        pending, ahead, leaving = worker.submit(_run_check, program, draw(slots)), None, None
+        for check in range(settings.max_checks):
+            if check + 1 < settings.max_checks:
+                ahead = draw(slots) if ahead is None else ahead
+            losses, scores, weights, seconds = pending.result()
+            clock.seconds.append(seconds)
+            scored = slots
+            if leaving is not None:  # decided after the last check, now nothing runs
+                program, slots, ahead = program.subset(leaving), slots[leaving], ahead[:, leaving]
+                clock, leaving = _Clock(), None
+            pending = None
+            if check + 1 < settings.max_checks:
+                pending, ahead = worker.submit(_run_check, program, ahead), None
+            stopping.update(check, losses, scores, y_stop, weights, scored)
+            if on_check is not None:
+                on_check(stopping.checks * steps, stopping.best_pr_auc)
+            if not stopping.active.any():
+                break
+            running = np.flatnonzero(stopping.active[slots])
+            to_go = min(_checks_to_go(stopping, check), settings.max_checks - check - 1)
+            if slots is scored and clock.worth_dropping(
+                len(slots) - len(running), len(slots), to_go
+            ):
+                stopping.keep_last(weights, scored)
+                leaving = running
+        if pending is not None:
+            pending.result()  # a check run ahead, after every network stopped: not needed
+    stopping.keep_last(weights, scored)
     share = (time.perf_counter() - started) / count  # the program's time, split evenly
     results = []
     for s, network in enumerate(networks):

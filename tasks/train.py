@@ -306,6 +306,7 @@ def neural_settings(
             config.patience,
             config.min_steps,
             config.min_patience_steps,
+            stop_rows,
         ),
     )
 

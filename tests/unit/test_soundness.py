@@ -17,7 +17,7 @@ from tasks.compare import paired_bootstrap
 from tasks.config import TrainConfig
 from tasks.features import Preprocessing
 from tasks.ingest import canonical_categories, row_hashes
-from tasks.model import check_interval, schedule
+from tasks.model import FORWARD_COST, MAX_SCORING_SHARE, check_interval, schedule
 from tasks.split import assign_components, components, positive_quotas
 from tasks.strategies import STRATEGIES
 from tasks.thresholds import parse_objective, tune_threshold
@@ -275,6 +275,30 @@ def test_every_strategy_is_checked_on_one_schedule_within_a_pool_pass(n_train, m
     plan = schedule(n_train, minority, batch, epochs=40, patience=6)
     assert plan["max_checks"] * plan["steps_per_check"] >= 40 * full
     assert plan["steps_per_check"] % min(plan["steps_per_check"], 8) == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n_train=st.integers(20, 2_000_000),
+    share=st.floats(0.001, 0.5),
+    stop_share=st.floats(0.02, 0.5),
+    batch=st.sampled_from([32, 256, 1024, 4096]),
+)
+def test_scoring_the_stop_half_costs_a_bounded_share_of_training(n_train, share, stop_share, batch):
+    """Between two checks the networks train long enough that scoring the stop half (a forward
+    pass per row, ~1/3 of a training step's row) costs at most MAX_SCORING_SHARE of it, unless
+    that would take more than a pass; and the interval never grows past a pass (every strategy
+    is still checked at least once per pass over the whole training split)."""
+    minority = max(1, int(n_train * share))
+    stop_rows = int(n_train * stop_share)
+    interval = check_interval(n_train, minority, batch, stop_rows)
+    full = -(-n_train // batch)
+    assert interval <= -(-full // 8) * 8  # a pass, rounded up to whole compiled calls
+    if interval < full:
+        assert stop_rows * FORWARD_COST <= MAX_SCORING_SHARE * interval * batch
+    assert interval >= check_interval(n_train, minority, batch)  # only ever fewer checks
+    # insurance: 38,111 stop-half rows every 32 steps of 2,048 rows was ~19% of training
+    assert check_interval(228_665, 28_026, 2048, 38_111) == 64
 
 
 @settings(max_examples=60, deadline=None)

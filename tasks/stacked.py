@@ -19,7 +19,10 @@ per network is what `fit_member` gives a network trained on its own:
   network keeps its own best weights and stops after its own `patience`. A stopped network's
   slice goes on training (its kept weights no longer change) until dropping it pays for
   building a smaller program (`_Clock`); then the program continues without the stopped
-  ones (`_Program.subset`), every remaining network exactly where it was.
+  ones (`_Program.subset`), every remaining network exactly where it was;
+- overlap: the next check interval trains (TensorFlow, without Python's lock) while this
+  thread scores the last one and draws the batches of the one after, so a program's core is
+  not idle while Python works; the results do not depend on it.
 
 `fit_member` (Keras's own loop, one network at a time) is the reference: tests check that the
 two agree on weights and scores (tests/unit/test_stacked.py)."""

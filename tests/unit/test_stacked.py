@@ -218,3 +218,23 @@ def test_stopped_networks_leave_when_what_they_would_cost_pays_for_a_new_program
     clock = _Clock()
     clock.seconds = seconds
     assert clock.worth_dropping(stopped, 5, to_go) is drop
+
+
+def test_a_long_program_expects_to_run_on_for_half_its_checks_again_not_only_its_patience():
+    """Insurance's stack of five short-lived networks and one long one: with patience at 8
+    checks the remaining patience never paid for a smaller program, so the long network trained
+    on beside five stopped ones. The program now expects, at least, half as many checks again
+    as it has run."""
+    from tasks.stacked import _checks_to_go, _Clock, _Stopping
+
+    x, y, _, _ = data()
+    s = settings(patience=8, warmup_checks=1)
+    stopping = _Stopping(networks(x, y, 64)[:2], s)
+    stopping.active[:] = [False, True]
+    stopping.watches[1].wait = 2  # 6 checks of patience left
+    assert _checks_to_go(stopping, 3) == 6  # early on: its patience
+    assert _checks_to_go(stopping, 33) == 17  # after 34 checks: 17 more
+    clock = _Clock()
+    clock.seconds = [6.0, 1.0, 1.0]  # a 5 s build, 1 s checks
+    assert not clock.worth_dropping(5, 6, stopping.least_to_go())
+    assert clock.worth_dropping(5, 6, _checks_to_go(stopping, 33))

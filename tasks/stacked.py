@@ -371,7 +371,7 @@ def fit_stacked(
             losses, scores, weights, seconds = pending.result()
             clock.seconds.append(seconds)
             scored = slots
-            if leaving is not None:  # decided after the last check, now nothing runs
+            if leaving is not None and ahead is not None:  # decided after the last check
                 program, slots, ahead = program.subset(leaving), slots[leaving], ahead[:, leaving]
                 clock, leaving = _Clock(), None
             pending = None

@@ -238,3 +238,25 @@ def test_a_long_program_expects_to_run_on_for_half_its_checks_again_not_only_its
     clock.seconds = [6.0, 1.0, 1.0]  # a 5 s build, 1 s checks
     assert not clock.worth_dropping(5, 6, stopping.least_to_go())
     assert clock.worth_dropping(5, 6, _checks_to_go(stopping, 33))
+
+
+def test_a_program_that_would_shrink_before_its_last_check_finishes_it_whole(monkeypatch):
+    """One check runs ahead, so a smaller program is made one check after it is decided; when
+    that decision comes after the second-to-last check there is no check left to shrink for,
+    and the run ends with every network trained to the budget (it used to fail on the batches
+    it had not drawn)."""
+    from tasks import stacked
+
+    x, y, x_val, y_val = data()
+    s = settings(max_checks=4, patience=50)
+    update = stacked._Stopping.update
+
+    def stop_one_late(self, check, *args):
+        update(self, check, *args)
+        if check == s.max_checks - 2:
+            self.active[0] = False
+
+    monkeypatch.setattr(stacked._Stopping, "update", stop_one_late)
+    monkeypatch.setattr(stacked._Clock, "worth_dropping", lambda self, stopped, *_: stopped > 0)
+    results = fit_stacked(networks(x, y, 64)[:3], x_val[:150], y_val[:150], s)
+    assert [info["checks_run"] for _, info in results] == [3, 4, 4]

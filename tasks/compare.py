@@ -3,9 +3,12 @@ of the selected model, and mean ± sd over repeated seeds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hashlib
+import logging
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
@@ -14,12 +17,11 @@ from tasks.config import TrainConfig
 from tasks.evaluate import SortedScores, average_precision
 from tasks.ingest import ID_COLUMN
 from tasks.records import Comparison, SelectionEvidence
-from tasks.storage import read_parquet
+from tasks.storage import read_json, read_parquet, write_json
 from tasks.strategies import REFERENCE
 from tasks.thresholds import Objective, objective_values, parse_objective
 
-if TYPE_CHECKING:
-    import pandas as pd
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_CELLS = 4_000_000  # resamples x rows evaluated at once: ~32 MB per float64 matrix
 
@@ -48,8 +50,6 @@ def row_groups(raw_path: str, group: str | None, ids: np.ndarray) -> np.ndarray 
     """The --group value of each of these rows (by id), or None without --group."""
     if group is None:
         return None
-    import pandas as pd
-
     raw = pd.read_parquet(raw_path, columns=[ID_COLUMN, f"__{group}"]).set_index(ID_COLUMN)
     return raw[f"__{group}"].reindex(ids).to_numpy()
 
@@ -172,17 +172,58 @@ def branch_bootstrap(
     rows_a, rows_b = rows[a], rows[b]
     if not np.array_equal(rows_a[ID_COLUMN].to_numpy(), rows_b[ID_COLUMN].to_numpy()):
         raise RuntimeError(f"{a} and {b} {part} predictions are not on the same rows")
-    return paired_bootstrap(
+    inputs = (
         rows_a.y.to_numpy(),
         rows_a.probability.to_numpy(),
         rows_b.probability.to_numpy(),
-        by_name[a]["threshold"],
-        by_name[b]["threshold"],
-        parse_objective(config.objective),
-        config.bootstrap,
-        config.seed,
-        groups,
+        float(by_name[a]["threshold"]),
+        float(by_name[b]["threshold"]),
     )
+    path = config.store_dir / COMPARISONS / f"{_bootstrap_key(inputs, config, groups)}.json"
+    try:
+        return Comparison.check(read_json(path))
+    except (OSError, ValueError):  # never computed, or not readable: compute it
+        pass
+    result = paired_bootstrap(
+        *inputs, parse_objective(config.objective), config.bootstrap, config.seed, groups
+    )
+    try:
+        write_json(path, result)
+        _prune_comparisons(path.parent)
+    except OSError as error:  # a store it cannot write to costs the next run time, no more
+        log.warning("could not keep the comparison in %s: %s", path.parent, error)
+    return result
+
+
+COMPARISONS = "comparisons"  # in the store: paired bootstraps computed before, by their inputs
+KEPT_COMPARISONS = 500  # the newest are kept; each is ~1 KB
+
+
+def _bootstrap_key(inputs: tuple[Any, ...], config: TrainConfig, groups: Any) -> str:
+    """A hash of everything a paired bootstrap's result depends on: the labels, both models'
+    scores and thresholds, the objective, the resamples and seed, the groups and the code
+    (tasks.reuse.code_version). A second run whose branches were reused (tasks.reuse) compares
+    the same predictions again; on insurance's 76k test rows 2,000 resamples took ~4 s."""
+    from tasks.reuse import code_version
+
+    digest = hashlib.sha256(code_version().encode())
+    for value in (*inputs, None if groups is None else pd.util.hash_array(np.asarray(groups))):
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
+    digest.update(f"{config.objective}|{config.bootstrap}|{config.seed}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _prune_comparisons(directory: UPath) -> None:
+    """Keep the newest KEPT_COMPARISONS kept comparisons."""
+    kept = list(directory.glob("*.json"))
+    if len(kept) > KEPT_COMPARISONS:
+        kept.sort(key=lambda p: p.stat().st_mtime)
+        for old in kept[: len(kept) - KEPT_COMPARISONS]:
+            old.unlink(missing_ok=True)
 
 
 def settle_selection(

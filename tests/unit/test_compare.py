@@ -117,3 +117,51 @@ def test_a_model_against_itself_differs_by_exactly_zero(
         resampled = compare.paired_bootstrap(*args, groups=groups)
     assert quick == resampled
     assert quick["pr_auc_interval"] == quick["objective_interval"] == {"low": 0.0, "high": 0.0}
+
+
+def test_a_comparison_of_the_same_predictions_is_computed_once_and_kept(tmp_path, monkeypatch):
+    """A second run whose branches were reused compares the same predictions again: the paired
+    bootstrap is kept in the store by a hash of all its inputs and read back; any change to an
+    input, or a damaged file, computes it again."""
+    import pandas as pd
+
+    from tasks import compare
+    from tasks.config import TrainConfig
+    from tasks.ingest import ID_COLUMN
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.2).astype(int)
+    rows = {
+        name: pd.DataFrame(
+            {ID_COLUMN: np.arange(400), "y": y, "probability": rng.random(400) * 0.5 + 0.4 * y}
+        )
+        for name in ("a", "b")
+    }
+    by_name = {"a": {"threshold": 0.5}, "b": {"threshold": 0.45}}
+    config = TrainConfig(store=str(tmp_path / "store"), bootstrap=1000)
+    computed = []
+    real = compare.paired_bootstrap
+    monkeypatch.setattr(
+        compare, "paired_bootstrap", lambda *a, **k: computed.append(1) or real(*a, **k)
+    )
+
+    first = compare.branch_bootstrap("test", rows, "a", "b", by_name, config, None)
+    again = compare.branch_bootstrap("test", rows, "a", "b", by_name, config, None)
+    assert again == first and len(computed) == 1
+    assert first == real(
+        y,
+        rows["a"].probability.to_numpy(),
+        rows["b"].probability.to_numpy(),
+        0.5,
+        0.45,
+        compare.parse_objective(config.objective),
+        1000,
+        config.seed,
+    )
+    moved = {"a": {"threshold": 0.5}, "b": {"threshold": 0.4}}
+    compare.branch_bootstrap("test", rows, "a", "b", moved, config, None)
+    assert len(computed) == 2
+    for kept in (tmp_path / "store" / compare.COMPARISONS).glob("*.json"):
+        kept.write_text("{not json")
+    assert compare.branch_bootstrap("test", rows, "a", "b", by_name, config, None) == first
+    assert len(computed) == 3

@@ -14,6 +14,7 @@ from pathlib import Path
 import great_expectations as gx
 
 from flows.server import SERVER_START_LOCK
+from tasks.compare import COMPARISONS
 from tasks.preflight import writable
 from tasks.storage import read_pointer
 from tests.conftest import SYNTHETIC
@@ -69,8 +70,11 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     assert sorted(entry["run_id"] for entry in registry["history"]) == run_ids
     assert events[0] == "promoted" and events.count("promoted") + events.count("kept_champion") == 2
     assert registry["champion"]["run_id"] in run_ids
-    stores = [path for path in (output / "store").iterdir() if path.name != "branches"]
+    kept_beside = {"branches", COMPARISONS}  # trained branches and comparisons, by their keys
+    stores = [path for path in (output / "store").iterdir() if path.name not in kept_beside]
     assert len(stores) == 1 and (stores[0] / "manifest.json").is_file()  # one set, no debris
+    for comparison in (output / "store" / COMPARISONS).iterdir():  # whole files only
+        assert comparison.suffix == ".json" and json.loads(comparison.read_text())["n_boot"]
     # both trained the same two branches at once: one whole copy of each is kept
     kept = list((output / "store" / "branches" / stores[0].name).iterdir())
     assert len(kept) == 2 and all((path / "manifest.json").is_file() for path in kept)

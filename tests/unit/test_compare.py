@@ -165,3 +165,29 @@ def test_a_comparison_of_the_same_predictions_is_computed_once_and_kept(tmp_path
         kept.write_text("{not json")
     assert compare.branch_bootstrap("test", rows, "a", "b", by_name, config, None) == first
     assert len(computed) == 3
+
+
+def test_keeping_a_comparison_never_fails_the_run(tmp_path, monkeypatch):
+    """Keeping a comparison is an optimisation, as keeping a trained branch is: a store whose
+    files cannot be listed by age (a key error from its stat) costs a warning, not the run."""
+    import pandas as pd
+
+    from tasks import compare
+    from tasks.config import TrainConfig
+    from tasks.ingest import ID_COLUMN
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(300) < 0.3).astype(int)
+    rows = {
+        name: pd.DataFrame({ID_COLUMN: np.arange(300), "y": y, "probability": rng.random(300)})
+        for name in ("a", "b")
+    }
+    by_name = {"a": {"threshold": 0.5}, "b": {"threshold": 0.4}}
+    config = TrainConfig(store=str(tmp_path / "store"), bootstrap=1000)
+
+    def unlistable(directory):
+        raise KeyError("st_mtime")
+
+    monkeypatch.setattr(compare, "_prune_comparisons", unlistable)
+    result = compare.branch_bootstrap("test", rows, "a", "b", by_name, config, None)
+    assert result["n_boot"] == 1000 and result["n_rows"] == 300

@@ -67,6 +67,14 @@ def expanded_width(width: int, codes: tuple[int, ...]) -> int:
     return width - len(codes) + sum(codes)
 
 
+def code_columns(x: Any, count: int) -> Any:
+    """The last `count` inputs of `x` (category codes stored as float32, exact below 2**24
+    levels) as int32 codes."""
+    import tensorflow as tf
+
+    return tf.cast(tf.round(x[..., x.shape[-1] - count :]), tf.int32)
+
+
 def expand_codes(x: Any, codes: tuple[int, ...]) -> Any:
     """(..., numerics + codes) -> (..., numerics + one one-hot block per code column): the code
     columns are the last len(codes) inputs, column j of `codes[j]` levels; a code outside
@@ -75,11 +83,10 @@ def expand_codes(x: Any, codes: tuple[int, ...]) -> Any:
         return x
     import tensorflow as tf
 
-    n = x.shape[-1] - len(codes)
+    n, index = x.shape[-1] - len(codes), code_columns(x, len(codes))
     pieces = [x[..., :n]]
     for j, levels in enumerate(codes):
-        index = tf.cast(tf.round(x[..., n + j]), tf.int32)
-        pieces.append(tf.one_hot(index, levels, dtype=x.dtype))
+        pieces.append(tf.one_hot(index[..., j], levels, dtype=x.dtype))
     return tf.concat(pieces, axis=-1)
 
 
@@ -194,9 +201,9 @@ class Embeddings:
         embedded_at = {start for start, _ in self.categories}
         lookups: list[Any] = []
         passed = [x[..., :numeric]] if numeric and not self.numeric else []
-        tables = iter(tables)
+        tables, coded = iter(tables), code_columns(x, len(codes))
         for j, (start, levels) in enumerate(code_blocks(numeric, codes)):
-            code = tf.cast(tf.round(x[..., numeric + j]), tf.int32)
+            code = coded[..., j]
             if start in embedded_at:
                 code = tf.broadcast_to(code, tf.stack([stacks, rows]))
                 lookups.append(_lookup(next(tables), code, levels))
@@ -248,8 +255,7 @@ def linear_from_codes(x: Any, kernel: Any, codes: tuple[int, ...]) -> Any:
     stacks, rows = tf.shape(kernel)[0], tf.shape(x)[1]
     starts = np.asarray([start for start, _ in code_blocks(numeric, codes)], np.int32)
     levels = np.asarray(codes, np.int32)
-    code = tf.cast(tf.round(x[..., numeric:]), tf.int32)
-    code = tf.broadcast_to(code, tf.stack([stacks, rows, len(codes)]))
+    code = tf.broadcast_to(code_columns(x, len(codes)), tf.stack([stacks, rows, len(codes)]))
     valid = (code >= 0) & (code < levels)
     at = tf.reshape(tf.where(valid, code, 0) + starts, tf.stack([stacks, -1]))
     rows_of = tf.reshape(tf.gather(kernel[..., 0], at, batch_dims=1), tf.shape(code))

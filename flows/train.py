@@ -234,7 +234,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                 branches, chosen.ranked, chosen.selected, config, ingested.raw_path, chosen.evidence
             )
         with run.stage("export"):
-            export_model(
+            identity = export_model(
                 chosen.chosen, feature_set, config, branches, run.staging / "model", run.run_id
             )
             seen_rows(ingested.raw_path, feature_set, run.staging / SEEN_ROWS_FILE)
@@ -242,7 +242,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         with registry_lock(config.registry_dir, model_name):  # concurrent runs decide in turn
             with run.stage("champion"):
                 decision = challenge(
-                    config, model_name, feature_set, ingested, branches, chosen.chosen
+                    config, model_name, feature_set, ingested, branches, chosen.chosen, identity
                 )
             with run.stage("report"):
                 finish_preloading("matplotlib.pyplot")

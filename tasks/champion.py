@@ -47,6 +47,7 @@ from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
 PROMOTION_BOOTSTRAP = 2000  # a promotion decision never rests on fewer resamples
+SAME_MODEL = "the champion is this run's model (the same identity), so both score alike"
 
 
 def _decision(
@@ -170,18 +171,38 @@ def unseen_scorable_rows(
     return rows, counts
 
 
-def _compared_metric(config: TrainConfig, model: LoadedModel) -> tuple[str, str | None]:
+def _compared_metric(
+    config: TrainConfig, model: LoadedModel, same_model: bool = False
+) -> tuple[str, str | None]:
     """`--promote-metric`, except that an objective is only compared when both thresholds were
-    tuned for it (else PR-AUC decides, with a note saying why)."""
+    tuned for it (else PR-AUC decides, with a note saying why); and the note says when the
+    champion is this very model."""
     objective = parse_objective(config.objective)
+    notes = [SAME_MODEL] if same_model else []
+    key = "objective"
     if config.promote_metric == "pr_auc":
-        return "pr_auc", None
-    if model.meta["threshold_objective"] != objective.label:
-        return "pr_auc", (
+        key = "pr_auc"
+    elif model.meta["threshold_objective"] != objective.label:
+        key = "pr_auc"
+        notes.append(
             f"the champion's threshold was tuned for {model.meta['threshold_objective']}, not "
             f"{objective.label}: compared on PR-AUC"
         )
-    return "objective", None
+    return key, "; ".join(notes) or None
+
+
+def _scores(
+    champion: LoadedModel, rows: pd.DataFrame, branch_dir: UPath, same_model: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The challenger's stored test scores on `rows`, and the champion's: computed by the
+    exported model, or, when the champion is this very model, the same scores (the exported
+    model reproduces the stored ones: test_predict_on_raw_test_rows_reproduces_the_runs_...)."""
+    predictions = read_parquet(branch_dir / "predictions.parquet")
+    test = predictions[predictions.part == "test"].set_index(ID_COLUMN)
+    challenger = test.loc[rows[ID_COLUMN], "probability"].to_numpy()
+    if same_model or not len(rows):
+        return challenger, challenger
+    return challenger, score(champion, rows)["probability"].to_numpy()
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE)
@@ -192,9 +213,12 @@ def challenge(
     ingested: IngestResult,
     branches_dir: UPath,
     selected: dict[str, Any],
+    identity: str | None = None,
 ) -> dict[str, Any]:
     """Compare the selected model with the registry's champion on rows neither trained or tuned
-    on; the decision says promote or keep, and why."""
+    on; the decision says promote or keep, and why. `identity`: the selected model's
+    (tasks.export.model_identity); a champion with the same one is this very model (a
+    scheduled run on unchanged data reuses every branch), so nothing is loaded or scored."""
     raw_path, id_column = ingested.raw_path, ingested.roles.id
     registry = read_registry(config.registry_dir, model_name)
     champion = (registry or {}).get("champion")
@@ -237,7 +261,8 @@ def challenge(
             ],
         )
     rows, counts = unseen_scorable_rows(rows, seen, prep, by_id, id_column)
-    champion_scores = score(model, rows)["probability"].to_numpy() if len(rows) else np.zeros(0)
+    same = identity is not None and model.meta.get("identity") == identity
+    challenger, champion_scores = _scores(model, rows, branches_dir / selected["strategy"], same)
     rate = float(np.mean(champion_scores >= model.meta["threshold"])) if len(rows) else None
     drift_summary = check_drift(train_rows, model, config, rate)
     if rows[TARGET_COLUMN].nunique() < 2:
@@ -249,10 +274,7 @@ def challenge(
             **counts,
         )
 
-    predictions = read_parquet(branches_dir / selected["strategy"] / "predictions.parquet")
-    test = predictions[predictions.part == "test"].set_index(ID_COLUMN)
-    challenger = test.loc[rows[ID_COLUMN], "probability"].to_numpy()
-    key, note = _compared_metric(config, model)
+    key, note = _compared_metric(config, model, same)
     comparison = paired_bootstrap(
         rows[TARGET_COLUMN].to_numpy(),
         challenger,

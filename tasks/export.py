@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from upath import UPath
 
-from tasks import standalone
+from tasks import kept, standalone
 from tasks.calibration import Calibration
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
@@ -21,8 +24,7 @@ from tasks.reference import REFERENCE_FILE
 from tasks.storage import (
     copy_file,
     copy_tree,
-    is_local,
-    local_path,
+    sha256_of,
     write_json,
     write_text,
 )
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.json"
 EVALUATION_FILE = "evaluation.parquet"  # stop, tune and test rows: id, y, probability
 CARD_FILE = "MODEL_CARD.md"
+EXPORTS = "exports"  # in the store: standalone models built before, by identity (tasks.kept)
+KEPT_EXPORTS = 20  # the newest are kept; insurance's is ~0.5 MB
+STANDALONE = "standalone"  # in a kept export: model.keras and saved_model/
 
 
 @task(name="export-model", **io_task_options())
@@ -43,10 +48,10 @@ def export_model(
     branches_dir: UPath,
     model_dir: UPath,
     run_id: str,
-) -> UPath:
+) -> str:
     """Copy the selected branch's Keras members (or, for the gradient-boosting reference shipped
     with --allow-reference-champion, its scikit-learn model) and write everything needed to
-    score new rows."""
+    score new rows. Returns the model's identity (`model_identity`)."""
     manifest = feature_set.manifest
     network = selected["strategy"] != REFERENCE
     members = sorted(
@@ -71,6 +76,9 @@ def export_model(
         "strategy": selected["strategy"],
         "kind": "network" if network else "gradient_boosting",
         "members": [m.name for m in members],
+        "identity": model_identity(
+            feature_set.location / PREPROCESSING, members, selected["calibration"]
+        ),
         "standalone": {
             "keras": standalone.KERAS_FILE,
             "saved_model": standalone.SAVED_MODEL_DIR if config.saved_model else None,
@@ -120,9 +128,32 @@ def export_model(
     }
     calibration = Calibration.model_validate(selected["calibration"])
     if network:
-        export_standalone(model_dir, prep, members, calibration, metadata, config.saved_model)
+        kept_as = f"{metadata['identity']}{'' if config.saved_model else '-keras'}"
+        export_standalone(
+            model_dir,
+            prep,
+            members,
+            calibration,
+            metadata,
+            config.saved_model,
+            config.store_dir / EXPORTS / kept_as,
+        )
     write_model_files(model_dir, metadata)
-    return model_dir
+    return str(metadata["identity"])
+
+
+def model_identity(preprocessing: UPath, members: list[UPath], calibration: dict[str, Any]) -> str:
+    """What a model's scores depend on, as one hash: its preprocessing and member files, its
+    calibration, and the code that builds and applies them with the libraries' versions
+    (tasks.reuse.code_version). Two models with one identity score every row alike; a kept
+    trained branch gives every run that reuses it the same identity."""
+    from tasks.reuse import code_version
+
+    digest = hashlib.sha256(code_version().encode())
+    for path in [preprocessing, *members]:
+        digest.update(f"{path.name}:{sha256_of(path)};".encode())
+    digest.update(json.dumps(calibration, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
 
 
 def export_standalone(
@@ -132,16 +163,28 @@ def export_standalone(
     calibration: Calibration,
     meta: dict,
     saved_model: bool = True,
+    kept_as: UPath | None = None,
 ) -> None:
     """The one model that takes raw columns (`tasks/standalone.py`): `model.keras` and the
-    SavedModel, written locally and copied to the model's store when it is remote."""
-    model = standalone.build(prep, standalone.load_networks(members), calibration)
-    if is_local(model_dir):
-        standalone.write(model, local_path(model_dir), meta, saved_model)
+    SavedModel, built and written in a local scratch directory, then copied into `model_dir`.
+    With `kept_as` (`<store>/exports/<the model's identity>`), a standalone model kept there
+    by an earlier run is copied instead (building and writing it takes TensorFlow and ~2 s),
+    and one built here is kept there (tasks.kept)."""
+    if kept_as is not None and kept.valid_manifest(kept_as, "standalone model") is not None:
+        copy_tree(kept_as / STANDALONE, model_dir)
         return
+    model = standalone.build(prep, standalone.load_networks(members), calibration)
     with tempfile.TemporaryDirectory(prefix="imbalance-model-") as scratch:
         standalone.write(model, Path(scratch), meta, saved_model)
         copy_tree(scratch, model_dir)
+        fill = partial(_kept_standalone, scratch)
+        if kept_as is not None and kept.keep(kept_as.parent.parent, kept_as, fill, "export"):
+            kept.prune(kept_as.parent, KEPT_EXPORTS)
+
+
+def _kept_standalone(built: str, staging: Path) -> dict[str, Any]:
+    copy_tree(built, staging / STANDALONE)
+    return {"kind": "standalone model"}
 
 
 def write_model_files(model_dir: UPath, metadata: dict[str, Any]) -> None:

@@ -27,7 +27,6 @@ import json
 import logging
 import platform
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,26 +35,20 @@ from typing import Any
 import numpy as np
 from upath import UPath
 
+from tasks import kept
 from tasks.calibration import Calibration
 from tasks.config import TrainConfig
 from tasks.features import FeatureSet
 from tasks.storage import (
-    OWNER_FILE,
-    changed_file,
     copy_tree,
-    is_local,
     location,
-    publish_dir,
     read_json,
-    remove_tree,
-    scratch_dir,
-    sha256_of,
 )
 
 log = logging.getLogger(__name__)
 
 BRANCHES = "branches"  # in the store: branches/<feature set fingerprint>/<key>
-MANIFEST = "manifest.json"
+MANIFEST = kept.MANIFEST
 SCORES = "scores.npz"
 RECORD = "scores.json"
 MODEL = "model"
@@ -131,15 +124,10 @@ def restore(
     (none kept, or files that do not match). Its `info["reused_from"]` names the run
     that trained it."""
     directory = _directory(feature_set, branch_key(name, repeat, config))
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
+    manifest = kept.valid_manifest(directory, f"branch {name}")
+    if manifest is None:
         return None
     try:
-        manifest = read_json(manifest_path)
-        changed = changed_file(directory, manifest["files"])
-        if changed is not None:
-            log.warning("kept branch %s: %s is missing or changed; training again", name, changed)
-            return None
         arrays = np.load(io.BytesIO((directory / SCORES).read_bytes()))
         record = read_json(directory / RECORD)
         if (directory / MODEL).exists():
@@ -171,39 +159,17 @@ def keep(
     the write only costs the next run a retrain. It is built in the store's directory, where
     tasks.runs.clean_stale sweeps what a killed run left."""
     directory = _directory(feature_set, branch_key(name, repeat, config))
-    try:
-        if directory.joinpath(MANIFEST).is_file():
-            return
-        staging = scratch_dir(feature_set.location.parent, f".{directory.name}.tmp-")
-        try:
-            _write(staging, scores, branch_dir, name, repeat)
-            (staging / OWNER_FILE).unlink(missing_ok=True)
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            if directory.joinpath(MANIFEST).is_file():  # another run kept it meanwhile
-                return
-            if directory.exists() and is_local(directory):  # a local one arrives whole: debris
-                remove_tree(directory)
-            publish_dir(staging, directory, MANIFEST)  # a rename: fails if one just arrived
-        finally:
-            remove_tree(staging)
-        _prune(directory.parent, name, repeat)
-    except Exception as exc:  # noqa: BLE001 - an optimisation never fails the run
-        log.warning("could not keep branch %s for later runs: %s", name, exc)
 
+    def fill(staging: Path) -> dict[str, Any]:
+        _write(staging, scores, branch_dir)
+        return {"strategy": name, "repeat": repeat, "trained_in": trained_in(branch_dir)}
 
-def _prune(kept: UPath, name: str, repeat: int) -> None:
-    """Keep the KEPT_PER_BRANCH most recent kept versions of one strategy and repeat on one
-    feature set (each change of code or settings keeps a new one); remove the older ones."""
-    versions = []
-    for directory in kept.iterdir():
-        try:
-            manifest = read_json(directory / MANIFEST)
-        except (OSError, ValueError):
-            continue  # being published, or debris: not this function's to judge
-        if manifest.get("strategy") == name and manifest.get("repeat") == repeat:
-            versions.append((manifest.get("created_at", ""), directory))
-    for _, directory in sorted(versions, key=lambda v: v[0], reverse=True)[KEPT_PER_BRANCH:]:
-        remove_tree(directory)
+    if kept.keep(feature_set.location.parent, directory, fill, f"branch {name}"):
+        kept.prune(
+            directory.parent,
+            KEPT_PER_BRANCH,
+            lambda m: m.get("strategy") == name and m.get("repeat") == repeat,
+        )
 
 
 def trained_in(branch_dir: UPath) -> str:
@@ -218,7 +184,7 @@ def trained_in(branch_dir: UPath) -> str:
     return f"run {run}"
 
 
-def _write(staging: Path, scores: Scores, branch_dir: UPath, name: str, repeat: int) -> None:
+def _write(staging: Path, scores: Scores, branch_dir: UPath) -> None:
     arrays = {f"probabilities_{p}": scores.probabilities[p] for p in PARTS}
     arrays |= {f"corrected_{p}": scores.corrected[p] for p in PARTS}
     np.savez(staging / SCORES, **arrays)
@@ -231,16 +197,3 @@ def _write(staging: Path, scores: Scores, branch_dir: UPath, name: str, repeat: 
     (staging / RECORD).write_text(json.dumps(record, default=str))
     if (branch_dir / MODEL).exists():
         copy_tree(branch_dir / MODEL, staging / MODEL)
-    files = {
-        p.relative_to(staging).as_posix(): sha256_of(p)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file() and p.name != OWNER_FILE
-    }
-    manifest = {
-        "strategy": name,
-        "repeat": repeat,
-        "trained_in": trained_in(branch_dir),
-        "created_at": datetime.now(UTC).isoformat(),
-        "files": files,
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))

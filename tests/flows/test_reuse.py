@@ -68,6 +68,42 @@ def test_a_second_identical_run_reuses_every_branch_with_the_same_results(runs):
     assert f"run {first.run_id}" in report  # the leaderboard says who trained it
 
 
+def model_files(model_dir: str) -> dict[str, bytes]:
+    """The standalone model's files (model.keras and the SavedModel), but the SavedModel's copy
+    of model.json, which is each run's own."""
+    root = Path(model_dir)
+    files = [root / "model.keras", *(root / "saved_model").rglob("*")]
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in files
+        if p.is_file() and p.name != "model.json"
+    }
+
+
+def test_a_second_run_copies_the_kept_standalone_model_and_skips_scoring_its_own_champion(runs):
+    """The second run's model is the first's: the same identity, the standalone model copied
+    from the store instead of built again, and the champion (the first run's model) not loaded
+    and scored: its scores are the challenger's own (the export path and the training path
+    agree: test_report_and_predict::test_predict_on_raw_test_rows_reproduces_the_runs_...)."""
+    config, first, second, _, changed = runs
+    identity = {
+        r.run_id: json.loads((Path(r.model_dir) / "model.json").read_text())["identity"]
+        for r in runs[1:]
+    }
+    assert identity[first.run_id] == identity[second.run_id] != identity[changed.run_id]
+    assert not config.saved_model  # fast_config: model.keras only, so the kept one is named so
+    kept_export = config.store_dir / "exports" / f"{identity[first.run_id]}-keras"
+    assert (kept_export / "manifest.json").is_file()
+    assert model_files(second.model_dir) == model_files(first.model_dir)
+    assert model_files(second.model_dir) == model_files(str(kept_export / "standalone"))
+    decision = json.loads((Path(second.run_dir) / "run.json").read_text())["champion_decision"]
+    assert decision["champion_run_id"] == first.run_id and decision["action"] == "keep"
+    assert "the champion is this run's model" in decision["note"]
+    assert decision["comparison"]["pr_auc_interval"] == {"low": 0.0, "high": 0.0}
+    changed_decision = json.loads((Path(changed.run_dir) / "run.json").read_text())
+    assert "this run's model" not in (changed_decision["champion_decision"].get("note") or "")
+
+
 def test_retrain_trains_again_and_gets_the_same_results(runs):
     _, first, _, retrained, _ = runs
     before, again = records(first), records(retrained)

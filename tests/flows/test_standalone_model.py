@@ -101,6 +101,9 @@ def runs(tmp_path_factory):
             "saved_model": True,
         }
         cases.append(("insurance", fast_config(tmp / "runs", **settings), pd.read_csv(sample)))
+    # the Wisconsin run again: its branch is reused and its standalone model copied from the
+    # store (tasks.export's kept exports), which must serve exactly as one built afresh
+    cases.append(("wdbc, kept export", cases[0][1], cases[0][2]))
     return [(name, train_flow(config), frame) for name, config, frame in cases]
 
 
@@ -160,7 +163,9 @@ def test_the_keras_file_loads_where_the_project_is_installed(runs):
     from tasks.predict import LoadedModel
     from tasks.standalone import score
 
-    for name, result, frame in runs[1:]:  # synthetic: categorical, focal, periodic numerics
+    for name, result, frame in runs:
+        if name not in ("synthetic", "insurance"):  # categorical, focal, periodic numerics
+            continue
         raw, stored = stored_test_rows(result, frame)
         model = keras.saving.load_model(Path(result.model_dir) / "model.keras")
         embedded = model.get_layer("member_0").get_layer("embeddings").embeddings
@@ -174,11 +179,14 @@ def test_the_keras_file_loads_where_the_project_is_installed(runs):
 
 
 def test_the_model_directory_holds_everything_a_server_needs(runs):
-    name, result, _ = runs[0]
-    model_dir = Path(result.model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
-    assert (model_dir / "saved_model" / "saved_model.pb").is_file()
-    assert json.loads((model_dir / "saved_model" / "assets" / "model.json").read_text()) == meta
+    built, copied = (result for name, result, _ in runs if name.startswith("wdbc"))
+    assert "reused_from" in json.loads(Path(copied.metrics_path).read_text())["strategies"][0]
+    for result in (copied, built):  # the SavedModel's copy of model.json is each run's own
+        model_dir = Path(result.model_dir)
+        meta = json.loads((model_dir / "model.json").read_text())
+        assert (model_dir / "saved_model" / "saved_model.pb").is_file()
+        saved = json.loads((model_dir / "saved_model" / "assets" / "model.json").read_text())
+        assert saved == meta and meta["run_id"] == result.run_id
     assert (model_dir / "MODEL_CARD.md").is_file()  # the card travels with the model
     assert meta["standalone"] == {
         "keras": "model.keras",

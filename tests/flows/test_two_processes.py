@@ -15,6 +15,7 @@ import great_expectations as gx
 
 from flows.server import SERVER_START_LOCK
 from tasks.compare import COMPARISONS
+from tasks.export import EXPORTS
 from tasks.preflight import writable
 from tasks.storage import read_pointer
 from tests.conftest import SYNTHETIC
@@ -70,7 +71,7 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     assert sorted(entry["run_id"] for entry in registry["history"]) == run_ids
     assert events[0] == "promoted" and events.count("promoted") + events.count("kept_champion") == 2
     assert registry["champion"]["run_id"] in run_ids
-    kept_beside = {"branches", COMPARISONS}  # trained branches and comparisons, by their keys
+    kept_beside = {"branches", COMPARISONS, EXPORTS}  # kept work, by its keys
     stores = [path for path in (output / "store").iterdir() if path.name not in kept_beside]
     assert len(stores) == 1 and (stores[0] / "manifest.json").is_file()  # one set, no debris
     for comparison in (output / "store" / COMPARISONS).iterdir():  # whole files only
@@ -78,6 +79,10 @@ def test_two_processes_on_one_output_and_one_new_prefect_database_both_complete(
     # both trained the same two branches at once: one whole copy of each is kept
     kept = list((output / "store" / "branches" / stores[0].name).iterdir())
     assert len(kept) == 2 and all((path / "manifest.json").is_file() for path in kept)
+    # each run exported its model (the two identities differ when the two trainings saved
+    # their member files at different moments): whole kept copies only
+    exports = list((output / "store" / EXPORTS).iterdir())
+    assert 1 <= len(exports) <= 2 and all((p / "manifest.json").is_file() for p in exports)
     assert not list(output.glob(".*.partial"))
 
 

@@ -13,9 +13,7 @@ if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heav
     start_server_early()  # Prefect's temporary server starts while the imports below run
 
 import functools
-import importlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from flows.console import (
     run_log,
 )
 from flows.server import lasting_server, start_temporary_server
-from tasks import events, out_of_core
+from tasks import events, out_of_core, preload
 from tasks.branches import Selection, repeat_config, select_strategy, train_branches
 from tasks.champion import challenge, seen_rows
 from tasks.compare import compare_with_baseline
@@ -43,7 +41,7 @@ from tasks.config import TrainConfig
 from tasks.export import export_model
 from tasks.features import FeatureSet, build_features, fingerprint, load_valid_feature_set
 from tasks.ingest import IngestResult, ingest
-from tasks.model import configure_tensorflow
+from tasks.lookahead import trains_nothing
 from tasks.outliers import OutlierResult, handle_outliers
 from tasks.preflight import preflight_training
 from tasks.records import BoardLine
@@ -211,7 +209,7 @@ def untagged_task_runs(body: Callable[..., Any]) -> Callable[..., Any]:
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""
-    finish_preloading("great_expectations")  # the command line's background import
+    preload.finish("great_expectations")  # the command line's background import
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     branches = run.staging / "branches"
@@ -223,9 +221,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
         feature_sets = prepare_feature_sets(stages, config, ingested, run)
         feature_set = feature_sets[0]
         run.note(**feature_set.run_facts())
-        with run.stage("train"):
-            finish_preloading("tensorflow")
-            configure_tensorflow(config.tf_threads)  # before TensorFlow initialises
+        with run.stage("train"):  # TensorFlow is configured before a network trains
             records = train_branches([*strategies, REFERENCE], feature_sets, config, branches)
         with run.stage("select"):
             chosen = select_strategy(records, config, feature_set, run, ingested.raw_path)
@@ -245,7 +241,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                     config, model_name, feature_set, ingested, branches, chosen.chosen, identity
                 )
             with run.stage("report"):
-                finish_preloading("matplotlib.pyplot")
+                preload.finish("matplotlib.pyplot")
                 write_report(
                     run.staging / "report.html",
                     run.snapshot(),
@@ -273,39 +269,15 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
 
 # --- command line ----------------------------------------------------------------------------
 
-_PRELOADING: dict[str, threading.Event] = {}
 
-
-def preload_heavy_modules() -> None:
+def preload_heavy_modules(tensorflow: bool = True) -> None:
     """Import Great Expectations, then TensorFlow, then matplotlib's pyplot on a background
-    thread. The command line calls this just before the flow: the imports (~8 s on 2 cores)
-    overlap Prefect's temporary-server start-up and the data stages, during which this process
-    mostly waits, and pyplot's (~0.6 s) overlaps training. The flow waits for Great Expectations
-    before its first gate, for TensorFlow before training and for pyplot before the report
-    (`finish_preloading`), and no earlier step imports them: two threads importing one package
-    at once can see it half initialised. Importing does not start TensorFlow's runtime, so its
-    thread pools can still be set afterwards."""
-    modules = ("great_expectations", "tensorflow", "matplotlib.pyplot")  # in the order needed
-    events = {module: threading.Event() for module in modules}
-    _PRELOADING.update(events)
-
-    def load() -> None:
-        for module, done in events.items():
-            try:
-                importlib.import_module(module)
-            except Exception:  # the flow imports it again and reports the error properly
-                log.debug("preloading %s failed", module, exc_info=True)
-            finally:
-                done.set()
-
-    threading.Thread(target=load, name="preload-imports", daemon=True).start()
-
-
-def finish_preloading(module: str) -> None:
-    """Wait for the background import of `module`, if the command line started one."""
-    event = _PRELOADING.pop(module, None)
-    if event is not None:
-        event.wait()
+    thread (tasks.preload). The command line calls this just before the flow: the imports (~8 s
+    on 2 cores) overlap Prefect's temporary-server start-up and the data stages. TensorFlow is
+    left out when the run will likely need none (tasks.lookahead): a run on unchanged data
+    then never imports it (~4 s of a core)."""
+    heavy = ("great_expectations", "tensorflow", "matplotlib.pyplot")  # in the order needed
+    preload.start(tuple(m for m in heavy if tensorflow or m != "tensorflow"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> dict[str, Any] | None:
         config = build_config(args)
         preflight_training(config)  # header-level checks, before any server starts
-        preload_heavy_modules()
+        out_of_core_path = out_of_core.reason(config) is not None
+        preload_heavy_modules(tensorflow=not trains_nothing(config, out_of_core_path))
         start_temporary_server()
         data_tag = f"data:{Path(config.data).name.split('.')[0]}"
         with tags("imbalance", data_tag), live_progress(shown.verbosity):

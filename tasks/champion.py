@@ -40,6 +40,7 @@ from tasks.ingest import (
     beyond_float32,
     row_hashes,
 )
+from tasks.model import configure_tensorflow
 from tasks.predict import LoadedModel, reference_positive_rate, score
 from tasks.registry import read_registry
 from tasks.storage import location, read_parquet, write_parquet
@@ -192,7 +193,7 @@ def _compared_metric(
 
 
 def _scores(
-    champion: LoadedModel, rows: pd.DataFrame, branch_dir: UPath, same_model: bool
+    champion: LoadedModel, rows: pd.DataFrame, branch_dir: UPath, same_model: bool, threads: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The challenger's stored test scores on `rows`, and the champion's: computed by the
     exported model, or, when the champion is this very model, the same scores (the exported
@@ -202,6 +203,8 @@ def _scores(
     challenger = test.loc[rows[ID_COLUMN], "probability"].to_numpy()
     if same_model or not len(rows):
         return challenger, challenger
+    if champion.kind == "network":
+        configure_tensorflow(threads)
     return challenger, score(champion, rows)["probability"].to_numpy()
 
 
@@ -262,7 +265,8 @@ def challenge(
         )
     rows, counts = unseen_scorable_rows(rows, seen, prep, by_id, id_column)
     same = identity is not None and model.meta.get("identity") == identity
-    challenger, champion_scores = _scores(model, rows, branches_dir / selected["strategy"], same)
+    branch = branches_dir / selected["strategy"]
+    challenger, champion_scores = _scores(model, rows, branch, same, config.tf_threads)
     rate = float(np.mean(champion_scores >= model.meta["threshold"])) if len(rows) else None
     drift_summary = check_drift(train_rows, model, config, rate)
     if rows[TARGET_COLUMN].nunique() < 2:

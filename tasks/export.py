@@ -19,6 +19,7 @@ from tasks.calibration import Calibration
 from tasks.config import TrainConfig
 from tasks.features import PREPROCESSING, FeatureSet
 from tasks.io import io_task_options
+from tasks.model import configure_tensorflow
 from tasks.records import TEST_METRICS
 from tasks.reference import REFERENCE_FILE
 from tasks.storage import (
@@ -62,7 +63,10 @@ def export_model(
     )
     for member in members:
         copy_file(member, model_dir / member.name)
-    prep = feature_set.preprocessing()
+    prep, calibration = (
+        feature_set.preprocessing(),
+        Calibration.model_validate(selected["calibration"]),
+    )
     copy_file(feature_set.location / PREPROCESSING, model_dir / PREPROCESSING)
     # the validation and test predictions travel with the model: re-tuning its threshold later
     # recomputes everything the threshold touches from them
@@ -76,9 +80,7 @@ def export_model(
         "strategy": selected["strategy"],
         "kind": "network" if network else "gradient_boosting",
         "members": [m.name for m in members],
-        "identity": model_identity(
-            feature_set.location / PREPROCESSING, members, selected["calibration"]
-        ),
+        "identity": model_identity(feature_set.location / PREPROCESSING, members, calibration),
         "standalone": {
             "keras": standalone.KERAS_FILE,
             "saved_model": standalone.SAVED_MODEL_DIR if config.saved_model else None,
@@ -126,7 +128,6 @@ def export_model(
         },
         "versions": manifest["versions"],
     }
-    calibration = Calibration.model_validate(selected["calibration"])
     if network:
         kept_as = f"{metadata['identity']}{'' if config.saved_model else '-keras'}"
         export_standalone(
@@ -137,12 +138,13 @@ def export_model(
             metadata,
             config.saved_model,
             config.store_dir / EXPORTS / kept_as,
+            config.tf_threads,
         )
     write_model_files(model_dir, metadata)
     return str(metadata["identity"])
 
 
-def model_identity(preprocessing: UPath, members: list[UPath], calibration: dict[str, Any]) -> str:
+def model_identity(preprocessing: UPath, members: list[UPath], calibration: Calibration) -> str:
     """What a model's scores depend on, as one hash: its preprocessing and member files, its
     calibration, and the code that builds and applies them with the libraries' versions
     (tasks.reuse.code_version). Two models with one identity score every row alike; a kept
@@ -152,7 +154,7 @@ def model_identity(preprocessing: UPath, members: list[UPath], calibration: dict
     digest = hashlib.sha256(code_version().encode())
     for path in [preprocessing, *members]:
         digest.update(f"{path.name}:{sha256_of(path)};".encode())
-    digest.update(json.dumps(calibration, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(calibration.model_dump(mode="json"), sort_keys=True).encode())
     return digest.hexdigest()[:32]
 
 
@@ -164,6 +166,7 @@ def export_standalone(
     meta: dict,
     saved_model: bool = True,
     kept_as: UPath | None = None,
+    tf_threads: int = 1,
 ) -> None:
     """The one model that takes raw columns (`tasks/standalone.py`): `model.keras` and the
     SavedModel, built and written in a local scratch directory, then copied into `model_dir`.
@@ -173,6 +176,7 @@ def export_standalone(
     if kept_as is not None and kept.valid_manifest(kept_as, "standalone model") is not None:
         copy_tree(kept_as / STANDALONE, model_dir)
         return
+    configure_tensorflow(tf_threads)
     model = standalone.build(prep, standalone.load_networks(members), calibration)
     with tempfile.TemporaryDirectory(prefix="imbalance-model-") as scratch:
         standalone.write(model, Path(scratch), meta, saved_model)

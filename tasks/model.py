@@ -1,7 +1,7 @@
 """The Keras MLP and how one member of a strategy is trained.
 
 TensorFlow's thread pools are process-wide and fixed when TensorFlow initialises, so
-`configure_tensorflow` must run before the first TensorFlow op (the training flow calls it first).
+`configure_tensorflow` must run before the first TensorFlow op (every user calls it first).
 Every random source is seeded explicitly (initialisers, dropout, tf.data shuffling and sampling),
 never through Keras's global seed state, which parallel branches would share."""
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,36 +18,42 @@ from typing import Any
 
 import numpy as np
 
+from tasks import preload
 from tasks.calibration import Calibration, log_likelihood, platt
 from tasks.embeddings import Embeddings, expanded_width
 
 log = logging.getLogger(__name__)
 _CONFIGURED: int | None = None
+_CONFIGURING = threading.Lock()
 
 
 def configure_tensorflow(threads: int) -> None:
     """Give TensorFlow `threads` intra-op threads (and at least 2 inter-op threads); a no-op once
-    it has started."""
+    it has started. Every user of TensorFlow calls it first (training, export, scoring the
+    champion), so a run that needs none never imports it; the first of parallel branches to
+    call it configures, the others wait for it."""
     global _CONFIGURED
-    if _CONFIGURED is not None:
-        if threads != _CONFIGURED:
-            log.warning(
-                "TensorFlow already uses %d threads; %d applies to a new process",
-                _CONFIGURED,
-                threads,
-            )
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with _CONFIGURING:
+        if _CONFIGURED is not None:
+            if threads != _CONFIGURED:
+                log.warning(
+                    "TensorFlow already uses %d threads; %d applies to a new process",
+                    _CONFIGURED,
+                    threads,
+                )
+            return
+        preload.finish("tensorflow")  # the command line's background import, if it started one
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        # at least 2: BatchStream's generator runs as a py_function on an inter-op thread while
-        # the iterator's own op holds one; with a single inter-op thread they deadlock
-        tf.config.threading.set_inter_op_parallelism_threads(max(threads, 2))
-    except RuntimeError:  # already initialised by an earlier import in this process
-        log.warning("TensorFlow was initialised before its thread pools could be set")
-    _CONFIGURED = threads
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            # at least 2: BatchStream's generator runs as a py_function on an inter-op thread
+            # while the iterator's own op holds one; with a single inter-op thread they deadlock
+            tf.config.threading.set_inter_op_parallelism_threads(max(threads, 2))
+        except RuntimeError:  # already initialised by an earlier import in this process
+            log.warning("TensorFlow was initialised before its thread pools could be set")
+        _CONFIGURED = threads
 
 
 @dataclass(frozen=True)

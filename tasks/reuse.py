@@ -114,7 +114,12 @@ class Scores:
 
 
 def _directory(feature_set: FeatureSet, key: str) -> UPath:
-    return feature_set.location.parent / BRANCHES / feature_set.fingerprint / key
+    return kept_branch(feature_set.location.parent, feature_set.fingerprint, key)
+
+
+def kept_branch(store: UPath, fingerprint: str, key: str) -> UPath:
+    """Where a branch with this key is kept for the feature set `fingerprint`."""
+    return store / BRANCHES / fingerprint / key
 
 
 def restore(

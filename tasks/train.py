@@ -677,7 +677,6 @@ def _train_branch(
     progress.start(key)
     branch_dir = location(out_dir) / name
     try:
-        configure_tensorflow(config.tf_threads)  # a no-op here; in a Dask worker, before TF starts
         parts = shared_parts(feature_set)
         reason = skip_reason(name, parts["train"], config)
         scores = None if reason else reused(feature_set, name, repeat, config, branch_dir)
@@ -712,6 +711,7 @@ def _fit_branch(
     if name == REFERENCE:
         shippable = config.allow_reference_champion
         return fit_reference(parts, config, labels, branch_dir / "model" if shippable else None)
+    configure_tensorflow(config.tf_threads)  # before TensorFlow starts, in any process
     strategy, prep = STRATEGIES[name], feature_set.preprocessing()
     return fit_neural(strategy, parts, config, prep, labels, branch_dir / "model", key)
 
@@ -819,7 +819,6 @@ def train_stack(
 def _train_stack(
     names: list[str], feature_set: FeatureSet, config: TrainConfig, out_dir: str, repeat: int
 ) -> list[dict[str, Any]]:
-    configure_tensorflow(config.tf_threads)
     parts = shared_parts(feature_set)
     records = {name: _started(name, config) for name in names}
     fresh = []
@@ -856,6 +855,7 @@ def _fit_stack(
 ) -> dict[str, dict[str, Any]]:
     """Train these strategies' networks side by side, then finish each branch and keep its
     output for later runs (tasks.reuse); their updated records."""
+    configure_tensorflow(config.tf_threads)  # before TensorFlow starts, in any process
     records = {name: records[name] for name in names}
     train, stop = parts["train"], parts["stop"]
     prep, labels = feature_set.preprocessing(), _labels(feature_set)

@@ -5,6 +5,7 @@ anything that shapes training changed, the kept files do not match, or --retrain
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,59 @@ def test_members_load_in_a_process_that_trained_nothing(runs):
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip().splitlines()[-1]) > 2
     assert np.isfinite(records(first)["baseline"]["pr_auc"])
+
+
+GUESS_AND_RUN = """
+import json, sys
+from flows.train import preload_heavy_modules, train_flow
+from tasks.config import TrainConfig
+from tasks.lookahead import trains_nothing
+
+config = TrainConfig.model_validate_json(sys.argv[1])
+guess = trains_nothing(config, out_of_core=False)
+preload_heavy_modules(tensorflow=not guess)  # as the command line does
+result = train_flow(config)
+print(json.dumps({"guess": guess, "tensorflow": "tensorflow" in sys.modules,
+                  "selected": result.selected, "threshold": result.threshold}))
+"""
+
+
+def test_a_run_on_unchanged_data_is_guessed_to_train_nothing_and_never_imports_tensorflow(runs):
+    """tasks.lookahead: with every branch kept and the champion the model the run will export,
+    the command line skips preloading TensorFlow, and a fresh process running the flow then
+    never imports it: nothing is trained, the standalone model is copied, the champion is
+    not scored. Any change that makes the run need TensorFlow makes the guess False."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.lookahead import trains_nothing
+
+    config, first, _, _, _ = runs
+    registry = json.loads((config.registry_dir / "synthetic-churned.json").read_text())
+    assert registry["champion"]["run_id"] == first.run_id  # the reruns were not better
+    assert trains_nothing(config, out_of_core=False)
+    assert not trains_nothing(config, out_of_core=True)  # another feature set
+    assert trains_nothing(config.model_copy(update={"model_name": "no-champion-yet"}), False)
+    for change in (
+        {"retrain": True},
+        {"repeats": 2},
+        {"strategies": ["baseline", "smote"]},  # smote was never trained
+        {"dropout": config.dropout + 0.15},  # kept (the `changed` run), not the champion
+        {"seed": config.seed + 1},  # another split: another feature set
+        {"data": "breast_cancer"},  # built-in data is not looked at
+    ):
+        assert not trains_nothing(config.model_copy(update=change), False), change
+    done = subprocess.run(
+        [sys.executable, "-c", GUESS_AND_RUN, config.model_dump_json()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["guess"] and not answer["tensorflow"]
+    assert (answer["selected"], answer["threshold"]) == (first.selected, first.threshold)
 
 
 @pytest.mark.parametrize(

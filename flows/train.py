@@ -209,7 +209,6 @@ def untagged_task_runs(body: Callable[..., Any]) -> Callable[..., Any]:
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
     """Validated ingestion -> split -> outlier handling -> stored features, each behind a gate ->
     one training branch per strategy -> selection on the validation tuning half."""
-    preload.finish("great_expectations")  # the command line's background import
     strategies = resolve_strategies(config.strategies)  # unknown names fail before any work
     run = RunRecord(config=config, flow_run_id=str(flow_run.id) if flow_run.id else None)
     branches = run.staging / "branches"

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import gx_run
+from tasks import gx_run, preload
 from tasks.errors import GateFailed
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
@@ -208,6 +208,7 @@ def validate(
     """Validate the tables (a frame, or {"data": frame, "facts": one-row frame}) with the suite
     file `suite_name`. Parameters the config does not supply take the suite file's defaults.
     Raises GateFailed naming every failed expectation when the gate fails."""
+    preload.finish("great_expectations")  # the first gate is the first use of GX in a run
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 from upath import UPath
 
+from tasks import preload
 from tasks.storage import publish_dir, url
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class RunProject:
 
     def context(self) -> Any:
         if self._context is None:
+            preload.finish("great_expectations")
             import great_expectations as gx
 
             quiet()

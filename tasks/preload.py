@@ -38,6 +38,6 @@ def start(modules: tuple[str, ...]) -> None:
 
 def finish(module: str) -> None:
     """Wait for the background import of `module`, if one was started."""
-    event = _LOADING.pop(module, None)
+    event = _LOADING.get(module)  # kept: every thread that asks waits until it is done
     if event is not None:
         event.wait()

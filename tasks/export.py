@@ -25,8 +25,8 @@ from tasks.reference import REFERENCE_FILE
 from tasks.storage import (
     copy_file,
     copy_tree,
+    json_text,
     sha256_of,
-    write_json,
     write_text,
 )
 from tasks.strategies import REFERENCE
@@ -194,13 +194,13 @@ def _kept_standalone(built: str, staging: Path) -> dict[str, Any]:
 def write_model_files(model_dir: UPath, metadata: dict[str, Any]) -> None:
     """model.json and the model card, which travels inside the model directory (a copy stays
     beside it, in the run directory); the SavedModel's copy of model.json is kept equal."""
-    card = model_card(metadata)
+    card, text = model_card(metadata), json_text(metadata)  # encoded once for both copies
     asset = model_dir / standalone.SAVED_MODEL_DIR / "assets" / MODEL_FILE
     if asset.is_file():
-        write_json(asset, metadata)
+        write_text(asset, text)
     write_text(model_dir / CARD_FILE, card)
     write_text(model_dir.parent / CARD_FILE, card)
-    write_json(model_dir / MODEL_FILE, metadata)  # last: a model directory is complete with it
+    write_text(model_dir / MODEL_FILE, text)  # last: a model directory is complete with it
 
 
 def model_card(meta: dict[str, Any]) -> str:

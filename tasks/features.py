@@ -325,15 +325,19 @@ def fit_preprocessing(
     )
 
 
-def histogram_bins(values: pd.Series) -> dict[str, list[float]]:
+DECILES = [i / 10 for i in range(1, 10)]
+PERCENTILES = [i / 100 for i in range(101)]  # the deciles among them: rows 10, 20, ... 90
+
+
+def histogram_bins(values: pd.Series, deciles: np.ndarray | None = None) -> dict[str, list[float]]:
     """Bins at the unique interior training deciles, with the exact training share in each
-    (a value v falls in bin searchsorted(edges, v, side="right"))."""
+    (a value v falls in bin searchsorted(edges, v, side="right")). `deciles`: the values'
+    deciles when already computed (feature_statistics takes them from its percentiles)."""
     values = values.dropna().to_numpy(dtype="float64")
-    edges = (
-        np.unique(np.quantile(values, [i / 10 for i in range(1, 10)]))
-        if len(values)
-        else np.array([])
-    )
+    if not len(values):
+        edges = np.array([])
+    else:
+        edges = np.unique(np.quantile(values, DECILES) if deciles is None else deciles)
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return {"edges": edges.tolist(), "shares": (counts / max(len(values), 1)).tolist()}
 
@@ -347,7 +351,7 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
     dtypes = train.dtypes
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column gives NaN
-        percentiles = np.nanquantile(matrix, [i / 100 for i in range(101)], axis=0)
+        percentiles = np.nanquantile(matrix, PERCENTILES, axis=0)
         means, stds = np.nanmean(matrix, axis=0), np.nanstd(matrix, axis=0)
     for j, column in enumerate(prep.numeric):
         stats[column] = {
@@ -356,7 +360,7 @@ def feature_statistics(train: pd.DataFrame, prep: Preprocessing) -> dict[str, An
             "mean": float(means[j]),
             "std": float(stds[j]),
             "percentiles": [float(q) for q in percentiles[:, j]],
-            "bins": histogram_bins(pd.Series(matrix[present[:, j], j])),
+            "bins": histogram_bins(pd.Series(matrix[present[:, j], j]), percentiles[10:91:10, j]),
             "missing_share": float(1 - present[:, j].mean()) if len(matrix) else 0.0,
             "approximate": False,
         }

@@ -10,7 +10,6 @@ standalone exports (tasks.export) are such directories."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from tasks.storage import (
     OWNER_FILE,
     changed_file,
     is_local,
+    json_text,
     publish_dir,
     read_json,
     remove_tree,
@@ -71,7 +71,7 @@ def keep(store: UPath, directory: UPath, fill: Callable[[Path], dict[str, Any]],
                 if p.is_file()
             }
             manifest = recorded | {"created_at": datetime.now(UTC).isoformat(), "files": files}
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            (staging / MANIFEST).write_text(json_text(manifest))
             directory.parent.mkdir(parents=True, exist_ok=True)
             if (directory / MANIFEST).is_file():  # another run kept it meanwhile
                 return False

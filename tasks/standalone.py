@@ -23,7 +23,6 @@ Wide data (more than MAX_COLUMN_INPUTS numeric columns) has one numeric input in
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tasks.storage import json_text
 
 # Wide data: past this many numeric columns, the numerics are one (n, columns) float32 input
 # named `numerics`, in the order of model.json's `numeric_matrix.columns` (one input per column
@@ -190,7 +191,7 @@ def write(model: Any, model_dir: Path, meta: dict[str, Any], saved_model: bool =
         return
     with tempfile.TemporaryDirectory(prefix="imbalance-export-") as scratch:
         asset = Path(scratch) / "model.json"
-        asset.write_text(json.dumps(meta, indent=2, default=str))
+        asset.write_text(json_text(meta))
         archive = _archive(model, tf.saved_model.Asset(str(asset)))
         target = model_dir / SAVED_MODEL_DIR
         shutil.rmtree(target, ignore_errors=True)

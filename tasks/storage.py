@@ -126,8 +126,21 @@ def write_text(path: str | os.PathLike[str], text: str) -> UPath:
     return write_bytes(path, text.encode())
 
 
+PRETTY_JSON_MAX = 1 << 20  # JSON up to this size (compact) is indented for people to read
+
+
+def json_text(payload: Any) -> str:
+    """`payload` as JSON text: indented when it is small enough for people to read, compact
+    beyond PRETTY_JSON_MAX. Python's indenting encoder is written in Python: a wide data set's
+    20 MB model.json took ~1 s to indent against ~0.4 s compact, several times per run."""
+    text = json.dumps(payload, default=str)
+    if len(text) <= PRETTY_JSON_MAX:
+        text = json.dumps(payload, indent=2, default=str)
+    return text + "\n"
+
+
 def write_json(path: str | os.PathLike[str], payload: Any) -> UPath:
-    return write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    return write_text(path, json_text(payload))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

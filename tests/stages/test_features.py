@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.features import (
     MANIFEST,
@@ -138,3 +140,29 @@ def test_imputation_uses_training_statistics(make_config, stages, synthetic_fram
     assert prep.impute_values["segment"] in prep.categories["segment"]
     for name in ("train", "validation", "test"):
         assert not pd.read_parquet(result["features"].split_path(name)).isna().any().any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 60),
+    columns=st.integers(1, 6),
+    missing=st.sampled_from([0.0, 0.3, 1.0]),
+    decimals=st.sampled_from([0, 1, 6]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_drift_bins_taken_from_the_percentiles_are_the_columns_own(
+    rows, columns, missing, decimals, seed
+):
+    """feature_statistics takes each column's decile edges from the percentiles it computes for
+    all columns at once; they are exactly the edges and shares histogram_bins finds for that
+    column alone (ties, missing values, an all-missing column, one row)."""
+    from tasks.features import Preprocessing, feature_statistics, histogram_bins
+
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.standard_cauchy((rows, columns)), decimals)
+    values[rng.random((rows, columns)) < missing] = np.nan
+    frame = pd.DataFrame(values, columns=[f"x{j}" for j in range(columns)])
+    prep = Preprocessing.model_construct(numeric=list(frame.columns), categorical=[])
+    stats = feature_statistics(frame, prep)
+    for column in frame.columns:
+        assert stats[column]["bins"] == histogram_bins(frame[column]), column

@@ -182,7 +182,9 @@ def export_standalone(
         standalone.write(model, Path(scratch), meta, saved_model)
         copy_tree(scratch, model_dir)
         fill = partial(_kept_standalone, scratch)
-        if kept_as is not None and kept.keep(kept_as.parent.parent, kept_as, fill, "export"):
+        if kept_as is not None and kept.keep(
+            kept_as.parent.parent, kept_as, fill, "standalone model"
+        ):
             kept.prune(kept_as.parent, KEPT_EXPORTS)
 
 

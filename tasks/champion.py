@@ -43,7 +43,7 @@ from tasks.ingest import (
 from tasks.model import configure_tensorflow
 from tasks.predict import LoadedModel, reference_positive_rate, score
 from tasks.registry import read_registry
-from tasks.storage import location, read_parquet, write_parquet
+from tasks.storage import location, parquet_batches, read_parquet, write_parquet
 from tasks.thresholds import parse_objective
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,24 @@ def _decision(
     }
 
 
+SEEN_ROWS_BATCH = 250_000  # raw rows hashed at a time: 5M rows at once held ~3 GB
+
+
 def seen_rows(raw_path: str, feature_set: FeatureSet, path: UPath) -> UPath:
     """Write the id and feature-row hash (over the model's own feature columns, schema order) of
-    every row the model trained or tuned on: every row outside the test split."""
+    every row the model trained or tuned on: every row outside the test split. The raw rows
+    are read and hashed SEEN_ROWS_BATCH at a time (a row's hash does not depend on its batch)."""
     prep = feature_set.preprocessing()
     ids = read_parquet(feature_set.location / "ids.parquet", columns=[ID_COLUMN, "split"])
-    seen_ids = ids.loc[ids.split != "test", ID_COLUMN]
-    raw = pd.read_parquet(raw_path, columns=[ID_COLUMN, *prep.feature_columns])
-    raw = raw[raw[ID_COLUMN].isin(seen_ids)]
-    hashes = row_hashes(raw, prep.numeric, prep.categorical)
-    return write_parquet(
-        path, pd.DataFrame({ID_COLUMN: raw[ID_COLUMN].to_numpy(), HASH_COLUMN: hashes})
-    )
+    seen = pd.Index(ids.loc[ids.split != "test", ID_COLUMN])  # ids are unique: the raw gate
+    parts = []
+    for raw in parquet_batches(raw_path, SEEN_ROWS_BATCH, [ID_COLUMN, *prep.feature_columns]):
+        raw = raw[seen.get_indexer(raw[ID_COLUMN]) >= 0]
+        hashes = row_hashes(raw, prep.numeric, prep.categorical)
+        parts.append(pd.DataFrame({ID_COLUMN: raw[ID_COLUMN].to_numpy(), HASH_COLUMN: hashes}))
+    if not parts:  # a file without rows yields no batch
+        parts = [pd.DataFrame({ID_COLUMN: ids[ID_COLUMN].iloc[:0], HASH_COLUMN: np.zeros(0, "u8")})]
+    return write_parquet(path, pd.concat(parts, ignore_index=True))
 
 
 def schema_breaks(frame: pd.DataFrame, prep: Preprocessing) -> list[str]:

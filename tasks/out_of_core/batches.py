@@ -26,6 +26,7 @@ from tasks.io import (
     unnamed_columns,
 )
 from tasks.split import HALF_COLUMN, SPLIT_COLUMN
+from tasks.storage import parquet_batches
 
 BATCH_ROWS = 250_000
 SAMPLE_ROWS = 200_000  # training rows behind the approximate quantiles
@@ -166,8 +167,7 @@ def sample_rows(rows: np.ndarray, seed: int) -> np.ndarray:
 def raw_batches(raw_path: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
     """The normalised raw parquet, batch by batch (it always carries `__row`)."""
     wanted = None if columns is None else list(dict.fromkeys([ROW_COLUMN, *columns]))
-    for batch in pq.ParquetFile(raw_path).iter_batches(BATCH_ROWS, columns=wanted):
-        yield batch.to_pandas()
+    yield from parquet_batches(raw_path, BATCH_ROWS, wanted)
 
 
 class RowLookup:

@@ -301,3 +301,27 @@ def test_new_levels_are_scored_and_an_unreadable_champion_is_kept(tmp_path):
     d = retrain("w5.csv", week1.iloc[:-3])
     assert d["action"] == "keep" and d["reason"] == "champion_unreadable"
     assert registry_of(output, "weekly")["champion"]["run_id"] == first.run_id
+
+
+@pytest.mark.parametrize("batch", [7, 1_000_000])
+def test_the_seen_rows_are_hashed_batch_by_batch_as_they_would_be_whole(
+    batch, make_config, stages, tmp_path, monkeypatch
+):
+    """seen_rows reads and hashes the raw rows SEEN_ROWS_BATCH at a time (a 5M-row run held
+    ~3 GB hashing them at once); its file is the whole-table computation's: every row outside
+    the test split, in file order, with the same feature-row hash."""
+    import tasks.champion as champion
+    from tasks.ingest import HASH_COLUMN, ID_COLUMN, row_hashes
+
+    result = stages(make_config())
+    feature_set, raw_path = result["features"], result["ingest"].raw_path
+    monkeypatch.setattr(champion, "SEEN_ROWS_BATCH", batch)
+    written = pd.read_parquet(champion.seen_rows(raw_path, feature_set, tmp_path / "seen.parquet"))
+    prep = feature_set.preprocessing()
+    ids = pd.read_parquet(feature_set.location / "ids.parquet")
+    raw = pd.read_parquet(raw_path)
+    raw = raw[raw[ID_COLUMN].isin(ids.loc[ids.split != "test", ID_COLUMN])]
+    assert len(written) == (ids.split != "test").sum() > 0
+    assert written[ID_COLUMN].tolist() == raw[ID_COLUMN].tolist()
+    expected = row_hashes(raw, prep.numeric, prep.categorical)
+    assert np.array_equal(written[HASH_COLUMN].to_numpy(), expected)

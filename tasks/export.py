@@ -55,12 +55,7 @@ def export_model(
     score new rows. Returns the model's identity (`model_identity`)."""
     manifest = feature_set.manifest
     network = selected["strategy"] != REFERENCE
-    members = sorted(
-        (branches_dir / selected["strategy"] / "model").glob(
-            "member_*.keras" if network else REFERENCE_FILE
-        ),
-        key=lambda member: member.name,
-    )
+    members = model_members(branches_dir / selected["strategy"] / "model", network)
     for member in members:
         copy_file(member, model_dir / member.name)
     prep, calibration = (
@@ -128,6 +123,7 @@ def export_model(
         },
         "versions": manifest["versions"],
     }
+    text = json_text(metadata)  # encoded once: the SavedModel's asset and model.json
     if network:
         kept_as = f"{metadata['identity']}{'' if config.saved_model else '-keras'}"
         export_standalone(
@@ -135,13 +131,20 @@ def export_model(
             prep,
             members,
             calibration,
-            metadata,
+            text,
             config.saved_model,
             config.store_dir / EXPORTS / kept_as,
             config.tf_threads,
         )
-    write_model_files(model_dir, metadata)
+    write_model_files(model_dir, metadata, text)
     return str(metadata["identity"])
+
+
+def model_members(model_dir: UPath, network: bool = True) -> list[UPath]:
+    """A branch's (or model's) member files in their order: the Keras networks, or the
+    gradient-boosting reference's one file."""
+    pattern = "member_*.keras" if network else REFERENCE_FILE
+    return sorted(model_dir.glob(pattern), key=lambda member: member.name)
 
 
 def model_identity(preprocessing: UPath, members: list[UPath], calibration: Calibration) -> str:
@@ -163,7 +166,7 @@ def export_standalone(
     prep: Any,
     members: list[UPath],
     calibration: Calibration,
-    meta: dict,
+    meta_json: str,
     saved_model: bool = True,
     kept_as: UPath | None = None,
     tf_threads: int = 1,
@@ -179,7 +182,7 @@ def export_standalone(
     configure_tensorflow(tf_threads)
     model = standalone.build(prep, standalone.load_networks(members), calibration)
     with tempfile.TemporaryDirectory(prefix="imbalance-model-") as scratch:
-        standalone.write(model, Path(scratch), meta, saved_model)
+        standalone.write(model, Path(scratch), meta_json, saved_model)
         copy_tree(scratch, model_dir)
         fill = partial(_kept_standalone, scratch)
         if kept_as is not None and kept.keep(
@@ -193,10 +196,11 @@ def _kept_standalone(built: str, staging: Path) -> dict[str, Any]:
     return {"kind": "standalone model"}
 
 
-def write_model_files(model_dir: UPath, metadata: dict[str, Any]) -> None:
+def write_model_files(model_dir: UPath, metadata: dict[str, Any], text: str | None = None) -> None:
     """model.json and the model card, which travels inside the model directory (a copy stays
-    beside it, in the run directory); the SavedModel's copy of model.json is kept equal."""
-    card, text = model_card(metadata), json_text(metadata)  # encoded once for both copies
+    beside it, in the run directory); the SavedModel's copy of model.json is kept equal.
+    `text`: the metadata as JSON, when the caller encoded it already."""
+    card, text = model_card(metadata), json_text(metadata) if text is None else text
     asset = model_dir / standalone.SAVED_MODEL_DIR / "assets" / MODEL_FILE
     if asset.is_file():
         write_text(asset, text)

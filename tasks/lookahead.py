@@ -9,7 +9,6 @@ never a result."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from upath import UPath
 
 from tasks.calibration import Calibration
 from tasks.config import TrainConfig
-from tasks.export import MODEL_FILE, model_identity
+from tasks.export import MODEL_FILE, model_identity, model_members
 from tasks.features import MANIFEST as FEATURE_MANIFEST
 from tasks.features import PREPROCESSING, fingerprint
 from tasks.registry import read_registry
@@ -64,12 +63,12 @@ def _champion_needs_no_scoring(
     )
     if champion is None:
         return True
-    meta = json.loads((location(champion["model_dir"]) / MODEL_FILE).read_text())
+    meta = read_json(location(champion["model_dir"]) / MODEL_FILE)
     if meta.get("kind") == "gradient_boosting":
         return True
     branch = kept.get(meta.get("strategy"))
     if branch is None:
         return False
-    members = sorted((branch / MODEL).glob("member_*.keras"), key=lambda m: m.name)
+    members = model_members(branch / MODEL)
     calibration = Calibration.model_validate(read_json(branch / RECORD)["calibration"])
     return meta.get("identity") == model_identity(features / PREPROCESSING, members, calibration)

@@ -32,8 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.storage import json_text
-
 # Wide data: past this many numeric columns, the numerics are one (n, columns) float32 input
 # named `numerics`, in the order of model.json's `numeric_matrix.columns` (one input per column
 # made the wide benchmark's export take a minute).
@@ -181,9 +179,9 @@ def score(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
 
 
-def write(model: Any, model_dir: Path, meta: dict[str, Any], saved_model: bool = True) -> None:
-    """`model.keras` and (unless `saved_model` is off) `saved_model/`, with `model.json` among
-    its assets, into the local directory `model_dir`."""
+def write(model: Any, model_dir: Path, meta_json: str, saved_model: bool = True) -> None:
+    """`model.keras` and (unless `saved_model` is off) `saved_model/`, with `model.json` (the
+    text `meta_json`) among its assets, into the local directory `model_dir`."""
     import tensorflow as tf
 
     model.save(model_dir / KERAS_FILE)
@@ -191,7 +189,7 @@ def write(model: Any, model_dir: Path, meta: dict[str, Any], saved_model: bool =
         return
     with tempfile.TemporaryDirectory(prefix="imbalance-export-") as scratch:
         asset = Path(scratch) / "model.json"
-        asset.write_text(json_text(meta))
+        asset.write_text(meta_json)
         archive = _archive(model, tf.saved_model.Asset(str(asset)))
         target = model_dir / SAVED_MODEL_DIR
         shutil.rmtree(target, ignore_errors=True)

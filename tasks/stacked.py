@@ -68,6 +68,39 @@ def stackable(networks: list[Network]) -> bool:
     )
 
 
+def dropout_mask(shape: Any, seeds: list[int], layer: int, step: Any, rate: float) -> Any:
+    """The dropout masks of hidden layer `layer` at `step`, one per network seed ([S, *shape]):
+    0 for a dropped unit, 1 / (1 - the rate used) for a kept one. Each element is one random
+    byte, kept when it is at least `rate` x 256 rounded (so the rate is a multiple of 1/256:
+    0.2 -> 51/256), four to a 32-bit Philox draw: drawing a float per element made the masks
+    ~40% of a step on insurance. A network's masks depend only on its seed and the step."""
+    import tensorflow as tf
+
+    threshold = dropout_threshold(rate)
+    size = tf.reduce_prod(shape)
+    keep = []
+    for seed in seeds:
+        bits = tf.random.stateless_uniform(
+            [(size + 3) // 4],
+            seed=tf.stack([tf.constant(dropout_seed(seed, layer), tf.int64), step]),
+            minval=None,
+            maxval=None,
+            dtype=tf.uint32,
+        )
+        random_bytes = tf.reshape(tf.bitcast(bits, tf.uint8), [-1])[:size]
+        keep.append(tf.reshape(random_bytes, shape) >= threshold)
+    return tf.cast(tf.stack(keep), tf.float32) * (MASK_LEVELS / (MASK_LEVELS - threshold))
+
+
+MASK_LEVELS = 256  # a dropout mask element is one random byte
+
+
+def dropout_threshold(rate: float) -> int:
+    """The byte value from which a unit is kept: `rate` x 256 rounded, at most 255 (a unit is
+    kept with probability at least 1/256)."""
+    return min(round(rate * MASK_LEVELS), MASK_LEVELS - 1)
+
+
 class _Pool:
     """The distinct training arrays the networks draw from, concatenated once, with each
     network's offset into them."""
@@ -143,15 +176,7 @@ class _Program:
         for i in range(depth):
             h = tf.nn.relu(tf.linalg.matmul(h, v[2 * i]) + v[2 * i + 1][:, None])
             if step is not None and rate > 0:
-                shape = tf.shape(h)[1:]
-                keep = [
-                    tf.random.stateless_uniform(
-                        shape, seed=tf.stack([tf.constant(dropout_seed(seed, i), tf.int64), step])
-                    )
-                    >= rate
-                    for seed in self.seeds
-                ]
-                h = h * (tf.cast(tf.stack(keep), h.dtype) * (1 / (1 - rate)))
+                h = h * dropout_mask(tf.shape(h)[1:], self.seeds, i, step, rate)
         logits = tf.linalg.matmul(h, v[2 * depth]) + v[2 * depth + 1][:, None]
         if self.settings.linear_skip:
             logits += linear_from_codes(x, v[2 * depth + 2], codes)[..., None]

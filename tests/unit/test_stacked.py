@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 from tasks.calibration import platt
@@ -18,7 +21,7 @@ from tasks.model import (
     initial_weights,
     predict,
 )
-from tasks.stacked import fit_stacked
+from tasks.stacked import MASK_LEVELS, dropout_mask, dropout_threshold, fit_stacked
 
 
 def data(seed: int = 0, n: int = 900, codes: tuple[int, ...] = ()):
@@ -260,3 +263,52 @@ def test_a_program_that_would_shrink_before_its_last_check_finishes_it_whole(mon
     monkeypatch.setattr(stacked._Clock, "worth_dropping", lambda self, stopped, *_: stopped > 0)
     results = fit_stacked(networks(x, y, 64)[:3], x_val[:150], y_val[:150], s)
     assert [info["checks_run"] for _, info in results] == [3, 4, 4]
+
+
+@hypothesis_settings(max_examples=25, deadline=None)
+@given(
+    rate=st.floats(0.0, 0.95),
+    seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=4, unique=True),
+    step=st.integers(1, 100_000),
+    units=st.integers(1, 70),
+)
+def test_dropout_masks_drop_each_unit_at_the_rate_and_keep_the_expected_activation(
+    rate, seeds, step, units
+):
+    """The stacked trainer's dropout masks (one random byte per element): every network drops
+    a unit with probability `rate` rounded to 1/256, the same in every column (each of a
+    32-bit draw's four bytes is used), and scales the kept ones so the expected activation is
+    unchanged; a network's masks depend on its seed and the step only, never on the networks
+    beside it."""
+    import tensorflow as tf
+
+    rows = 4096
+    masks = dropout_mask(tf.constant([rows, units]), seeds, 1, tf.constant(step, tf.int64), rate)
+    masks = masks.numpy()
+    threshold = dropout_threshold(rate)
+    used = threshold / MASK_LEVELS
+    assert abs(used - rate) <= 0.5 / MASK_LEVELS
+    scale = MASK_LEVELS / (MASK_LEVELS - threshold)
+    assert masks.shape == (len(seeds), rows, units)
+    assert set(np.unique(masks)) <= {0.0, np.float32(scale)}
+    kept = masks > 0
+    n = rows * units
+    sigma = np.sqrt(used * (1 - used) / n)
+    for network in kept:  # the drop rate, within 5 standard errors
+        assert abs(1 - network.mean() - used) <= 5 * sigma + 1e-9
+    per_column = kept.mean(axis=(0, 1))  # no column is favoured
+    column_sigma = np.sqrt(used * (1 - used) / (rows * len(seeds)))
+    assert np.all(np.abs(1 - per_column - used) <= 6 * column_sigma + 1e-9)
+    alone = dropout_mask(
+        tf.constant([rows, units]), seeds[-1:], 1, tf.constant(step, tf.int64), rate
+    )
+    np.testing.assert_array_equal(alone.numpy()[0], masks[-1])
+    if threshold > 0:
+        later = dropout_mask(
+            tf.constant([rows, units]), seeds[:1], 1, tf.constant(step + 1, tf.int64), rate
+        )
+        assert not np.array_equal(later.numpy()[0], masks[0])
+        other_layer = dropout_mask(
+            tf.constant([rows, units]), seeds[:1], 0, tf.constant(step, tf.int64), rate
+        )
+        assert not np.array_equal(other_layer.numpy()[0], masks[0])

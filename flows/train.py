@@ -46,7 +46,7 @@ from tasks.outliers import OutlierResult, handle_outliers
 from tasks.preflight import preflight_training
 from tasks.records import BoardLine
 from tasks.registry import SEEN_ROWS_FILE, record_decision, registry_lock
-from tasks.report import draw_plots, publish_artifacts, write_report
+from tasks.report import publish_artifacts, write_report
 from tasks.runs import RUN_LOG, RunRecord
 from tasks.split import SplitResult, split
 from tasks.strategies import REFERENCE, resolve_strategies
@@ -224,7 +224,6 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
             records = train_branches([*strategies, REFERENCE], feature_sets, config, branches)
         with run.stage("select"):
             chosen = select_strategy(records, config, feature_set, run, ingested.raw_path)
-        plots = draw_plots.submit(chosen.metrics, branches)  # beside compare, export, champion
         with run.stage("compare"):
             versus = compare_with_baseline(
                 branches, chosen.ranked, chosen.selected, config, ingested.raw_path, chosen.evidence
@@ -241,12 +240,13 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
                     config, model_name, feature_set, ingested, branches, chosen.chosen, identity
                 )
             with run.stage("report"):
+                preload.finish("matplotlib.pyplot")
                 write_report(
                     run.staging / "report.html",
                     run.snapshot(),
                     chosen.metrics,
                     feature_set,
-                    plots.result(),
+                    branches,
                     versus,
                     decision,
                 )

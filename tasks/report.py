@@ -17,7 +17,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks import preload
 from tasks.evaluate import wilson_interval
 from tasks.features import FeatureSet
 from tasks.io import io_task_options
@@ -333,13 +332,24 @@ def _plots(
     return {name: _figure_to_img(fig, alt) for name, (fig, alt) in figures.items()}
 
 
-@task(name="report-plots", **io_task_options())
-def draw_plots(metrics: dict[str, Any], branches_dir: UPath) -> dict[str, str]:
-    """The report's figures, as inline PNG images, from the ranked strategies in `metrics` and
-    their predictions and training histories. Nothing here depends on the comparison, the
-    export or the champion decision, so the flow starts it once the strategies are ranked and
-    it draws while those steps run (~3-5 s of matplotlib on insurance)."""
-    preload.finish("matplotlib.pyplot")
+@task(name="report", **io_task_options())
+def write_report(
+    path: UPath,
+    run: dict[str, Any],
+    metrics: dict[str, Any],
+    feature_set: FeatureSet,
+    branches_dir: UPath,
+    compared: tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None],
+    decision: dict[str, Any] | None = None,
+) -> UPath:
+    """Read the branches' predictions and histories, draw the plots, render one HTML file from
+    the template. `compared` is what `compare_with_baseline` returned: the comparison with the
+    baseline (none when baseline is selected), the verdict (which covers the reference
+    comparison) and the selected model's operating points. The feature set, not its manifest,
+    is the parameter: Prefect walks every task parameter element by element, and on wide data
+    the manifest's per-column statistics took ~15 s to walk."""
+    comparison, verdict, operating, _ = compared
+    manifest = feature_set.manifest
     records = metrics["strategies"]
     predictions = {
         r["strategy"]: read_parquet(branches_dir / r["strategy"] / "predictions.parquet")
@@ -351,28 +361,7 @@ def draw_plots(metrics: dict[str, Any], branches_dir: UPath) -> dict[str, str]:
         history_file = branches_dir / r["strategy"] / "history.json"
         if r["status"] == "ok" and history_file.is_file():
             histories[r["strategy"]] = json.loads(history_file.read_text())
-    return _plots(records, predictions, histories, parse_objective(metrics["config"]["objective"]))
-
-
-@task(name="report", **io_task_options())
-def write_report(
-    path: UPath,
-    run: dict[str, Any],
-    metrics: dict[str, Any],
-    feature_set: FeatureSet,
-    plots: dict[str, str],
-    compared: tuple[dict[str, Any] | None, str, list[dict[str, float]], dict[str, Any] | None],
-    decision: dict[str, Any] | None = None,
-) -> UPath:
-    """Render one HTML file from the template: the figures `draw_plots` drew, the tables.
-    `compared` is what `compare_with_baseline` returned: the comparison with the
-    baseline (none when baseline is selected), the verdict (which covers the reference
-    comparison) and the selected model's operating points. The feature set, not its manifest,
-    is the parameter: Prefect walks every task parameter element by element, and on wide data
-    the manifest's per-column statistics took ~15 s to walk."""
-    comparison, verdict, operating, _ = compared
-    manifest = feature_set.manifest
-    records = metrics["strategies"]
+    plots = _plots(records, predictions, histories, parse_objective(metrics["config"]["objective"]))
     repeats = metrics.get("repeats")
     page = _template().render(
         run_id=metrics["run_id"],

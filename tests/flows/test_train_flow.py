@@ -223,36 +223,6 @@ def test_training_task_runs_follow_the_work(full_run):
     # (test_identical_results_threaded_or_sequential shows parallel branches change nothing)
 
 
-def test_the_report_figures_are_drawn_while_the_comparison_and_export_run(full_run):
-    """The figures need only the ranked strategies and their files: their task starts before
-    the export (after the comparison) has finished, not after the champion step."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    _, result, metrics = full_run
-
-    async def task_runs():
-        async with get_client() as client:
-            return await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[metrics["flow_run_id"]]))
-            )
-
-    wanted = {"report-plots", "export-model", "report"}
-    deadline = time.monotonic() + 60
-    while True:
-        by_name = {run.name.rsplit("-", 1)[0]: run for run in asyncio.run(task_runs())}
-        done = all(by_name.get(n) and by_name[n].end_time for n in wanted)
-        if done or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    plots, export, report = (by_name[n] for n in ("report-plots", "export-model", "report"))
-    assert plots.start_time < export.end_time
-    assert plots.end_time <= report.start_time
-    assert plots.state.is_completed()
-    page = (Path(result.run_dir) / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') >= 6
-
-
 def test_second_run_reuses_the_feature_set(full_run):
     config, result, _ = full_run
     again = train_flow(config.model_copy(update={"strategies": ["baseline"]}))

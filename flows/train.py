@@ -271,8 +271,9 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
 
 def preload_heavy_modules(tensorflow: bool = True) -> None:
     """Import Great Expectations, then TensorFlow, then matplotlib's pyplot on a background
-    thread (tasks.preload). The command line calls this just before the flow: the imports (~8 s
-    on 2 cores) overlap Prefect's temporary-server start-up and the data stages. TensorFlow is
+    thread (tasks.preload). The command line calls this before it launches Prefect's temporary
+    server, and waits for the imports (~8 s on 2 cores) before the flow: they overlap the
+    server's start-up (~8 s), not the data stages (see tasks.preload). TensorFlow is
     left out when the run will likely need none (tasks.lookahead): a run on unchanged data
     then never imports it (~4 s of a core)."""
     heavy = ("great_expectations", "tensorflow", "matplotlib.pyplot")  # in the order needed
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         out_of_core_path = out_of_core.reason(config) is not None
         preload_heavy_modules(tensorflow=not trains_nothing(config, out_of_core_path))
         start_temporary_server()
+        preload.finish_all()  # no step may import while the background imports run
         data_tag = f"data:{Path(config.data).name.split('.')[0]}"
         with tags("imbalance", data_tag), live_progress(shown.verbosity):
             result = train_flow(config)

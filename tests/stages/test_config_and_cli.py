@@ -165,3 +165,36 @@ def test_a_misspelt_target_is_refused_before_prefect_tensorflow_or_sklearn_load(
     assert not loaded & {"prefect", "tensorflow", "sklearn", "great_expectations"}
     assert "tasks.preflight" in loaded  # the checks did run
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_flow_starts_only_after_the_background_imports_end(tmp_path, monkeypatch):
+    """Regression: a run with a Prefect server already running started its flow while the
+    background thread still imported Great Expectations; the ingest step's scikit-learn import
+    and altair's import of narwhals then deadlocked Python's import locks (`_DeadlockError` on
+    `narwhals.stable.v1`, exit 1). The command line now waits for the background imports
+    before the flow: here a slow module stands in for them."""
+    import flows.train as train_module
+    from tasks import preload
+
+    (tmp_path / "slow_import_probe.py").write_text("import time\ntime.sleep(1.5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(preload, "_LOADING", {})
+    monkeypatch.setattr(
+        train_module,
+        "preload_heavy_modules",
+        lambda tensorflow=True: preload.start(("slow_import_probe",)),
+    )
+    monkeypatch.setattr(train_module, "start_temporary_server", lambda: None)
+    seen = []
+
+    def flow(config):
+        seen.append(("slow_import_probe" in sys.modules, preload._LOADING["slow_import_probe"]))
+        raise RuntimeError("the flow would start here")
+
+    monkeypatch.setattr(train_module, "train_flow", flow)
+    try:
+        assert main(argv("--runs-dir {runs}", runs=tmp_path / "runs")) != 0
+    finally:
+        sys.modules.pop("slow_import_probe", None)
+    ((imported, event),) = seen
+    assert imported and event.is_set()

@@ -269,14 +269,22 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> TrainResult:
 # --- command line ----------------------------------------------------------------------------
 
 
+# imported in the background before the flow starts, which waits for them: the data steps
+# import scikit-learn, and Great Expectations (through altair) imports narwhals, which
+# scikit-learn imports too; two threads importing them at once can deadlock (tasks.preload).
+# Once they are in, TensorFlow's and pyplot's imports share no package with the steps' imports
+# but the standard library's bdb (checked by listing sys.modules)
+SHARED_IMPORTS = ("sklearn", "great_expectations")
+
+
 def preload_heavy_modules(tensorflow: bool = True) -> None:
-    """Import Great Expectations, then TensorFlow, then matplotlib's pyplot on a background
-    thread (tasks.preload). The command line calls this before it launches Prefect's temporary
-    server, and waits for the imports (~8 s on 2 cores) before the flow: they overlap the
-    server's start-up (~8 s), not the data stages (see tasks.preload). TensorFlow is
+    """Import scikit-learn and Great Expectations, then TensorFlow, then matplotlib's pyplot on
+    a background thread (tasks.preload). The command line calls this before it launches
+    Prefect's temporary server and waits for the first two before the flow: the imports (~8 s
+    on 2 cores) overlap the server's start-up and, TensorFlow's, the data stages. TensorFlow is
     left out when the run will likely need none (tasks.lookahead): a run on unchanged data
     then never imports it (~4 s of a core)."""
-    heavy = ("great_expectations", "tensorflow", "matplotlib.pyplot")  # in the order needed
+    heavy = (*SHARED_IMPORTS, "tensorflow", "matplotlib.pyplot")  # in the order needed
     preload.start(tuple(m for m in heavy if tensorflow or m != "tensorflow"))
 
 
@@ -291,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         out_of_core_path = out_of_core.reason(config) is not None
         preload_heavy_modules(tensorflow=not trains_nothing(config, out_of_core_path))
         start_temporary_server()
-        preload.finish_all()  # no step may import while the background imports run
+        for module in SHARED_IMPORTS:  # the steps import these too: not at the same time
+            preload.finish(module)
         data_tag = f"data:{Path(config.data).name.split('.')[0]}"
         with tags("imbalance", data_tag), live_progress(shown.verbosity):
             result = train_flow(config)

@@ -171,19 +171,15 @@ def test_the_flow_starts_only_after_the_background_imports_end(tmp_path, monkeyp
     """Regression: a run with a Prefect server already running started its flow while the
     background thread still imported Great Expectations; the ingest step's scikit-learn import
     and altair's import of narwhals then deadlocked Python's import locks (`_DeadlockError` on
-    `narwhals.stable.v1`, exit 1). The command line now waits for the background imports
-    before the flow: here a slow module stands in for them."""
+    `narwhals.stable.v1`, exit 1). The command line now waits for the background imports the
+    steps share before the flow: here a slow module stands in for them."""
     import flows.train as train_module
     from tasks import preload
 
     (tmp_path / "slow_import_probe.py").write_text("import time\ntime.sleep(1.5)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(preload, "_LOADING", {})
-    monkeypatch.setattr(
-        train_module,
-        "preload_heavy_modules",
-        lambda tensorflow=True: preload.start(("slow_import_probe",)),
-    )
+    monkeypatch.setattr(train_module, "SHARED_IMPORTS", ("slow_import_probe",))
     monkeypatch.setattr(train_module, "start_temporary_server", lambda: None)
     seen = []
 

@@ -39,7 +39,6 @@ import numpy as np
 from tasks.embeddings import expand_codes, linear_from_codes
 from tasks.model import (
     COSINE_FLOOR,
-    SCORE_CHUNK,
     STOP_CRITERION,
     BatchStream,
     Network,
@@ -123,8 +122,7 @@ class _Pool:
 
 class _Program:
     """The stacked weights, Adam's moments and the two compiled functions: `check` runs one
-    check interval of training steps for every network, `scores` scores rows (the stop half at
-    every check; the parts' rows with the kept weights at the end: `kept_scores`).
+    check interval of training steps for every network, `stop_scores` scores the stop half.
     Without `state` the networks start from their initial weights; `subset` carries some
     networks' weights, moments and step count into a smaller program."""
 
@@ -159,10 +157,7 @@ class _Program:
         self.seeds = [n.seed for n in networks]
         shape = [settings.steps_per_check, self.count, settings.batch_size]
         self.check = tf.function(self._check, input_signature=[tf.TensorSpec(shape, tf.int32)])
-        self.scores = tf.function(
-            lambda x: tf.sigmoid(self._logits(x)),
-            input_signature=[tf.TensorSpec([1, None, self.pool_x.shape[1]], tf.float32)],
-        )
+        self.stop_scores = tf.function(lambda: tf.sigmoid(self._logits(self.stop_x)))
 
     def _logits(self, x, step=None):
         """x: [S or 1, rows, inputs] (numerics, then category codes) -> [S, rows]; dropout when
@@ -351,32 +346,8 @@ def _run_check(program: _Program, indices: np.ndarray) -> tuple[Any, Any, list[A
     stop-half scores, the weights after it and the seconds it took."""
     started = time.perf_counter()
     losses = program.check(indices).numpy()
-    scores = program.scores(program.stop_x).numpy()
+    scores = program.stop_scores().numpy()
     return losses, scores, program.weights(), time.perf_counter() - started
-
-
-def kept_scores(
-    program: _Program, kept: list[list[np.ndarray]], rows: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Every network's probabilities ([S, rows], float64) for each named set of `rows`, with
-    its kept weights, from the program's compiled forward pass: the function the network's
-    Keras model computes (tests/unit/test_stacked.py), without one eager Keras call per
-    network and set (~6 s of an insurance run's 11 networks). `program` holds every network;
-    its weights are overwritten. Rows go in chunks sized as one network's SCORE_CHUNK."""
-    import tensorflow as tf
-
-    for variable, layers in zip(program.variables, zip(*kept, strict=True), strict=True):
-        variable.assign(np.stack(layers))
-    chunk = max(1, SCORE_CHUNK // program.count)
-    scored = {}
-    for name, x in rows.items():
-        x = np.asarray(x, dtype=np.float32)
-        parts = [
-            program.scores(tf.constant(x[i : i + chunk])[None]).numpy()
-            for i in range(0, max(len(x), 1), chunk)
-        ]
-        scored[name] = np.concatenate(parts, axis=1).astype(np.float64)
-    return scored
 
 
 def fit_stacked(
@@ -385,13 +356,10 @@ def fit_stacked(
     y_stop: np.ndarray,
     settings: TrainSettings,
     on_check: Callable[[np.ndarray, np.ndarray], None] | None = None,
-    score: dict[str, np.ndarray] | None = None,
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Train `networks` together; return each one's Keras model (its best weights on the stop
     half) and record, as `fit_member` would for each alone. After every check interval
-    `on_check(steps done, best stop-half scores)` gets one value per network. With `score`
-    (named sets of input rows), each record's `scores` holds the network's probabilities for
-    each set, from its kept weights (`kept_scores`)."""
+    `on_check(steps done, best stop-half scores)` gets one value per network."""
     if not stackable(networks):
         raise ValueError("stacked training needs in-memory batch streams of one input width")
     import tensorflow as tf
@@ -405,7 +373,6 @@ def fit_stacked(
         tf.constant(x_stop, dtype=tf.float32)[None],
     )
     program, slots = _Program(networks, tensors, settings), np.arange(count)
-    whole = program  # every network's slot: it scores the kept weights at the end
     stopping, clock = _Stopping(networks, settings), _Clock()
     streams = [n.stream.positions() for n in networks]
 
@@ -450,7 +417,6 @@ def fit_stacked(
         if pending is not None:
             pending.result()  # a check run ahead, after every network stopped: not needed
     stopping.keep_last(weights, scored)
-    scored_sets = kept_scores(whole, stopping.kept, score) if score else {}
     share = (time.perf_counter() - started) / count  # the program's time, split evenly
     results = []
     for s, network in enumerate(networks):
@@ -463,7 +429,5 @@ def fit_stacked(
             share,
             stopping.curves[s],
         )
-        if score:
-            info["scores"] = {name: values[s] for name, values in scored_sets.items()}
         results.append((model, info))
     return results

@@ -365,11 +365,6 @@ def plan_members(
     return plans
 
 
-def scored_parts(parts: dict[str, Part]) -> dict[str, np.ndarray]:
-    """The input rows a branch's networks score: the validation halves and test."""
-    return {name: p.inputs for name, p in parts.items() if name != "train"}
-
-
 def neural_scores(
     strategy: Strategy,
     plans: list[MemberPlan],
@@ -387,17 +382,12 @@ def neural_scores(
             model.save(tmp)
         models.append(model)
         members.append(
-            {k: v for k, v in info.items() if k != "scores"}
-            | {"train_class_counts": _counts(plan.seen, labels), "trained_prior": plan.prior}
+            info | {"train_class_counts": _counts(plan.seen, labels), "trained_prior": plan.prior}
         )
     # members differ only in their seed: one map serves them all
     calibration = plans[0].network.calibration
-    inputs = scored_parts(parts)
-    given = [info.get("scores") for _, info in fitted]  # scored by the stacked program
-    scores = {
-        name: [g[name] for g in given] if all(given) else member_scores(models, x)
-        for name, x in inputs.items()
-    }
+    inputs = {name: p.inputs for name, p in parts.items() if name != "train"}
+    scores = {name: member_scores(models, x) for name, x in inputs.items()}
     raw = {name: np.mean(s, axis=0) for name, s in scores.items()}
     if calibration is None:
         calibration = fit_platt(raw["stop"], parts["stop"].y, "validation stop half")
@@ -744,20 +734,16 @@ def reused(
 
 def _fit_together(
     networks: list[Network],
-    parts: dict[str, Part],
+    stop: Part,
     settings: TrainSettings,
     on_check: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> list[tuple[Any, dict[str, Any]] | BaseException]:
-    """The networks trained side by side, each scoring the parts' rows in the program; should
-    the program itself fail, one at a time, so a failure reaches only the strategies whose own
-    network fails."""
+    """The networks trained side by side; should the program itself fail, one at a time, so a
+    failure reaches only the strategies whose own network fails."""
     from tasks.stacked import fit_stacked
 
-    stop = parts["stop"]
     try:
-        return list(
-            fit_stacked(networks, stop.inputs, stop.y, settings, on_check, scored_parts(parts))
-        )
+        return list(fit_stacked(networks, stop.inputs, stop.y, settings, on_check))
     except Exception:
         log.exception(
             "stacked training failed; training the %d networks one at a time", len(networks)
@@ -774,7 +760,7 @@ def _fit_together(
 def _fit_candidates(
     plans: dict[str, list[MemberPlan]],
     networks: list[Network],
-    parts: dict[str, Part],
+    stop: Part,
     options: list[TrainSettings],
     repeat: int,
 ) -> list[dict[int, tuple[Any, dict[str, Any]] | BaseException]]:
@@ -788,7 +774,7 @@ def _fit_candidates(
         def report(steps: np.ndarray, best: np.ndarray, done: int = n * total) -> None:
             on_check(steps + done, best)
 
-        trained = _fit_together(networks, parts, settings, report)
+        trained = _fit_together(networks, stop, settings, report)
         runs.append(dict(zip(map(id, networks), trained, strict=True)))
     return runs
 
@@ -883,7 +869,7 @@ def _fit_stack(
             records[name] = _failed(records[name], exc)
     networks = list({id(p.network): p.network for ps in plans.values() for p in ps}.values())
     options = search.candidates(settings, config.search, config.seed)
-    fitted = _fit_candidates(plans, networks, parts, options, repeat)
+    fitted = _fit_candidates(plans, networks, stop, options, repeat)
     log.info(
         "%d strategies trained side by side: %d networks in one program, %d configuration(s)",
         len(plans),

@@ -312,37 +312,3 @@ def test_dropout_masks_drop_each_unit_at_the_rate_and_keep_the_expected_activati
             tf.constant([rows, units]), seeds[:1], 0, tf.constant(step, tf.int64), rate
         )
         assert not np.array_equal(other_layer.numpy()[0], masks[0])
-
-
-@pytest.mark.parametrize("chunk", [65_536, 10])
-def test_the_program_scores_rows_with_each_network_s_kept_weights_as_its_keras_model(
-    chunk, monkeypatch
-):
-    """The stacked trainer scores the parts' rows in its compiled program (`kept_scores`)
-    instead of calling each network's Keras model: the same probabilities within 1e-6 (with
-    dropout at training, embeddings, category codes, networks stopping at different checks
-    and leaving the program), in one call or in chunks of rows, and for an empty set."""
-    from tasks import stacked
-
-    monkeypatch.setattr(stacked, "SCORE_CHUNK", chunk)
-    x, y, x_val, y_val = data(3, codes=CODES)
-    s = settings(
-        dropout=0.1,
-        learning_rate=0.05,
-        steps_per_check=4,
-        max_checks=12,
-        patience=2,
-        linear_skip=True,
-        codes=CODES,
-        embeddings=CODED,
-    )
-    rows = {"stop": x_val[:150], "test": x_val[150:], "none": x_val[:0]}
-    results = fit_stacked(networks(x, y, 64), x_val[:150], y_val[:150], s, score=rows)
-    assert len({info["checks_run"] for _, info in results}) > 1
-    for model, info in results:
-        assert set(info["scores"]) == set(rows)
-        for name, x_rows in rows.items():
-            np.testing.assert_allclose(info["scores"][name], predict([model], x_rows), atol=1e-6)
-            assert info["scores"][name].dtype == np.float64
-    plain = fit_stacked(networks(x, y, 64)[:1], x_val[:150], y_val[:150], s)
-    assert "scores" not in plain[0][1]

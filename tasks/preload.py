@@ -1,16 +1,16 @@
 """Heavy imports on a background thread, started by the command line before the flow.
 
-Importing Great Expectations, TensorFlow and matplotlib's pyplot takes ~8 s of one core on 2
-cores. The training command line starts them on one thread while Prefect's temporary server
-starts and the data stages run, during which the main thread mostly waits (flows.train). A
-step importing a package that the background thread is importing at the same moment can
-deadlock Python's import locks: a run whose data stage imported scikit-learn while Great
-Expectations' altair imported narwhals failed with `_DeadlockError` on `narwhals.stable.v1`
-(with a Prefect server already running, the flow started before the imports ended). So the
-command line waits for the imports the steps share (`flows.train.SHARED_IMPORTS`) before the
-flow. Each user also waits for its module with `finish`.
-Importing does not start TensorFlow's runtime, so its thread pools can still be set afterwards
-(tasks.model.configure_tensorflow, which waits here first)."""
+Importing scikit-learn, Great Expectations, TensorFlow and matplotlib's pyplot takes ~8 s of
+one core on 2 cores. The training command line starts them on one thread while Prefect's
+temporary server starts and the data stages run, during which the main thread mostly waits
+(flows.train). A step importing a package that the background thread is importing at the same
+moment can deadlock Python's import locks: a run whose data stage imported scikit-learn while
+Great Expectations' altair imported narwhals failed with `_DeadlockError` on
+`narwhals.stable.v1` (with a Prefect server already running, the flow started before the
+imports ended). So the command line waits for the imports the steps share
+(`flows.train.SHARED_IMPORTS`) before the flow. Each user also waits for its module with
+`finish`. Importing does not start TensorFlow's runtime, so its thread pools can still be set
+afterwards (tasks.model.configure_tensorflow, which waits here first)."""
 
 from __future__ import annotations
 

@@ -68,6 +68,15 @@ def stackable(networks: list[Network]) -> bool:
     )
 
 
+MASK_LEVELS = 256  # a dropout mask element is one random byte
+
+
+def dropout_threshold(rate: float) -> int:
+    """The byte value from which a unit is kept: `rate` x 256 rounded, at most 255 (a unit is
+    kept with probability at least 1/256)."""
+    return min(round(rate * MASK_LEVELS), MASK_LEVELS - 1)
+
+
 def dropout_mask(shape: Any, seeds: list[int], layer: int, step: Any, rate: float) -> Any:
     """The dropout masks of hidden layer `layer` at `step`, one per network seed ([S, *shape]):
     0 for a dropped unit, 1 / (1 - the rate used) for a kept one. Each element is one random
@@ -90,15 +99,6 @@ def dropout_mask(shape: Any, seeds: list[int], layer: int, step: Any, rate: floa
         random_bytes = tf.reshape(tf.bitcast(bits, tf.uint8), [-1])[:size]
         keep.append(tf.reshape(random_bytes, shape) >= threshold)
     return tf.cast(tf.stack(keep), tf.float32) * (MASK_LEVELS / (MASK_LEVELS - threshold))
-
-
-MASK_LEVELS = 256  # a dropout mask element is one random byte
-
-
-def dropout_threshold(rate: float) -> int:
-    """The byte value from which a unit is kept: `rate` x 256 rounded, at most 255 (a unit is
-    kept with probability at least 1/256)."""
-    return min(round(rate * MASK_LEVELS), MASK_LEVELS - 1)
 
 
 class _Pool:

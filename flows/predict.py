@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from flows.cli import add_deprecated_aliases, exit_now, run_command
 from flows.console import configure_logging
-from flows.server import start_temporary_server
+from flows.server import heartbeats_only_to_a_lasting_server, start_temporary_server
 from tasks.config import DriftSettings
 from tasks.datasets import BUILTINS
 from tasks.io import existing_file
@@ -124,16 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             existing_file(args.data)
         check_output(location(args.out), args.data)
         start_temporary_server()
-        return predict_flow(
-            args.model,
-            args.data,
-            args.out,
-            args.runs_dir,
-            args.sep,
-            drift,
-            args.on_bad_rows,
-            args.on_unseen,
-        )
+        with heartbeats_only_to_a_lasting_server():
+            return predict_flow(
+                args.model,
+                args.data,
+                args.out,
+                args.runs_dir,
+                args.sep,
+                drift,
+                args.on_bad_rows,
+                args.on_unseen,
+            )
 
     return run_command(body)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # refuse a bad file or flag in ~2 s, before the heavy imports below
+    from tasks.preload import pause_collection
+
+    pause_collection()  # no garbage collection while modules load (tasks.preload)
     from flows.cli import refuse_bad_training_input_early  # (flows/__init__ set the log levels)
 
     refuse_bad_training_input_early(sys.argv[1:])
@@ -32,7 +35,11 @@ from flows.console import (
     print_summary,
     run_log,
 )
-from flows.server import lasting_server, start_temporary_server
+from flows.server import (
+    heartbeats_only_to_a_lasting_server,
+    lasting_server,
+    start_temporary_server,
+)
 from tasks import events, out_of_core, preload
 from tasks.branches import Selection, repeat_config, select_strategy, train_branches
 from tasks.champion import challenge, seen_rows
@@ -302,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         for module in SHARED_IMPORTS:  # the steps import these too: not at the same time
             preload.finish(module)
         data_tag = f"data:{Path(config.data).name.split('.')[0]}"
-        with tags("imbalance", data_tag), live_progress(shown.verbosity):
+        with (
+            tags("imbalance", data_tag),
+            live_progress(shown.verbosity),
+            heartbeats_only_to_a_lasting_server(),
+        ):
             result = train_flow(config)
         answer = {
             "run_id": result.run_id,

@@ -59,3 +59,25 @@ def test_the_active_profile_decides(clean, monkeypatch):
     assert _api_configured_elsewhere() is True
     monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")
     assert _api_configured_elsewhere() is False
+
+
+def test_flow_runs_send_heartbeats_only_to_a_server_that_outlives_the_process(monkeypatch):
+    """Regression (session 19): every command-line run waited up to 1 s at its end for its flow
+    run's heartbeat thread (it sleeps in one-second steps), though the temporary server the
+    run started stops with it and never reads a heartbeat. The flow engine starts that thread
+    only when this setting is not None."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    import flows.server as server
+
+    @flow
+    def heartbeat_frequency() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    with server.heartbeats_only_to_a_lasting_server():  # the test harness's server: configured
+        assert heartbeat_frequency() is not None
+    monkeypatch.setattr(server, "_EARLY", [object()])  # as when this process launched it
+    with server.heartbeats_only_to_a_lasting_server():
+        assert heartbeat_frequency() is None
+    assert heartbeat_frequency() is not None  # only inside the block

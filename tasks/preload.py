@@ -16,9 +16,10 @@ Python's cyclic garbage collector runs again and again while modules are importe
 through every object the imports have made so far: 2.4 s of the default run's ~21 s in one
 process, 1.9 s of it in ten full collections (measured with `gc.callbacks`). Those objects live
 as long as the process. So the command line pauses collection from its first line
-(`pause_collection`); the background thread, once its imports are done, freezes every object
-made so far (`gc.freeze`: never scanned again, still freed when its references go) and resumes
-collection. A cycle of the data stages that became garbage during the pause stays in memory.
+(`pause_collection`); the background thread, once its imports are done, collects once and
+freezes every object left (`gc.freeze`: never scanned again, still freed when its references
+go), then resumes collection. Without that one collection the garbage the imports made stayed
+in memory for good: insurance's peak RSS rose by ~75 MB.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def resume_collection() -> None:
     """Freeze what the imports made and collect again, if `pause_collection` paused it."""
     if _PAUSED:
         _PAUSED.clear()
+        gc.collect()  # the imports' own garbage: frozen, it would stay in memory for good
         gc.freeze()
         gc.enable()
 

@@ -15,7 +15,15 @@ PROBE = "gc_state_probe"  # a module that records, as it is imported, whether co
 
 @pytest.fixture
 def probe(tmp_path, monkeypatch):
-    (tmp_path / f"{PROBE}.py").write_text("import gc\nCOLLECTING = gc.isenabled()\n")
+    (tmp_path / f"{PROBE}.py").write_text(
+        "import gc, weakref\n"
+        "COLLECTING = gc.isenabled()\n"
+        "class Node: ...\n"
+        "garbage = Node()\n"
+        "garbage.itself = garbage  # a cycle: only the cyclic collector frees it\n"
+        "GARBAGE = weakref.ref(garbage)\n"
+        "del garbage\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(preload, "_LOADING", {})
     monkeypatch.setattr(preload, "_PAUSED", [])
@@ -37,6 +45,14 @@ def test_collection_pauses_for_the_imports_and_resumes_with_their_objects_frozen
     assert gc.isenabled()
     assert gc.get_freeze_count() > frozen_before  # the imports' objects are never scanned again
     assert preload._PAUSED == []
+
+
+def test_the_garbage_the_imports_made_is_collected_not_frozen(probe):
+    """Regression (session 19): freezing without a collection first kept every cycle the imports
+    had left behind for good (insurance's peak RSS rose by ~75 MB)."""
+    preload.pause_collection()
+    preload.start((PROBE,)).join()
+    assert sys.modules[PROBE].GARBAGE() is None
 
 
 def test_without_a_pause_the_imports_leave_collection_alone(probe):

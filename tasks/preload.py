@@ -42,7 +42,8 @@ def pause_collection() -> None:
 
 
 def resume_collection() -> None:
-    """Freeze what the imports made and collect again, if `pause_collection` paused it."""
+    """If `pause_collection` paused collection: collect the imports' garbage once, freeze what
+    is left and collect as usual from then on."""
     if _PAUSED:
         _PAUSED.clear()
         gc.collect()  # the imports' own garbage: frozen, it would stay in memory for good

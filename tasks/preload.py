@@ -36,7 +36,8 @@ _PAUSED: list[bool] = []  # set while the command line keeps collection paused f
 
 
 def pause_collection() -> None:
-    """Pause cyclic garbage collection until the background imports end (`start`)."""
+    """Pause cyclic garbage collection until the background imports end (`start`), or until
+    `resume_collection` (flows.temporary_server, around the Prefect server's import)."""
     gc.disable()
     _PAUSED.append(True)
 
